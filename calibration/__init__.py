@@ -1,0 +1,1 @@
+"""Calibration: rig geometry and sensor clocks."""

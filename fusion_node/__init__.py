@@ -1,0 +1,1 @@
+"""Fusion node: synchronise sensor streams, run the encoders and fusion head, publish fused events."""

@@ -1,0 +1,246 @@
+"""Set assembly: turns timestamped sensor messages into sets ready for fusion.
+
+Three named policies, chosen in the rig config:
+
+- ``reference`` (live default): :class:`ReferencePolicy`. One driver sensor (the camera) sets the
+  reference time. Every other frame sensor contributes its message nearest to it within a
+  tolerance; audio contributes the window of samples ending at it. A set is released as soon as
+  it is complete, or at its deadline with the missing modalities marked, so a dead sensor never
+  stalls the node.
+- ``approximate``/``epsilon``: message_filters' ApproximateTime/ApproximateEpsilonTime
+  (:mod:`fusion_node.sync`) over the frame sensors; the set's reference time is its newest
+  member, and it waits (up to the deadline) for audio to cover that time.
+
+All times here are on the rig clock, in nanoseconds, and passed in: nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RigConfig
+from .sync import ApproximateEpsilonPolicy, ApproximateTimePolicy
+
+__all__ = ["Member", "SyncSet", "ReferencePolicy", "SetAssembler"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One message admitted to the node, with its time on the rig clock and its arrival time."""
+
+    sensor_id: str
+    kind: str
+    msg: Any
+    t_rig_ns: int
+    t_recv_ns: int
+
+
+@dataclass
+class SyncSet:
+    """A released set: reference time, the frame members by sensor id, and what was missing."""
+
+    t_ref_ns: int
+    members: dict[str, Member]
+    missing: list[str]
+    t_release_ns: int
+    t_ready_ns: int  # when the set's reference member (or newest member) reached the node
+    audio_ids: list[str] = field(default_factory=list)
+
+
+class ReferencePolicy:
+    """Driver-referenced matching with a deadline.
+
+    ``add`` takes frame messages; ``audio_end_ns`` is updated by the caller as audio arrives.
+    ``poll(now_ns)`` releases, in reference-time order, every pending set that is complete or
+    whose deadline (reference time + ``deadline_ns``) has passed.
+    """
+
+    def __init__(self, driver: str, others: list[str], audio_ids: list[str], *, tolerance_ns: int,
+                 deadline_ns: int, max_pending: int, history: int = 64):
+        self.driver = driver
+        self.others = list(others)
+        self.audio_ids = list(audio_ids)
+        self.tolerance_ns = int(tolerance_ns)
+        self.deadline_ns = int(deadline_ns)
+        self.max_pending = int(max_pending)
+        self._pending: deque[Member] = deque()
+        self._hist: dict[str, list[Member]] = {s: [] for s in self.others}
+        self._hist_len = history
+        # Recent inter-message intervals per sensor: a lower bound on when the next message
+        # can be stamped lets a set be released before that message arrives.
+        self._intervals: dict[str, deque[int]] = {s: deque(maxlen=16) for s in self.others}
+        self.audio_end_ns: dict[str, int | None] = {a: None for a in self.audio_ids}
+        self.dead: set[str] = set()
+        self.counters: Counter = Counter()
+
+    def next_deadline_ns(self) -> int | None:
+        return self._pending[0].t_rig_ns + self.deadline_ns if self._pending else None
+
+    def add(self, member: Member) -> None:
+        if member.sensor_id == self.driver:
+            self._pending.append(member)
+            if len(self._pending) > self.max_pending:
+                self._pending.popleft()
+                self.counters["reference_dropped"] += 1
+            return
+        hist = self._hist[member.sensor_id]
+        if hist and member.t_rig_ns > hist[-1].t_rig_ns:
+            self._intervals[member.sensor_id].append(member.t_rig_ns - hist[-1].t_rig_ns)
+        keys = [m.t_rig_ns for m in hist]
+        hist.insert(bisect.bisect_right(keys, member.t_rig_ns), member)
+        if len(hist) > self._hist_len:
+            del hist[0]
+
+    def rebase(self, sensor_id: str) -> None:
+        """Forget a sensor's history after its clock jumped (restart, looped file)."""
+        if sensor_id == self.driver:
+            self._pending.clear()
+        elif sensor_id in self._hist:
+            self._hist[sensor_id].clear()
+            self._intervals[sensor_id].clear()
+        elif sensor_id in self.audio_end_ns:
+            self.audio_end_ns[sensor_id] = None
+
+    def _nearest(self, sensor_id: str, t_ref: int) -> tuple[Member | None, bool]:
+        """Nearest message within tolerance, and whether it can no longer improve."""
+        hist = self._hist[sensor_id]
+        keys = [m.t_rig_ns for m in hist]
+        i = bisect.bisect_left(keys, t_ref)
+        best = None
+        for j in (i - 1, i):
+            if 0 <= j < len(hist) and abs(hist[j].t_rig_ns - t_ref) <= self.tolerance_ns:
+                if best is None or abs(hist[j].t_rig_ns - t_ref) < abs(best.t_rig_ns - t_ref):
+                    best = hist[j]
+        # Messages arrive in time order per sensor, so once one at or after t_ref has arrived
+        # nothing later can be nearer.
+        if i < len(hist):
+            return best, True
+        # Otherwise the next message comes no earlier than the newest plus the shortest recent
+        # interval (less 10% for jitter): if even that is farther than what we hold, stop waiting.
+        intervals = self._intervals[sensor_id]
+        if not hist or len(intervals) < 4:
+            return best, False
+        earliest_next = hist[-1].t_rig_ns + int(0.9 * min(intervals))
+        if best is not None:
+            return best, earliest_next - t_ref >= abs(best.t_rig_ns - t_ref)
+        return best, earliest_next > t_ref + self.tolerance_ns
+
+    def poll(self, now_ns: int) -> list[SyncSet]:
+        out: list[SyncSet] = []
+        while self._pending:
+            ref = self._pending[0]
+            t_ref = ref.t_rig_ns
+            members = {ref.sensor_id: ref}
+            complete = True
+            for sid in self.others:
+                best, final = self._nearest(sid, t_ref)
+                # A sensor known dead is not waited for: its modality is marked missing at once.
+                complete &= final or (best is None and sid in self.dead)
+                if best is not None:
+                    members[sid] = best
+            for aid in self.audio_ids:
+                end = self.audio_end_ns[aid]
+                complete &= (end is not None and end >= t_ref) or aid in self.dead
+            if not complete and now_ns < t_ref + self.deadline_ns:
+                break  # earlier sets go first: later ones wait behind this one
+            self._pending.popleft()
+            missing = [s for s in self.others if s not in members]
+            out.append(SyncSet(t_ref, members, missing, now_ns, ref.t_recv_ns, list(self.audio_ids)))
+            self.counters["released_complete" if complete else "released_deadline"] += 1
+        return out
+
+
+class _MessageFiltersAdapter:
+    """Runs a message_filters policy over the frame sensors, then waits for audio coverage."""
+
+    def __init__(self, policy: Any, frame_ids: list[str], audio_ids: list[str], deadline_ns: int,
+                 max_pending: int):
+        self.policy = policy
+        self.frame_ids = frame_ids
+        self.audio_ids = audio_ids
+        self.deadline_ns = deadline_ns
+        self.max_pending = max_pending
+        self.audio_end_ns: dict[str, int | None] = {a: None for a in audio_ids}
+        self._ready: deque[SyncSet] = deque()
+        self.dead: set[str] = set()
+        self.counters: Counter = Counter()
+
+    def next_deadline_ns(self) -> int | None:
+        return self._ready[0].t_ref_ns + self.deadline_ns if self._ready else None
+
+    def add(self, member: Member) -> None:
+        for group in self.policy.add(self.frame_ids.index(member.sensor_id), member.t_rig_ns, member):
+            t_ref = max(m.t_rig_ns for m in group)
+            ready = max(m.t_recv_ns for m in group)
+            self._ready.append(SyncSet(t_ref, {m.sensor_id: m for m in group}, [], 0, ready, list(self.audio_ids)))
+            if len(self._ready) > self.max_pending:
+                self._ready.popleft()
+                self.counters["reference_dropped"] += 1
+
+    def rebase(self, sensor_id: str) -> None:
+        if sensor_id in self.audio_end_ns:
+            self.audio_end_ns[sensor_id] = None
+
+    def poll(self, now_ns: int) -> list[SyncSet]:
+        out = []
+        while self._ready:
+            s = self._ready[0]
+            covered = all((e is not None and e >= s.t_ref_ns) or a in self.dead
+                          for a, e in self.audio_end_ns.items())
+            if not covered and now_ns < s.t_ref_ns + self.deadline_ns:
+                break
+            self._ready.popleft()
+            s.t_release_ns = now_ns
+            out.append(s)
+            self.counters["released_complete" if covered else "released_deadline"] += 1
+        return out
+
+
+class SetAssembler:
+    """Builds the configured policy for a rig and routes members and audio progress to it."""
+
+    def __init__(self, cfg: RigConfig):
+        sync = cfg.sync
+        frame_ids = [s.id for s in cfg.sensors if s.kind != "audio"]
+        audio_ids = [s.id for s in cfg.sensors if s.kind == "audio"]
+        deadline = int(sync.deadline_ms * 1e6)
+        self.policy_name = sync.policy
+        if sync.policy == "reference":
+            driver = cfg.driver.id  # validated in RigConfig
+            self._impl: Any = ReferencePolicy(
+                driver, [f for f in frame_ids if f != driver], audio_ids,
+                tolerance_ns=int(sync.tolerance_ms * 1e6), deadline_ns=deadline, max_pending=sync.queue_size)
+        elif sync.policy == "approximate":
+            inner = ApproximateTimePolicy(
+                len(frame_ids), sync.queue_size, age_penalty=sync.age_penalty,
+                max_interval_ns=None if sync.max_interval_ms is None else int(sync.max_interval_ms * 1e6))
+            self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size)
+        else:
+            inner = ApproximateEpsilonPolicy(len(frame_ids), sync.queue_size, int(sync.epsilon_ms * 1e6))
+            self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size)
+
+    @property
+    def counters(self) -> Counter:
+        return self._impl.counters
+
+    def add(self, member: Member) -> None:
+        self._impl.add(member)
+
+    def audio_progress(self, sensor_id: str, end_ns: int | None) -> None:
+        self._impl.audio_end_ns[sensor_id] = end_ns
+
+    def rebase(self, sensor_id: str) -> None:
+        self._impl.rebase(sensor_id)
+
+    def set_dead(self, sensor_ids: set[str]) -> None:
+        """Sensors currently silent past their liveness timeout: sets stop waiting for them."""
+        self._impl.dead = sensor_ids
+
+    def next_deadline_ns(self) -> int | None:
+        return self._impl.next_deadline_ns()
+
+    def poll(self, now_ns: int) -> list[SyncSet]:
+        return self._impl.poll(now_ns)

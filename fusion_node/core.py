@@ -1,0 +1,317 @@
+"""The fusion core: ``step(now_ns, messages) -> events``, with no sockets, clocks or environment.
+
+The node process owns the ZeroMQ loop and passes in decoded messages with their arrival times
+and the current time; replay, tests and benchmarks drive this same core. Stage durations are
+measured with an injected timer (``time.perf_counter_ns`` in the node).
+
+Per step the core:
+
+1. admits each message (known sensor, right topic, increasing seq and capture time within a
+   publisher run, capture time inside the accepted window) or counts its rejection by reason;
+   a new ``run_id`` from a sensor means it restarted: its history is re-based, not rejected;
+2. keeps bounded per-sensor buffers (drop-oldest, counted) and per-sensor liveness;
+3. feeds the set assembler (the configured sync policy) and audio rings;
+4. for each released set runs preprocessing, the encoders and the fusion head, and builds the
+   fused event with member ages, missing modalities and the latency of every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .assembly import Member, SetAssembler, SyncSet
+from .audio_ring import AudioRing
+from .config import RigConfig
+from .stats import LatencyWindow
+from .wire import AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage
+
+__all__ = ["FusionCore", "SensorState"]
+
+AUDIO_RATE_HZ = 16000
+MODALITY_ORDER = ("camera", "radar", "audio")
+# An audio window less covered than this is treated as missing rather than fed to the encoder.
+MIN_AUDIO_COVERAGE = 0.5
+
+
+@dataclass
+class SensorState:
+    """What the core knows of one configured sensor."""
+
+    sensor_id: str
+    kind: str
+    offset_ns: int
+    liveness_ns: int
+    buffer: deque
+    run_id: int | None = None
+    last_seq: int = -1
+    last_t_rig_ns: int = -1
+    last_seen_ns: int | None = None
+    alive: bool = False
+    received: int = 0
+    accepted: int = 0
+    dropped: int = 0
+    seq_gaps: int = 0
+    restarts: int = 0
+    deaths: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    received_at_last_stats: int = 0
+
+
+class FusionCore:
+    """Synchronises one rig's streams and fuses each released set into an event."""
+
+    def __init__(self, cfg: RigConfig, runtime: Any | None = None,
+                 timer: Callable[[], int] = time.perf_counter_ns, run_id: int = 0):
+        self.cfg = cfg
+        self.runtime = runtime
+        self.timer = timer
+        self.run_id = run_id
+        self.sensors = {
+            s.id: SensorState(s.id, s.kind, s.clock_offset_ns, s.liveness_timeout_ns, deque(maxlen=s.buffer_len))
+            for s in cfg.sensors
+        }
+        self.assembler = SetAssembler(cfg)
+        self.audio_window_s = cfg.sync.audio_window_s
+        if runtime is not None:
+            self.audio_window_s = runtime.audio_window_s
+        self.rings = {s.id: AudioRing(AUDIO_RATE_HZ, max(4.0, 2 * self.audio_window_s + cfg.sync.deadline_ms / 1e3))
+                      for s in cfg.sensors if s.kind == "audio"}
+        self.unattributed: Counter = Counter()
+        self.events_out = 0
+        self.latency = LatencyWindow()
+        self.max_age_ns = int(cfg.node.max_age_s * 1e9)
+        self.max_future_ns = int(cfg.node.max_future_s * 1e9)
+        self._event_seq = 0
+
+    # -- admission -----------------------------------------------------------------------
+
+    def reject(self, rej: Rejection) -> None:
+        """Count a rejection against its sensor when it names a configured one."""
+        st = self.sensors.get(rej.sensor_id)
+        if st is not None and rej.reason != "unknown_sensor":
+            st.rejected[rej.reason] += 1
+        else:
+            self.unattributed[rej.reason] += 1
+
+    def _admit(self, now_ns: int, t_recv_ns: int, msg: SensorMessage) -> Member | None:
+        st = self.sensors.get(msg.sensor_id)
+        if st is None:
+            self.unattributed["unknown_sensor"] += 1
+            return None
+        st.received += 1
+        if msg.topic != st.kind:
+            st.rejected["unknown_sensor"] += 1  # a sensor id published on another modality's topic
+            return None
+        t_rig = msg.t_capture_ns + st.offset_ns
+        if t_rig < now_ns - self.max_age_ns:
+            st.rejected["timestamp_past"] += 1
+            return None
+        if t_rig > now_ns + self.max_future_ns:
+            st.rejected["timestamp_future"] += 1
+            return None
+        if isinstance(msg, AudioChunk) and msg.sample_rate_hz != AUDIO_RATE_HZ:
+            st.rejected["bad_header"] += 1
+            return None
+        if msg.run_id != st.run_id:
+            if st.run_id is not None:
+                st.restarts += 1
+                self.assembler.rebase(st.sensor_id)
+            st.run_id = msg.run_id
+            st.last_seq = msg.seq - 1
+            st.last_t_rig_ns = -1
+        elif msg.seq <= st.last_seq or t_rig < st.last_t_rig_ns:
+            st.rejected["out_of_order"] += 1
+            return None
+        if msg.seq > st.last_seq + 1:
+            st.seq_gaps += msg.seq - st.last_seq - 1
+        st.last_seq = msg.seq
+        st.last_t_rig_ns = t_rig
+        st.last_seen_ns = t_recv_ns
+        st.accepted += 1
+        return Member(st.sensor_id, st.kind, msg, t_rig, t_recv_ns)
+
+    # -- the step --------------------------------------------------------------------------
+
+    def step(self, now_ns: int, messages: list[tuple[int, SensorMessage | Rejection]]) -> list[dict]:
+        """Take ``(t_recv_ns, decoded message)`` pairs; return the fused events now due."""
+        for t_recv, msg in messages:
+            if isinstance(msg, Rejection):
+                self.reject(msg)
+                continue
+            member = self._admit(now_ns, t_recv, msg)
+            if member is None:
+                continue
+            st = self.sensors[member.sensor_id]
+            if len(st.buffer) == st.buffer.maxlen:
+                st.dropped += 1  # the oldest falls out: the node is behind, fresh data wins
+            st.buffer.append(member)
+        # Buffers are drained in capture order per sensor; audio first so windows are ready.
+        for st in sorted(self.sensors.values(), key=lambda s: s.kind != "audio"):
+            while st.buffer:
+                member = st.buffer.popleft()
+                if st.kind == "audio":
+                    ring = self.rings[st.sensor_id]
+                    if ring.write(member.t_rig_ns, member.msg.samples) == "rebase":
+                        self.assembler.rebase(st.sensor_id)
+                    self.assembler.audio_progress(st.sensor_id, ring.end_ns)
+                else:
+                    self.assembler.add(member)
+        self._update_liveness(now_ns)
+        return [self._fuse(s) for s in self.assembler.poll(now_ns)]
+
+    def _update_liveness(self, now_ns: int) -> None:
+        for st in self.sensors.values():
+            alive = st.last_seen_ns is not None and now_ns - st.last_seen_ns <= st.liveness_ns
+            if st.alive and not alive:
+                st.deaths += 1
+            st.alive = alive
+        self.assembler.set_dead({s.sensor_id for s in self.sensors.values() if not s.alive})
+
+    def next_deadline_ns(self) -> int | None:
+        """Earliest time at which ``step`` may release a set without new input."""
+        return self.assembler.next_deadline_ns()
+
+    # -- fusion ----------------------------------------------------------------------------
+
+    def _fuse(self, sset: SyncSet) -> dict:
+        t0 = self.timer()
+        members = dict(sset.members)
+        missing = set(sset.missing)
+        embeddings: dict[str, np.ndarray | None] = {m: None for m in MODALITY_ORDER}
+        stage_ms: dict[str, float] = {}
+        audio_cov = {}
+        inputs: dict[str, tuple] = {}
+        for aid in sset.audio_ids:
+            win = self.rings[aid].window(sset.t_ref_ns, self.audio_window_s)
+            audio_cov[aid] = win.coverage
+            if win.coverage < MIN_AUDIO_COVERAGE:
+                missing.add(aid)
+            elif self.runtime is not None:
+                inputs["audio"] = (win.samples,)
+        if self.runtime is not None:
+            for sid, m in members.items():
+                if isinstance(m.msg, CameraFrame):
+                    inputs["camera"] = (m.msg.image,)
+                elif isinstance(m.msg, RadarPoints):
+                    inputs["radar"] = (m.msg.points,)
+            tensors = {}
+            for modality, args in inputs.items():
+                tensors[modality] = self.runtime.preprocess(modality, *args)
+            t1 = self.timer()
+            stage_ms["preprocess"] = (t1 - t0) / 1e6
+            for modality in MODALITY_ORDER:
+                if modality in tensors:
+                    ta = self.timer()
+                    embeddings[modality] = self.runtime.encode(modality, *tensors[modality])
+                    stage_ms[f"encode_{modality}"] = (self.timer() - ta) / 1e6
+            th = self.timer()
+            head = self.runtime.fuse(embeddings)
+            stage_ms["head"] = (self.timer() - th) / 1e6
+        else:
+            head = None
+        return self._event(sset, members, sorted(missing), audio_cov, head, stage_ms, embeddings)
+
+    def _event(self, sset: SyncSet, members: dict[str, Member], missing: list[str], audio_cov: dict,
+               head: Any, stage_ms: dict, embeddings: dict) -> dict:
+        self._event_seq += 1
+        trained = self.runtime is not None and self.runtime.trained
+        kinds = {st.sensor_id: st.kind for st in self.sensors.values()}
+        modalities = {}
+        for sid, kind in kinds.items():
+            present = sid in members or (kind == "audio" and sid not in missing)
+            entry: dict[str, Any] = {"sensor_id": sid, "present": present}
+            if kind == "audio":
+                entry["coverage"] = round(audio_cov.get(sid, 0.0), 3)
+            if trained and head is not None:
+                idx = MODALITY_ORDER.index(kind)
+                entry["certainty"] = round(float(head.certainty[idx]), 4)
+                entry["weight"] = round(float(head.weights[idx]), 4)
+            modalities[kind] = entry
+        labels: list[dict] = []
+        scores = None
+        consistency = None
+        if trained and head is not None:
+            classes = self.runtime.classes
+            scores = {c: round(float(p), 4) for c, p in zip(classes, head.probabilities)}
+            labels = [{"label": c, "score": scores[c]} for c in classes
+                      if scores[c] >= self.runtime.thresholds.get(c, 0.5)]
+            labels.sort(key=lambda d: -d["score"])
+            consistency = round(float(head.consistency), 4)
+        member_list = []
+        for sid, m in members.items():
+            member_list.append({"sensor_id": sid, "topic": m.kind, "seq": int(m.msg.seq),
+                                "t_capture_ns": int(m.t_rig_ns),
+                                "age_ms": round((sset.t_ref_ns - m.t_rig_ns) / 1e6, 3)})
+        latency = {
+            "receive": round(max((m.t_recv_ns - m.msg.t_publish_ns - self.sensors[m.sensor_id].offset_ns) / 1e6
+                                 for m in members.values()), 3) if members else 0.0,
+            "sync_wait": round(max(0, sset.t_release_ns - sset.t_ready_ns) / 1e6, 3),
+        }
+        latency.update({k: round(v, 3) for k, v in stage_ms.items()})
+        return {
+            "event_id": f"{self.cfg.rig}:{self.run_id:08x}:{self._event_seq}",
+            "seq": self._event_seq,
+            "rig": self.cfg.rig,
+            "t_ref_ns": int(sset.t_ref_ns),
+            "labels": labels,
+            "scores": scores,
+            "model": None if self.runtime is None else {
+                "name": self.runtime.name, "trained": trained, "provider": self.runtime.provider},
+            "modalities": modalities,
+            "members": member_list,
+            "missing": missing,
+            "consistency": consistency,
+            "newest_capture_ns": max((m.t_rig_ns for m in members.values()), default=sset.t_ref_ns),
+            "latency_ms": latency,
+            "_t_built_ns": self.timer(),
+        }
+
+    def finish_event(self, event: dict, t_publish_ns: int) -> dict:
+        """Stamp publish time and end-to-end latency just before the event is sent.
+
+        ``t_publish_ns`` must come from the same clock as the core's timer (the node uses
+        ``time.monotonic_ns`` for both, the clock sensors on the same host stamp with).
+        """
+        lat = event["latency_ms"]
+        lat["publish"] = round(max(0, t_publish_ns - event.pop("_t_built_ns")) / 1e6, 3)
+        lat["e2e"] = round((t_publish_ns - event.pop("newest_capture_ns")) / 1e6, 3)
+        event["t_publish_ns"] = int(t_publish_ns)
+        for name, value in lat.items():
+            self.latency.add(name, value)
+        self.events_out += 1
+        return event
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def stats(self, now_ns: int, interval_s: float) -> dict:
+        """A snapshot for the stats topic; rates are over the last ``interval_s``."""
+        sensors = {}
+        for st in self.sensors.values():
+            recent = st.received - st.received_at_last_stats
+            st.received_at_last_stats = st.received
+            entry = {
+                "kind": st.kind, "alive": st.alive, "received": st.received, "accepted": st.accepted,
+                "rate_hz": round(recent / interval_s, 2) if interval_s > 0 else 0.0,
+                "dropped": st.dropped, "seq_gaps": st.seq_gaps, "restarts": st.restarts, "deaths": st.deaths,
+                "rejected": dict(st.rejected), "queue_depth": len(st.buffer),
+                "last_seen_ms": None if st.last_seen_ns is None else round((now_ns - st.last_seen_ns) / 1e6, 1),
+            }
+            if st.kind == "audio":
+                ring = self.rings[st.sensor_id]
+                entry.update(audio_gaps=ring.gaps, audio_rebases=ring.rebases)
+            sensors[st.sensor_id] = entry
+        return {
+            "rig": self.cfg.rig,
+            "t_ns": int(now_ns),
+            "events": self.events_out,
+            "sensors": sensors,
+            "rejected_unattributed": dict(self.unattributed),
+            "sync": {"policy": self.assembler.policy_name, **dict(self.assembler.counters)},
+            "latency_ms": self.latency.summary(),
+            "provider": None if self.runtime is None else self.runtime.provider,
+        }

@@ -1,0 +1,271 @@
+"""``fusion demo``: sensor processes, the node and a subscriber, on the bundled recordings.
+
+The demo writes a rig config for the run (ipc endpoints in a private temporary folder), starts
+the node and waits for its ready line, starts one process per sensor (each waits for the node to
+subscribe before playing, so no recording's start is lost), prints fused events as they arrive,
+and at the end (recordings finished or ``--duration`` reached) stops the children cleanly and
+prints a summary: events, rates, drops, rejects and latency percentiles.
+
+The bundled recordings were not captured together: the demo replays separate recordings side by
+side, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+import zmq
+
+from .errors import FusionError
+from .stats import percentiles
+from .supervisor import Child, python_module
+from .wire import decode_map
+
+__all__ = ["add_arguments", "run", "default_models"]
+
+log = logging.getLogger("fusion.demo")
+
+TRAINED_DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default" / "manifest.json"
+UNTRAINED_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusion-node" / "untrained-seed0"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sensors.samples import DEFAULT_AUDIO, DEFAULT_CAMERA, DEFAULT_RADAR
+
+    p.add_argument("--camera", default=str(DEFAULT_CAMERA), metavar="SRC",
+                   help="camera source: video file, device index or URL (default: bundled person video)")
+    p.add_argument("--radar", default=str(DEFAULT_RADAR), metavar="SRC",
+                   help="radar source: .dat capture or serial:DEVICE (default: bundled TI capture)")
+    p.add_argument("--audio", default=str(DEFAULT_AUDIO), metavar="SRC",
+                   help="audio source: WAV/OGG/FLAC file or mic[:DEVICE] (default: bundled speech clip)")
+    p.add_argument("--no-camera", action="store_true", help="run without a camera (approximate policy)")
+    p.add_argument("--no-radar", action="store_true", help="run without a radar")
+    p.add_argument("--no-audio", action="store_true", help="run without a microphone")
+    p.add_argument("--duration", type=float, default=12.0, metavar="S",
+                   help="stop after S seconds even if recordings go on (default 12; 0 = until they end)")
+    p.add_argument("--loop", action="store_true", help="loop the recordings (stop with --duration or Ctrl-C)")
+    p.add_argument("--events-out", metavar="FILE.jsonl", default=None, help="also write every event here")
+    p.add_argument("--models", default="default", metavar="MANIFEST",
+                   help="model manifest.json; 'default' = the shipped models (or, until trained ones exist, "
+                        "an untrained set whose outputs are never shown as detections); 'none' = sync only")
+    p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
+                   help="onnxruntime execution provider (default auto: TensorRT, CUDA, then CPU)")
+    p.add_argument("--policy", default="reference", choices=["reference", "approximate", "epsilon"],
+                   help="synchronisation policy (default reference)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
+def default_models() -> Path | None:
+    """The shipped trained models if present, else an untrained set exported once and cached."""
+    if TRAINED_DEFAULT.exists():
+        return TRAINED_DEFAULT
+    manifest = UNTRAINED_CACHE / "manifest.json"
+    if manifest.exists():
+        return manifest
+    try:
+        from models.export import export_untrained_bundle
+    except ImportError as exc:
+        log.warning("no trained models and torch is not installed (%s): running synchronisation only", exc)
+        return None
+    print("fusion demo: no trained models shipped yet; exporting an untrained model set once "
+          f"to {UNTRAINED_CACHE} (its outputs are never reported as detections)", file=sys.stderr)
+    UNTRAINED_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="untrained-", dir=UNTRAINED_CACHE.parent))
+    export_untrained_bundle(tmp, seed=0)
+    try:
+        tmp.rename(UNTRAINED_CACHE)
+    except OSError:  # another demo exported it at the same time: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _read_lines(stream, q: queue.Queue) -> None:
+    for line in stream:
+        q.put(line)
+    q.put(None)
+
+
+def _wait_ready(node: Child, lines: queue.Queue, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            if not node.running:
+                break
+            continue
+        if line is None:
+            break
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg.get("event") == "ready":
+            return msg
+    raise FusionError(f"the fusion node did not start (exit code {node.poll()}):\n{node.last_error(8)}")
+
+
+def _describe(ev: dict, t0_ns: int) -> str:
+    present = [k for k, m in ev["modalities"].items() if m["present"]]
+    labels = ", ".join(f"{d['label']} {d['score']:.2f}" for d in ev["labels"]) or (
+        "-" if ev.get("model") and ev["model"]["trained"] else "(untrained models: no labels)"
+        if ev.get("model") else "(sync only)")
+    cons = "" if ev.get("consistency") is None else f" consistency={ev['consistency']:.2f}"
+    return (f"event {ev['seq']:4d}  t=+{(ev['t_ref_ns'] - t0_ns) / 1e9:6.2f}s  "
+            f"present={'+'.join(present) or '-'}  missing={','.join(ev['missing']) or '-'}  "
+            f"labels: {labels}{cons}  e2e={ev['latency_ms'].get('e2e', 0):.1f} ms")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.no_camera and args.policy == "reference":
+        args.policy = "approximate"
+    models = None
+    if args.models == "default":
+        models = default_models()
+    elif args.models != "none":
+        models = Path(args.models).resolve()
+    workdir = Path(tempfile.mkdtemp(prefix="fusion-demo-"))
+    sensors = []
+    argv = {}
+    for kind, enabled, src, sid in (("camera", not args.no_camera, args.camera, "cam0"),
+                                    ("radar", not args.no_radar, args.radar, "radar0"),
+                                    ("audio", not args.no_audio, args.audio, "mic0")):
+        if not enabled:
+            continue
+        endpoint = f"ipc://{workdir / sid}.sock"
+        sensors.append({"id": sid, "kind": kind, "endpoint": endpoint})
+        extra = ["--loop"] if args.loop else []
+        argv[sid] = python_module("fusion_node.cli", "sensor", kind, "--source", str(src), "--sensor-id", sid,
+                                  "--endpoint", endpoint, "--wait-subscriber", "20", *extra)
+    cfg = {"rig": "demo", "sensors": sensors,
+           "sync": {"policy": args.policy},
+           "node": {"publish_endpoint": f"ipc://{workdir / 'events'}.sock",
+                    "models": None if models is None else str(models), "provider": args.provider,
+                    "stats_interval_s": 1.0, "max_age_s": 30.0}}
+    cfg_path = workdir / "rig.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    node = Child("node", python_module("fusion_node.cli", "node", "--config", str(cfg_path)), workdir,
+                 stdout_pipe=True).start()
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_lines, args=(node.proc.stdout, lines), daemon=True).start()
+    children = {}
+    events: list[dict] = []
+    out = open(args.events_out, "w") if args.events_out else None
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    failures: list[str] = []
+    reported: set[str] = set()
+    try:
+        ready = _wait_ready(node, lines, timeout_s=120)
+        print(f"fusion demo: node ready on {ready['publish_endpoint']}, models: "
+              f"{ready['models'] or 'none'}{' (untrained)' if ready['trained'] is False else ''}, "
+              f"provider: {ready['provider'] or '-'}"
+              f"{' (' + ready['provider_note'] + ')' if ready.get('provider_note') else ''}", flush=True)
+        print("fusion demo: the bundled recordings were captured separately; this is a side-by-side replay "
+              "of independent camera, radar and audio recordings", flush=True)
+        sub.setsockopt(zmq.SUBSCRIBE, b"fused")
+        sub.connect(ready["publish_endpoint"])
+        for sid, a in argv.items():
+            children[sid] = Child(sid, a, workdir).start()
+        t_start = time.monotonic()
+        t0_ns = None
+        quiet_after = None
+        while True:
+            if sub.poll(100):
+                _, ev = decode_map(sub.recv_multipart())
+                events.append(ev)
+                t0_ns = t0_ns or ev["t_ref_ns"]
+                if out:
+                    out.write(json.dumps(ev) + "\n")
+                if not args.quiet:
+                    print(_describe(ev, t0_ns), flush=True)
+            if not node.running:
+                failures.append(f"node died (exit code {node.poll()}): {node.last_error()}")
+                break
+            for sid, child in children.items():
+                code = child.poll()
+                if code not in (None, 0) and sid not in reported:
+                    reported.add(sid)
+                    failures.append(f"{sid} died (exit code {code}): {child.last_error()}")
+            elapsed = time.monotonic() - t_start
+            finished = all(c.poll() is not None for c in children.values())
+            if quiet_after is None and (finished or (args.duration and elapsed >= args.duration)):
+                for child in children.values():
+                    child.stop()
+                quiet_after = time.monotonic() + 1.0  # let the last sets reach their deadline
+            if quiet_after is not None and time.monotonic() >= quiet_after:
+                break
+    finally:
+        for child in children.values():
+            child.stop()
+        node.stop(timeout_s=10)
+        sub.close(0)
+        if out:
+            out.close()
+    final = {}
+    while True:
+        try:
+            line = lines.get(timeout=2)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg.get("event") == "final_stats":
+            final = msg
+    _summary(events, final, failures, time.monotonic() - t_start if children else 0.0)
+    if args.events_out:
+        print(f"fusion demo: {len(events)} events written to {args.events_out}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failures or not events else 0
+
+
+def _summary(events: list[dict], final: dict, failures: list[str], wall_s: float) -> None:
+    print("\n=== fusion demo summary ===")
+    rate = len(events) / wall_s if wall_s > 0 else 0.0
+    print(f"events: {len(events)} in {wall_s:.1f} s ({rate:.1f}/s)")
+    missing = {}
+    for ev in events:
+        for m in ev["missing"]:
+            missing[m] = missing.get(m, 0) + 1
+    if missing:
+        print("sets with a modality missing: " + ", ".join(f"{k} {v}" for k, v in sorted(missing.items())))
+    labels = {}
+    for ev in events:
+        for d in ev["labels"]:
+            labels[d["label"]] = labels.get(d["label"], 0) + 1
+    if labels:
+        print("labels: " + ", ".join(f"{k} x{v}" for k, v in sorted(labels.items(), key=lambda kv: -kv[1])))
+    for sid, s in final.get("sensors", {}).items():
+        rej = sum(s["rejected"].values())
+        print(f"  {sid:8s} {s['kind']:6s} received {s['received']:6d}  dropped {s['dropped']}  "
+              f"seq gaps {s['seq_gaps']}  rejected {rej}{' ' + str(s['rejected']) if rej else ''}  "
+              f"restarts {s['restarts']}")
+    if final.get("rejected_unattributed"):
+        print(f"  rejected (no sensor): {final['rejected_unattributed']}")
+    stages = {}
+    for ev in events:
+        for k, v in ev["latency_ms"].items():
+            stages.setdefault(k, []).append(v)
+    if stages:
+        print("latency (ms)        p50      p90      p99      max")
+        for k, vals in stages.items():
+            p = percentiles(vals)
+            print(f"  {k:14s} {p['p50']:8.2f} {p['p90']:8.2f} {p['p99']:8.2f} {p['max']:8.2f}")
+    for f in failures:
+        print(f"FAILED: {f}")

@@ -1,0 +1,1 @@
+"""Sensor reader processes: camera, radar and audio publishers."""

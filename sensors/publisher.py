@@ -1,0 +1,126 @@
+"""The publishing half every sensor process shares: an XPUB socket, the envelope, pacing.
+
+The socket is XPUB rather than PUB so a sensor can see subscriptions arrive and, when asked,
+wait for the node before it starts playing a file (otherwise the first frames of a recording
+would be sent before anyone listens). Its send high-water mark comes from the topic registry.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Callable
+
+import zmq
+
+from fusion_node.errors import SensorError
+from fusion_node.wire import TOPICS, SensorMessage, encode
+
+__all__ = ["SensorPublisher", "Pacer", "sleep_until", "install_stop_handler"]
+
+
+def sleep_until(t_ns: int, stop: Callable[[], bool] | None = None,
+                clock: Callable[[], int] = time.monotonic_ns) -> None:
+    """Sleep until ``clock()`` reaches ``t_ns``, waking early when ``stop()`` turns true."""
+    while True:
+        delay = t_ns - clock()
+        if delay <= 0 or (stop is not None and stop()):
+            return
+        time.sleep(min(delay / 1e9, 0.05))
+
+
+class SensorPublisher:
+    """Binds one endpoint and publishes one sensor's messages with a fresh ``run_id``."""
+
+    def __init__(self, topic: str, endpoint: str, sensor_id: str, *, context: zmq.Context | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns):
+        if topic not in TOPICS:
+            raise SensorError(f"{sensor_id}: unknown topic {topic!r}")
+        self.topic = TOPICS[topic]
+        self.sensor_id = sensor_id
+        self.clock = clock
+        # A new run_id per process start lets the node tell a restart from an out-of-order message.
+        self.run_id = int.from_bytes(os.urandom(4), "little")
+        self.seq = 0
+        self._ctx = context or zmq.Context.instance()
+        self.socket = self._ctx.socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.SNDHWM, self.topic.queue_bound)
+        self.socket.setsockopt(zmq.LINGER, 500)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(0)
+            raise SensorError(f"{sensor_id}: cannot bind {endpoint}: {exc} "
+                              f"(is another process using it? pick another endpoint)") from None
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sent = 0
+
+    def wait_for_subscriber(self, timeout_s: float) -> bool:
+        """Block until a subscription arrives (True) or the timeout passes (False)."""
+        if self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
+            self.socket.recv()  # the subscription message itself
+            return True
+        return False
+
+    def _drain_subscriptions(self) -> None:
+        while self.socket.poll(0, zmq.POLLIN):
+            self.socket.recv()
+
+    def publish(self, msg: SensorMessage) -> None:
+        """Stamp ``seq``, ``run_id`` and the publish time, then send without copying the payload."""
+        msg.seq = self.seq
+        msg.run_id = self.run_id
+        msg.sensor_id = self.sensor_id
+        frames = encode(msg, t_publish_ns=self.clock())
+        self.socket.send_multipart(frames, copy=False)
+        self.seq += 1
+        self.sent += 1
+        if self.sent % 256 == 0:
+            self._drain_subscriptions()  # XPUB queues subscription messages; keep that queue short
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class Pacer:
+    """Keeps a fixed schedule (t0 + i * period) whatever each iteration costs."""
+
+    def __init__(self, period_ns: int, clock: Callable[[], int] = time.monotonic_ns):
+        self.period_ns = int(period_ns)
+        self.clock = clock
+        self.t0 = clock()
+        self.i = 0
+
+    def next_time(self) -> int:
+        return self.t0 + self.i * self.period_ns
+
+    def wait(self, stop: Callable[[], bool] | None = None) -> int:
+        """Sleep until the next slot, return its scheduled time (the intended capture time)."""
+        due = self.next_time()
+        sleep_until(due, stop, self.clock)
+        self.i += 1
+        return due
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+
+def install_stop_handler() -> _StopFlag:
+    """SIGINT/SIGTERM set a flag the sensor loop checks, so it exits cleanly between frames."""
+    flag = _StopFlag()
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        if flag.stopped:
+            sys.exit(130)
+        flag.stopped = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return flag
