@@ -181,6 +181,11 @@ def _envelope(msg: SensorMessage, t_publish_ns: int | None) -> dict[str, Any]:
     }
 
 
+def _bytes_view(arr: np.ndarray) -> memoryview:
+    # A flat byte view of a contiguous array: ZeroMQ sends it from the array's own memory.
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
 def encode(msg: SensorMessage, t_publish_ns: int | None = None) -> list:
     """Build the multipart frames for a sensor message; the payload is a zero-copy buffer.
 
@@ -197,20 +202,20 @@ def encode(msg: SensorMessage, t_publish_ns: int | None = None) -> list:
             img = np.ascontiguousarray(msg.image, dtype=np.uint8)
             if img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"camera {msg.sensor_id}: image must be (H, W, 3) uint8, got {img.shape}")
-            payload = memoryview(img).cast("B")
+            payload = _bytes_view(img)
         else:
             raise ValueError(f"camera {msg.sensor_id}: unknown encoding {msg.encoding!r}")
         head.update(width_px=int(w), height_px=int(h), channels=3, encoding=msg.encoding,
                     payload_bytes=len(payload))
     elif isinstance(msg, RadarPoints):
         pts = np.ascontiguousarray(msg.points, dtype="<f4").reshape(-1, len(RADAR_POINT_FIELDS))
-        payload = memoryview(pts).cast("B")
+        payload = _bytes_view(pts)
         head.update(frame_number=int(msg.frame_number), num_points=int(pts.shape[0]),
                     point_fields=list(RADAR_POINT_FIELDS), has_side_info=bool(msg.has_side_info),
                     payload_bytes=len(payload))
     elif isinstance(msg, AudioChunk):
         s = np.ascontiguousarray(msg.samples, dtype="<f4").reshape(-1)
-        payload = memoryview(s).cast("B")
+        payload = _bytes_view(s)
         head.update(sample_rate_hz=int(msg.sample_rate_hz), num_samples=int(s.shape[0]), channels=1,
                     sample_format="f32le", payload_bytes=len(payload))
     else:

@@ -9,18 +9,12 @@ from __future__ import annotations
 import math
 import random
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    # No packaging config yet; let `pytest tests/...` import the repo's packages.
-    sys.path.insert(0, str(ROOT))
-
-from sensors.ti_mmwave import (  # noqa: E402
+from sensors.ti_mmwave import (
     POINT_FIELDS,
     ChirpConfig,
     ChirpConfigError,
@@ -32,6 +26,7 @@ from sensors.ti_mmwave import (  # noqa: E402
     send_chirp_config,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sensors/samples/radar/ti_iwr6843_oob_automated_doors_2019-12-04.dat"
 MAGIC = bytes((0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07))
 REJECTIONS = (

@@ -1,0 +1,114 @@
+"""Shared fixtures: private ipc endpoints, real subprocesses of the fusion command, sample paths."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sensors" / "samples"
+
+
+@pytest.fixture
+def ipc_dir(tmp_path_factory):
+    # ipc paths must stay short (sun_path is ~107 bytes): a short private temp folder.
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="fz-"))
+    yield d
+    for p in d.iterdir():
+        p.unlink(missing_ok=True)
+    d.rmdir()
+
+
+@pytest.fixture
+def zctx():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+class Proc:
+    """A real child process of the fusion command, its stdout read line by line."""
+
+    def __init__(self, *args: str, log_dir: Path):
+        self.args = args
+        self.stderr_path = log_dir / f"{args[0]}-{'-'.join(a for a in args[1:3] if not a.startswith('-'))}-{time.monotonic_ns()}.log"
+        self._err = open(self.stderr_path, "wb")
+        self.p = subprocess.Popen([sys.executable, "-m", "fusion_node", *args], stdout=subprocess.PIPE,
+                                  stderr=self._err, stdin=subprocess.DEVNULL, text=True, cwd=ROOT,
+                                  env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.p.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def json_line(self, key: str, value, timeout: float = 60.0) -> dict:
+        """Wait for a JSON stdout line whose ``key`` equals ``value``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if msg.get(key) == value:
+                return msg
+        raise AssertionError(f"no {key}={value!r} line from {self.args}; stderr:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self._err.flush()
+        return self.stderr_path.read_text(errors="replace")[-3000:]
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(2)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._err.close()
+        return self.p.returncode
+
+    def kill(self) -> None:
+        self.p.kill()
+        self.p.wait()
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    procs: list[Proc] = []
+
+    def start(*args: str) -> Proc:
+        proc = Proc(*args, log_dir=tmp_path)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(procs):
+        proc.stop(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def untrained_models(tmp_path_factory) -> Path:
+    """A small untrained model set exported from torch once per test session."""
+    from models.export import export_untrained_bundle
+
+    return export_untrained_bundle(tmp_path_factory.mktemp("models"), seed=0)
