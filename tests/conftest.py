@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,10 +20,8 @@ SAMPLES = ROOT / "sensors" / "samples"
 
 
 @pytest.fixture
-def ipc_dir(tmp_path_factory):
+def ipc_dir():
     # ipc paths must stay short (sun_path is ~107 bytes): a short private temp folder.
-    import tempfile
-
     d = Path(tempfile.mkdtemp(prefix="fz-"))
     yield d
     for p in d.iterdir():
@@ -41,11 +41,11 @@ class Proc:
 
     def __init__(self, *args: str, log_dir: Path):
         self.args = args
-        self.stderr_path = log_dir / f"{args[0]}-{'-'.join(a for a in args[1:3] if not a.startswith('-'))}-{time.monotonic_ns()}.log"
+        self.stderr_path = log_dir / f"{args[0]}-{time.monotonic_ns()}.stderr"
         self._err = open(self.stderr_path, "wb")
         self.p = subprocess.Popen([sys.executable, "-m", "fusion_node", *args], stdout=subprocess.PIPE,
                                   stderr=self._err, stdin=subprocess.DEVNULL, text=True, cwd=ROOT,
-                                  env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 

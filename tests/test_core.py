@@ -1,0 +1,146 @@
+"""The pure fusion core: admission, counted rejections, restarts, drops, liveness and events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusion_node.config import config_from_dict
+from fusion_node.core import FusionCore
+from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, Rejection
+
+MS = 1_000_000
+T0 = 10_000 * MS
+
+
+def _cfg(**sync):
+    return config_from_dict({
+        "rig": "r1",
+        "sensors": [{"id": "cam0", "kind": "camera", "endpoint": "inproc://c", "liveness_timeout_s": 0.5},
+                    {"id": "radar0", "kind": "radar", "endpoint": "inproc://r", "liveness_timeout_s": 0.5},
+                    {"id": "mic0", "kind": "audio", "endpoint": "inproc://a", "liveness_timeout_s": 0.5}],
+        "sync": {"deadline_ms": 100, "audio_window_s": 0.2, **sync},
+    })
+
+
+class Clock:
+    def __init__(self):
+        self.t = T0
+
+    def __call__(self):
+        return self.t
+
+
+def _cam(seq, t, run=1):
+    return CameraFrame("cam0", seq, t, t, np.zeros((8, 8, 3), np.uint8), run_id=run)
+
+
+def _radar(seq, t, run=1):
+    return RadarPoints("radar0", seq, t, t, np.zeros((2, 6), np.float32), run_id=run)
+
+
+def _audio(seq, t, run=1):
+    return AudioChunk("mic0", seq, t, t, np.full(320, 0.1, np.float32), 16000, run_id=run)
+
+
+def _feed(core, clock, msgs, now=None):
+    clock.t = now if now is not None else max(m.t_capture_ns for m in msgs) + MS
+    return core.step(clock.t, [(clock.t, m) for m in msgs])
+
+
+def _stream(core, clock, t_from, t_to, seq0=0, cam=True, radar=True, audio=True, run=1):
+    """Real-time-ordered camera/radar at 100 ms and audio at 20 ms; returns events."""
+    events = []
+    for i, t in enumerate(range(t_from, t_to, 20 * MS)):
+        msgs = [_audio(seq0 * 5 + i, t, run)] if audio else []
+        if (t - t_from) % (100 * MS) == 0:
+            k = seq0 + (t - t_from) // (100 * MS)
+            msgs += ([_cam(k, t, run)] if cam else []) + ([_radar(k, t + 5 * MS, run)] if radar else [])
+        if msgs:
+            events += _feed(core, clock, msgs, now=t + 21 * MS)
+    return events
+
+
+def test_complete_sets_become_events_with_members_and_latencies():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    events = _stream(core, clock, T0, T0 + 1000 * MS)
+    assert len(events) >= 8
+    ev = events[-1]
+    assert ev["rig"] == "r1" and ev["missing"] == [] and ev["labels"] == [] and ev["model"] is None
+    assert {m["sensor_id"] for m in ev["members"]} == {"cam0", "radar0"}
+    assert all(m["present"] for m in ev["modalities"].values())
+    assert {"receive", "sync_wait"} <= set(ev["latency_ms"])
+    out = core.finish_event(ev, clock.t + 2 * MS)
+    assert out["latency_ms"]["e2e"] > 0 and "t_publish_ns" in out
+
+
+def test_each_admission_failure_is_counted_by_reason():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    now = T0
+    msgs = [
+        _cam(0, now - 10_000 * MS),  # far in the past
+        _cam(1, now + 5_000 * MS),  # far in the future
+        _cam(2, now - 50 * MS),
+        _cam(2, now - 40 * MS),  # repeated seq
+        _cam(3, now - 60 * MS),  # capture time went backwards
+        CameraFrame("ghost", 0, now, now, np.zeros((4, 4, 3), np.uint8)),
+        RadarPoints("cam0", 0, now, now, np.zeros((0, 6), np.float32)),  # a camera id on the radar topic
+        AudioChunk("mic0", 0, now, now, np.zeros(441, np.float32), 44100),
+    ]
+    core.step(now, [(now, m) for m in msgs] + [(now, Rejection("bad_msgpack", "x", "radar", ""))])
+    rej = core.sensors["cam0"].rejected
+    assert rej == {"timestamp_past": 1, "timestamp_future": 1, "out_of_order": 2, "unknown_sensor": 1}
+    assert core.sensors["mic0"].rejected == {"bad_header": 1}
+    assert core.unattributed == {"unknown_sensor": 1, "bad_msgpack": 1}
+    assert core.sensors["cam0"].accepted == 1
+
+
+def test_restarted_sensor_is_rebased_not_rejected():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    _stream(core, clock, T0, T0 + 500 * MS)
+    # The radar process restarts: new run_id, seq from 0.
+    _stream(core, clock, T0 + 500 * MS, T0 + 1000 * MS, seq0=5, run=1)
+    _feed(core, clock, [_radar(0, T0 + 1000 * MS, run=2)], now=T0 + 1001 * MS)
+    st = core.sensors["radar0"]
+    assert st.restarts == 1 and sum(st.rejected.values()) == 0
+
+
+def test_dead_sensor_marked_missing_and_counted():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    _stream(core, clock, T0, T0 + 500 * MS)
+    events = _stream(core, clock, T0 + 500 * MS, T0 + 2000 * MS, seq0=5, radar=False)
+    assert events[-1]["missing"] == ["radar0"]
+    assert not events[-1]["modalities"]["radar"]["present"]
+    stats = core.stats(clock.t, 1.0)
+    assert stats["sensors"]["radar0"]["alive"] is False and stats["sensors"]["radar0"]["deaths"] == 1
+    # Once dead, sets are not held back waiting for it.
+    late = [e for e in events if e["t_ref_ns"] > T0 + 1500 * MS]
+    assert late and max(e["latency_ms"]["sync_wait"] for e in late) < 50
+
+
+def test_a_backlog_overflows_the_buffer_drop_oldest():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    msgs = [_cam(i, T0 - (20 - i) * 10 * MS) for i in range(20)]  # 20 frames in one step, bound is 8
+    core.step(T0, [(T0, m) for m in msgs])
+    assert core.sensors["cam0"].dropped == 12
+
+
+def test_seq_gaps_are_counted():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    core.step(T0, [(T0, _cam(0, T0 - 30 * MS)), (T0, _cam(5, T0 - 20 * MS))])
+    assert core.sensors["cam0"].seq_gaps == 4
+
+
+def test_stats_snapshot_has_the_documented_keys():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    _stream(core, clock, T0, T0 + 300 * MS)
+    s = core.stats(clock.t, 0.3)
+    assert {"rig", "t_ns", "events", "sensors", "rejected_unattributed", "sync", "latency_ms", "provider"} <= set(s)
+    assert s["sensors"]["cam0"]["rate_hz"] == pytest.approx(3 / 0.3, rel=0.01)

@@ -1,0 +1,178 @@
+"""End to end with real processes: the demo, a sensor killed and restarted, a flood of bad messages.
+
+Sensor readers and the node run as real subprocesses of the ``fusion`` command over ipc
+sockets in a private folder; the tests subscribe to the node's real event stream.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import yaml
+import zmq
+
+from fusion_node.wire import RadarPoints, decode_map, encode
+from sensors.ti_mmwave import read_capture
+
+from .conftest import ROOT, SAMPLES
+
+VIDEO = SAMPLES / "video" / "one-by-one-person-detection.mp4"
+RADAR = SAMPLES / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat"
+AUDIO = SAMPLES / "audio" / "engine_truck_start_pullaway_opensfx25_CC0.wav"
+
+
+def _rig(ipc_dir, **node):
+    cfg = {
+        "rig": "test-rig",
+        "sensors": [
+            {"id": "cam0", "kind": "camera", "endpoint": f"ipc://{ipc_dir}/cam0", "liveness_timeout_s": 0.5},
+            {"id": "radar0", "kind": "radar", "endpoint": f"ipc://{ipc_dir}/radar0", "liveness_timeout_s": 0.5},
+            {"id": "mic0", "kind": "audio", "endpoint": f"ipc://{ipc_dir}/mic0", "liveness_timeout_s": 0.5},
+        ],
+        "sync": {"deadline_ms": 150, "audio_window_s": 0.5},
+        "node": {"publish_endpoint": f"ipc://{ipc_dir}/events", "stats_interval_s": 0.25, **node},
+    }
+    path = ipc_dir / "rig.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, cfg
+
+
+def _subscribe(zctx, endpoint, *topics):
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for t in topics:
+        sub.setsockopt(zmq.SUBSCRIBE, t)
+    sub.connect(endpoint)
+    return sub
+
+
+def _wait_event(sub, predicate, timeout=30.0, what="event"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sub.poll(100):
+            topic, body = decode_map(sub.recv_multipart())
+            if predicate(topic, body):
+                return body
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _sensor(spawn, kind, sid, ipc_dir, src, *extra):
+    return spawn("sensor", kind, "--source", str(src), "--sensor-id", sid, "--endpoint",
+                 f"ipc://{ipc_dir}/{sid}", "--loop", *extra)
+
+
+def test_demo_runs_the_bundled_recordings_end_to_end(tmp_path, untrained_models):
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusion_node", "demo", "--duration", "4", "--events-out", str(out),
+         "--models", str(untrained_models)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "fusion demo summary" in proc.stdout
+    assert "side-by-side replay" in proc.stdout
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(events) >= 20  # 10 fps video for ~4 s
+    full = [e for e in events if not e["missing"]]
+    assert full, "no set had every modality"
+    ev = full[-1]
+    assert {m["topic"] for m in ev["members"]} == {"camera", "radar"}
+    assert ev["model"]["trained"] is False and ev["labels"] == []  # untrained: never detections
+    for stage in ("receive", "sync_wait", "preprocess", "encode_camera", "encode_radar", "encode_audio",
+                  "head", "publish", "e2e"):
+        assert stage in ev["latency_ms"], stage
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_killed_sensor_is_reported_missing_and_picked_up_again(ipc_dir, spawn, zctx):
+    cfg_path, cfg = _rig(ipc_dir)
+    node = spawn("node", "--config", str(cfg_path))
+    ready = node.json_line("event", "ready")
+    sub = _subscribe(zctx, ready["publish_endpoint"], b"fused", b"stats")
+    _sensor(spawn, "camera", "cam0", ipc_dir, VIDEO)
+    radar = _sensor(spawn, "radar", "radar0", ipc_dir, RADAR)
+    _sensor(spawn, "audio", "mic0", ipc_dir, AUDIO)
+    _wait_event(sub, lambda t, b: t == "fused" and not b["missing"], what="a complete set")
+
+    radar.kill()
+    _wait_event(sub, lambda t, b: t == "stats" and not b["sensors"]["radar0"]["alive"], what="radar dead in stats")
+    ev = _wait_event(sub, lambda t, b: t == "fused" and b["missing"] == ["radar0"], what="radar missing")
+    assert ev["modalities"]["camera"]["present"]
+
+    _sensor(spawn, "radar", "radar0", ipc_dir, RADAR)  # same endpoint, new process
+    _wait_event(sub, lambda t, b: t == "fused" and not b["missing"], what="radar back")
+    stats = _wait_event(sub, lambda t, b: t == "stats" and b["sensors"]["radar0"]["alive"], what="stats")
+    radar_stats = stats["sensors"]["radar0"]
+    assert radar_stats["restarts"] == 1 and radar_stats["deaths"] == 1
+    assert sum(radar_stats["rejected"].values()) == 0
+    assert node.p.poll() is None  # the node never restarted
+
+
+def _garbage(rng, valid_frames):
+    """One malformed message of a random kind, built from a valid radar message."""
+    topic, head, payload = valid_frames[0], msgpack.unpackb(valid_frames[1]), bytes(valid_frames[2])
+    kind = rng.integers(0, 8)
+    if kind == 0:
+        return [topic, head and msgpack.packb(head)]  # frame missing
+    if kind == 1:
+        return [topic, rng.bytes(int(rng.integers(1, 64))), payload]  # not msgpack
+    if kind == 2:
+        return [topic, msgpack.packb({**head, "payload_bytes": len(payload) + 4}), payload]
+    if kind == 3:
+        pts = np.frombuffer(payload, np.float32).copy()
+        pts[0] = np.nan
+        return [topic, valid_frames[1], pts.tobytes()]
+    if kind == 4:
+        return [topic, msgpack.packb({**head, "t_capture_ns": 1}), payload]  # ancient
+    if kind == 5:
+        return [topic, msgpack.packb({**head, "schema": 7}), payload]
+    if kind == 6:
+        return [topic, msgpack.packb({**head, "sensor_id": "intruder"}), payload]
+    return [b"radar", rng.bytes(8), rng.bytes(8), rng.bytes(8), rng.bytes(8)]
+
+
+def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, zctx):
+    cfg_path, cfg = _rig(ipc_dir)
+    node = spawn("node", "--config", str(cfg_path))
+    ready = node.json_line("event", "ready")
+    sub = _subscribe(zctx, ready["publish_endpoint"], b"fused")
+    _sensor(spawn, "camera", "cam0", ipc_dir, VIDEO)
+    _sensor(spawn, "audio", "mic0", ipc_dir, AUDIO)
+    # This test is the radar: it publishes the real capture's frames at 10 Hz with bursts of
+    # malformed messages between them, on the same socket.
+    pub = zctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 100_000)
+    pub.bind(f"ipc://{ipc_dir}/radar0")
+    assert pub.poll(20_000), "node never subscribed"
+    pub.recv()
+    frames = read_capture(RADAR)
+    rng = np.random.default_rng(7)
+    sent_bad = 0
+    events_with_radar = 0
+    t_next = time.monotonic_ns()
+    for seq, frame in enumerate(frames[:40]):
+        while time.monotonic_ns() < t_next:  # pace at the capture's 10 Hz, draining events meanwhile
+            if sub.poll(5):
+                _, ev = decode_map(sub.recv_multipart())
+                events_with_radar += "radar0" not in ev["missing"]
+        t_next += 100_000_000
+        now = time.monotonic_ns()
+        msg = RadarPoints("radar0", seq, now, now, np.asarray(frame.points), frame.frame_number,
+                          frame.has_side_info, run_id=99)
+        valid = [bytes(f) for f in encode(msg)]
+        pub.send_multipart(valid)
+        for _ in range(150):
+            pub.send_multipart(_garbage(rng, valid))
+            sent_bad += 1
+    node.stop()
+    final = node.json_line("event", "final_stats")
+    radar = final["sensors"]["radar0"]
+    rejected = sum(radar["rejected"].values()) + sum(final["rejected_unattributed"].values())
+    assert sent_bad == 40 * 150
+    assert rejected == sent_bad, (radar, final["rejected_unattributed"])
+    assert radar["accepted"] == 40 and radar["dropped"] == 0 and radar["seq_gaps"] == 0
+    assert events_with_radar >= 20
