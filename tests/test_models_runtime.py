@@ -263,6 +263,7 @@ def test_cpu_runtime(runtime):
     assert runtime.provider == CPU and runtime.provider_note == "CPU requested; using CPU"
     assert set(runtime.session_providers.values()) == {CPU}
     assert runtime.trained is False and runtime.name == "untrained-seed0"
+    assert runtime.audio_window_s == 1.0 and runtime.audio_sample_rate_hz == 16000
 
 
 def test_cuda_request_falls_back_to_cpu_with_note(bundle, caplog):
@@ -295,6 +296,19 @@ def test_provider_exception_falls_back(bundle, monkeypatch):
     assert "CUDA: simulated CUDA failure second line" in rt.provider_note
 
 
+def test_provider_notes_follow_the_build(bundle, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fusion_node.inference")
+    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CUDA, CPU])
+    rt = ModelRuntime(bundle, provider="tensorrt", warmup_runs=0)
+    assert rt.provider_note.startswith("TensorRT requested but unavailable (TensorRT: not in this onnxruntime build")
+    # A CPU-only build asked for "auto" is not a failure: an info line, no warning.
+    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CPU])
+    caplog.clear()
+    rt = ModelRuntime(bundle, provider="auto", warmup_runs=0)
+    assert rt.provider == CPU and rt.provider_note == "auto: this onnxruntime build offers no GPU provider; using CPU"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 # --------------------------------------------------------------------------- encode / fuse
 
 
@@ -310,7 +324,8 @@ def test_encode_every_modality(runtime):
         assert emb.shape == (1, 64) and emb.dtype == np.float32
         assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
     # The thin wrappers are the same preprocessing.
-    np.testing.assert_array_equal(runtime.preprocess_camera(raw["camera"]), runtime.preprocess("camera", raw["camera"])[0])
+    np.testing.assert_array_equal(runtime.preprocess_camera(raw["camera"]),
+                                  runtime.preprocess("camera", raw["camera"])[0])
     # An empty radar frame still encodes to a finite vector.
     empty = runtime.encode("radar", *runtime.preprocess_radar(np.zeros((0, 6), np.float32)))
     assert np.isfinite(empty).all()
@@ -492,7 +507,7 @@ def test_torch_head_masking_and_gradients():
     assert pts.grad[0, 3:].abs().sum() == 0  # padding never influences the embedding
 
     align = AlignmentModel({"camera": CameraEncoder(16), "radar": radar}, init_temperature=0.07)
-    assert float(align.temperature) == pytest.approx(0.07)
+    assert align.temperature.item() == pytest.approx(0.07)
     a = align.encode("camera", torch.randn(3, 3, 64, 64))
     assert a.shape == (3, 16) and align.similarity(a, a).shape == (3, 3)
     assert align.log_temperature.requires_grad

@@ -139,7 +139,7 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
     cfg_path, cfg = _rig(ipc_dir)
     node = spawn("node", "--config", str(cfg_path))
     ready = node.json_line("event", "ready")
-    sub = _subscribe(zctx, ready["publish_endpoint"], b"fused")
+    sub = _subscribe(zctx, ready["publish_endpoint"], b"fused", b"stats")
     _sensor(spawn, "camera", "cam0", ipc_dir, VIDEO)
     _sensor(spawn, "audio", "mic0", ipc_dir, AUDIO)
     # This test is the radar: it publishes the real capture's frames at 10 Hz with bursts of
@@ -157,8 +157,8 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
     for seq, frame in enumerate(frames[:40]):
         while time.monotonic_ns() < t_next:  # pace at the capture's 10 Hz, draining events meanwhile
             if sub.poll(5):
-                _, ev = decode_map(sub.recv_multipart())
-                events_with_radar += "radar0" not in ev["missing"]
+                topic, ev = decode_map(sub.recv_multipart())
+                events_with_radar += topic == "fused" and "radar0" not in ev["missing"]
         t_next += 100_000_000
         now = time.monotonic_ns()
         msg = RadarPoints("radar0", seq, now, now, np.asarray(frame.points), frame.frame_number,
@@ -168,6 +168,14 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
         for _ in range(150):
             pub.send_multipart(_garbage(rng, valid))
             sent_bad += 1
+
+    def all_counted(topic, body):
+        if topic != "stats":
+            return False
+        radar = body["sensors"]["radar0"]
+        return sum(radar["rejected"].values()) + sum(body["rejected_unattributed"].values()) >= sent_bad
+
+    _wait_event(sub, all_counted, timeout=20, what="every malformed message counted")
     node.stop()
     final = node.json_line("event", "final_stats")
     radar = final["sensors"]["radar0"]

@@ -1,0 +1,336 @@
+"""Sensor data -> model input tensors, in numpy and OpenCV only.
+
+These classes are the single definition of what each encoder sees. The fusion node calls them
+on live data and training code calls the same classes on recorded data, so the two can never
+disagree; their parameters travel inside the model manifest (``to_dict`` / ``from_dict``) so a
+bundle always carries the preprocessing it was trained with. No torch here: the node runs on
+onnxruntime + numpy.
+
+==================  =====================================  ======================================
+class               input                                  output (batch of 1, float32)
+==================  =====================================  ======================================
+CameraPreprocess    BGR uint8 image (H, W, 3)              (1, 3, size_h, size_w) normalised RGB
+RadarPreprocess     points float (N, 6): x_m, y_m, z_m,    points (1, max_points, 5), mask
+                    doppler_mps, snr_db, noise_db          (1, max_points)
+AudioPreprocess     mono float samples (n,)                log-mel (1, 1, n_mels, num_frames)
+==================  =====================================  ======================================
+
+Invalid input (wrong dtype, wrong shape) raises ValueError naming what was expected. These
+are programming or wiring errors, not data errors: the wire decoder has already rejected
+malformed or non-finite messages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["CameraPreprocess", "RadarPreprocess", "AudioPreprocess", "PREPROCESSORS"]
+
+
+def _check_keys(cls_name: str, d: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{cls_name}.from_dict: expected a mapping, got {type(d).__name__}")
+    for key in d:
+        if key not in allowed:
+            raise ValueError(f"{cls_name}.from_dict: unknown key {key!r}; allowed keys are {list(allowed)}")
+
+
+def _positive_int(cls_name: str, name: str, value: Any) -> int:
+    # bool is an int subclass; True as a size is certainly a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{cls_name}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _float_tuple(cls_name: str, name: str, value: Any, n: int, *, positive: bool = False) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{cls_name}: {name} must be {n} numbers, got {value!r}") from None
+    if len(out) != n or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{cls_name}: {name} must be {n} finite numbers, got {value!r}")
+    if positive and not all(v > 0 for v in out):
+        raise ValueError(f"{cls_name}: {name} must all be > 0, got {value!r}")
+    return out
+
+
+class CameraPreprocess:
+    """BGR uint8 image -> normalised RGB float32 tensor ``(1, 3, H, W)``.
+
+    Steps: BGR -> RGB, resize to ``size_hw`` with ``cv2.INTER_AREA`` (an area average, which
+    does not alias when shrinking a large camera frame), scale to [0, 1], subtract ``mean_rgb``
+    and divide by ``std_rgb`` per channel. The aspect ratio is not preserved: the encoder is
+    trained on the same squash, so both sides agree.
+    """
+
+    KEYS = ("size_hw", "mean_rgb", "std_rgb")
+
+    def __init__(
+        self,
+        size_hw: Sequence[int] = (96, 96),
+        mean_rgb: Sequence[float] = (0.485, 0.456, 0.406),
+        std_rgb: Sequence[float] = (0.229, 0.224, 0.225),
+    ) -> None:
+        name = type(self).__name__
+        if not isinstance(size_hw, Sequence) or len(size_hw) != 2:
+            raise ValueError(f"{name}: size_hw must be (height, width), got {size_hw!r}")
+        self.size_hw: tuple[int, int] = (
+            _positive_int(name, "size_hw[0]", size_hw[0]),
+            _positive_int(name, "size_hw[1]", size_hw[1]),
+        )
+        self.mean_rgb = _float_tuple(name, "mean_rgb", mean_rgb, 3)
+        self.std_rgb = _float_tuple(name, "std_rgb", std_rgb, 3, positive=True)
+        # Fold the /255 scale and the normalisation into one multiply-add per pixel.
+        self._scale = (1.0 / (255.0 * np.asarray(self.std_rgb, dtype=np.float32))).astype(np.float32)
+        self._offset = (-np.asarray(self.mean_rgb, dtype=np.float32) / np.asarray(self.std_rgb, dtype=np.float32))
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the tensor ``__call__`` returns."""
+        return (1, 3, self.size_hw[0], self.size_hw[1])
+
+    def __call__(self, image_bgr: np.ndarray) -> np.ndarray:
+        if not isinstance(image_bgr, np.ndarray):
+            raise ValueError(f"camera image must be a numpy uint8 array (H, W, 3) BGR, got {type(image_bgr).__name__}")
+        if image_bgr.dtype != np.uint8:
+            raise ValueError(f"camera image must be uint8 (H, W, 3) BGR, got dtype {image_bgr.dtype}")
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.shape[0] == 0 or image_bgr.shape[1] == 0:
+            raise ValueError(f"camera image must have shape (H, W, 3) with H, W > 0, got {image_bgr.shape}")
+        h, w = self.size_hw
+        rgb = cv2.cvtColor(np.ascontiguousarray(image_bgr), cv2.COLOR_BGR2RGB)
+        if rgb.shape[:2] != (h, w):
+            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
+        out = rgb.astype(np.float32) * self._scale + self._offset  # (H, W, 3), broadcast per channel
+        return np.ascontiguousarray(out.transpose(2, 0, 1)[None], dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters as JSON-ready values (the manifest's ``preprocess`` block)."""
+        return {"size_hw": list(self.size_hw), "mean_rgb": list(self.mean_rgb), "std_rgb": list(self.std_rgb)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CameraPreprocess":
+        """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys raise ValueError."""
+        _check_keys(cls.__name__, d, cls.KEYS)
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        return f"CameraPreprocess(size_hw={self.size_hw}, mean_rgb={self.mean_rgb}, std_rgb={self.std_rgb})"
+
+
+class RadarPreprocess:
+    """Radar detections ``(N, 6)`` -> fixed-size padded point set plus validity mask.
+
+    Input columns: x_m, y_m, z_m, doppler_mps, snr_db, noise_db. Output ``points (1, P, 5)``
+    holds x, y, z, doppler, snr each divided by ``scale`` (bringing them to roughly unit range;
+    noise_db is dropped because snr already carries the signal quality), and ``mask (1, P)`` is
+    1.0 for real points, 0.0 for padding. With more than ``P = max_points`` detections the
+    highest-SNR ones are kept (clutter and multipath tend to be weak); kept points are ordered by
+    descending SNR, ties in input order. Rows with a non-finite value are dropped. No detections
+    gives an all-zero mask.
+    """
+
+    KEYS = ("max_points", "scale")
+    IN_COLUMNS = ("x_m", "y_m", "z_m", "doppler_mps", "snr_db", "noise_db")
+    OUT_FEATURES = 5
+    _SNR_COLUMN = 4
+
+    def __init__(self, max_points: int = 64, scale: Sequence[float] = (10.0, 10.0, 5.0, 5.0, 30.0)) -> None:
+        name = type(self).__name__
+        self.max_points = _positive_int(name, "max_points", max_points)
+        self.scale = _float_tuple(name, "scale", scale, self.OUT_FEATURES, positive=True)
+        self._inv_scale = (1.0 / np.asarray(self.scale, dtype=np.float64)).astype(np.float32)
+
+    @property
+    def output_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int]]:
+        """Shapes of ``(points, mask)`` that ``__call__`` returns."""
+        return (1, self.max_points, self.OUT_FEATURES), (1, self.max_points)
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(points, np.ndarray):
+            raise ValueError(f"radar points must be a numpy float array (N, 6), got {type(points).__name__}")
+        if not np.issubdtype(points.dtype, np.floating):
+            raise ValueError(f"radar points must be float32 (N, 6) [{', '.join(self.IN_COLUMNS)}], "
+                             f"got dtype {points.dtype}")
+        if points.ndim != 2 or points.shape[1] != len(self.IN_COLUMNS):
+            raise ValueError(f"radar points must have shape (N, 6) [{', '.join(self.IN_COLUMNS)}], "
+                             f"got {points.shape}")
+        pts = points[:, : self.OUT_FEATURES]
+        finite = np.isfinite(pts).all(axis=1)
+        if not finite.all():
+            pts = pts[finite]
+        # Stable sort on -snr: strongest first, and equal SNRs keep their input order, so both the
+        # selection (when N > max_points) and the layout are deterministic.
+        order = np.argsort(-pts[:, self._SNR_COLUMN], kind="stable")[: self.max_points]
+        pts = pts[order]
+        n = len(pts)
+        out = np.zeros((1, self.max_points, self.OUT_FEATURES), dtype=np.float32)
+        mask = np.zeros((1, self.max_points), dtype=np.float32)
+        out[0, :n] = pts.astype(np.float32) * self._inv_scale
+        mask[0, :n] = 1.0
+        return out, mask
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters as JSON-ready values (the manifest's ``preprocess`` block)."""
+        return {"max_points": self.max_points, "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RadarPreprocess":
+        """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys raise ValueError."""
+        _check_keys(cls.__name__, d, cls.KEYS)
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        return f"RadarPreprocess(max_points={self.max_points}, scale={self.scale})"
+
+
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    # HTK mel scale: 2595 * log10(1 + f / 700).
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+class AudioPreprocess:
+    """Mono audio window -> log-mel spectrogram ``(1, 1, n_mels, num_frames)``.
+
+    The last ``window_s`` seconds of the input are used (the node hands over the window ending
+    at the reference time; anything older is dropped); shorter input is left-padded with zeros
+    so the most recent audio stays aligned to the end of the window. Frames of ``n_fft``
+    samples every ``hop`` samples, no centre padding, so
+    ``num_frames = 1 + (window_samples - n_fft) // hop`` (97 with the defaults). Each frame is
+    multiplied by a periodic Hann window; power spectrum ``|rfft|^2``; an HTK-mel-scale
+    triangular filterbank (unit-peak triangles, ``n_mels`` bands between ``fmin_hz`` and
+    ``fmax_hz``, built once here); then ``log(mel + 1e-6)``. Samples are expected in [-1, 1].
+    """
+
+    KEYS = ("sample_rate_hz", "window_s", "n_fft", "hop", "n_mels", "fmin_hz", "fmax_hz")
+    LOG_FLOOR = 1e-6
+
+    def __init__(
+        self,
+        sample_rate_hz: int = 16000,
+        window_s: float = 1.0,
+        n_fft: int = 512,
+        hop: int = 160,
+        n_mels: int = 64,
+        fmin_hz: float = 50.0,
+        fmax_hz: float = 8000.0,
+    ) -> None:
+        name = type(self).__name__
+        self.sample_rate_hz = _positive_int(name, "sample_rate_hz", sample_rate_hz)
+        self.n_fft = _positive_int(name, "n_fft", n_fft)
+        self.hop = _positive_int(name, "hop", hop)
+        self.n_mels = _positive_int(name, "n_mels", n_mels)
+        try:
+            self.window_s = float(window_s)
+            self.fmin_hz = float(fmin_hz)
+            self.fmax_hz = float(fmax_hz)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: window_s, fmin_hz and fmax_hz must be numbers") from None
+        if not (self.window_s > 0 and math.isfinite(self.window_s)):
+            raise ValueError(f"{name}: window_s must be > 0, got {window_s!r}")
+        nyquist = self.sample_rate_hz / 2.0
+        if not (0.0 <= self.fmin_hz < self.fmax_hz <= nyquist):
+            raise ValueError(f"{name}: need 0 <= fmin_hz < fmax_hz <= sample_rate_hz/2 = {nyquist}, "
+                             f"got fmin_hz={fmin_hz}, fmax_hz={fmax_hz}")
+        self.window_samples = int(round(self.window_s * self.sample_rate_hz))
+        if self.n_fft > self.window_samples:
+            raise ValueError(f"{name}: n_fft={self.n_fft} is longer than the window "
+                             f"({self.window_samples} samples = {self.window_s} s)")
+
+        # Periodic Hann (denominator n_fft, not n_fft - 1): the standard choice for STFT
+        # analysis, its overlapped copies sum to a constant.
+        n = np.arange(self.n_fft, dtype=np.float64)
+        self._window = (0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.n_fft)).astype(np.float32)
+
+        # Triangular filters evaluated at the exact rfft bin frequencies. Band k rises from edge k
+        # to a peak of 1 at edge k+1 and falls to 0 at edge k+2, edges equally spaced in mel.
+        edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(self.fmin_hz), _hz_to_mel(self.fmax_hz), self.n_mels + 2))
+        bins_hz = np.arange(self.n_fft // 2 + 1, dtype=np.float64) * self.sample_rate_hz / self.n_fft
+        lower, centre, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
+        rising = (bins_hz[None, :] - lower) / (centre - lower)
+        falling = (upper - bins_hz[None, :]) / (upper - centre)
+        fb = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, n_bins)
+        empty = np.flatnonzero(fb.sum(axis=1) == 0.0)
+        if empty.size:
+            # A band narrower than the FFT bin spacing catches no bin and would be a constant
+            # log(1e-6) channel forever: refuse the configuration rather than train on it.
+            raise ValueError(f"{name}: mel bands {empty.tolist()} contain no FFT bin (bin spacing "
+                             f"{self.sample_rate_hz / self.n_fft:.2f} Hz); use a larger n_fft, fewer n_mels "
+                             f"or a higher fmin_hz")
+        # Stored transposed (n_bins, n_mels) so a (T, n_bins) power matrix multiplies directly.
+        self._filterbank_t = np.ascontiguousarray(fb.T.astype(np.float32))
+        self._centres_hz = edges_hz[1:-1].copy()
+
+    @property
+    def num_frames(self) -> int:
+        """T, the number of spectrogram frames per window."""
+        return 1 + (self.window_samples - self.n_fft) // self.hop
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the tensor ``__call__`` returns."""
+        return (1, 1, self.n_mels, self.num_frames)
+
+    @property
+    def mel_centres_hz(self) -> np.ndarray:
+        """Centre frequency (Hz) of each mel band, lowest first (a copy)."""
+        return self._centres_hz.copy()
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        if not isinstance(samples, np.ndarray):
+            raise ValueError(f"audio samples must be a 1-D numpy float32 array, got {type(samples).__name__}")
+        if not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(f"audio samples must be float32 (n,) in [-1, 1], got dtype {samples.dtype}")
+        if samples.ndim != 1:
+            raise ValueError(f"audio samples must be 1-D (n,) mono, got shape {samples.shape}")
+        x = samples.astype(np.float32, copy=False)
+        w = self.window_samples
+        if len(x) >= w:
+            x = x[len(x) - w:]
+        else:
+            x = np.concatenate([np.zeros(w - len(x), dtype=np.float32), x])
+        # (T, n_fft) strided view of overlapping frames, no copy until the window multiply.
+        frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop][: self.num_frames]
+        spec = np.fft.rfft(frames * self._window, axis=1)
+        power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)  # (T, n_bins)
+        mel = power @ self._filterbank_t  # (T, n_mels)
+        logmel = np.log(mel + np.float32(self.LOG_FLOOR))
+        return np.ascontiguousarray(logmel.T[None, None], dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters as JSON-ready values (the manifest's ``preprocess`` block)."""
+        return {
+            "sample_rate_hz": self.sample_rate_hz,
+            "window_s": self.window_s,
+            "n_fft": self.n_fft,
+            "hop": self.hop,
+            "n_mels": self.n_mels,
+            "fmin_hz": self.fmin_hz,
+            "fmax_hz": self.fmax_hz,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AudioPreprocess":
+        """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys raise ValueError."""
+        _check_keys(cls.__name__, d, cls.KEYS)
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.to_dict().items())
+        return f"AudioPreprocess({params})"
+
+
+# Modality -> preprocess class, in the order of fusion_node.inference.MODALITIES.
+PREPROCESSORS: dict[str, type] = {
+    "camera": CameraPreprocess,
+    "radar": RadarPreprocess,
+    "audio": AudioPreprocess,
+}
