@@ -214,9 +214,11 @@ class SetAssembler:
                 driver, [f for f in frame_ids if f != driver], audio_ids,
                 tolerance_ns=int(sync.tolerance_ms * 1e6), deadline_ns=deadline, max_pending=sync.queue_size)
         elif sync.policy == "approximate":
+            bounds = sync.inter_message_lower_bounds_ms or {}
             inner = ApproximateTimePolicy(
                 len(frame_ids), sync.queue_size, age_penalty=sync.age_penalty,
-                max_interval_ns=None if sync.max_interval_ms is None else int(sync.max_interval_ms * 1e6))
+                max_interval_ns=None if sync.max_interval_ms is None else int(sync.max_interval_ms * 1e6),
+                inter_message_lower_bounds_ns=[int(bounds.get(f, 0.0) * 1e6) for f in frame_ids])
             self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size)
         else:
             inner = ApproximateEpsilonPolicy(len(frame_ids), sync.queue_size, int(sync.epsilon_ms * 1e6))

@@ -71,6 +71,9 @@ class SyncConfig(_Strict):
                                                           "reference: pending reference frames kept")
     age_penalty: float = Field(0.1, ge=0, description="approximate: message_filters age penalty")
     max_interval_ms: float | None = Field(None, gt=0, description="approximate: largest spread inside a set")
+    inter_message_lower_bounds_ms: dict[str, float] | None = Field(
+        None, description="approximate: per sensor id, the least time between two of its messages (ms); "
+                          "lets a set be published before the next message arrives")
     epsilon_ms: float = Field(50.0, gt=0, description="epsilon: largest distance from the pivot")
 
 
@@ -114,6 +117,10 @@ class RigConfig(_Strict):
                 raise ValueError("sync.driver must be a camera or radar: audio is cut as a window, not matched")
         if self.sync.policy == "reference" and self.driver is None:
             raise ValueError("the reference policy needs a camera (or sync.driver) to set the reference time")
+        for sid, bound in (self.sync.inter_message_lower_bounds_ms or {}).items():
+            if sid not in ids or self.sensor(sid).kind == "audio" or bound < 0:
+                raise ValueError(f"sync.inter_message_lower_bounds_ms.{sid}: must name a camera or radar sensor "
+                                 f"with a bound >= 0")
         if self.sync.policy != "reference" and sum(k != "audio" for k in kinds) < 2:
             raise ValueError(f"policy {self.sync.policy!r} needs two or more camera/radar sensors")
         return self

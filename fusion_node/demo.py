@@ -258,13 +258,17 @@ def _summary(events: list[dict], final: dict, failures: list[str], wall_s: float
               f"restarts {s['restarts']}")
     if final.get("rejected_unattributed"):
         print(f"  rejected (no sensor): {final['rejected_unattributed']}")
-    stages = {}
+    order = ("receive", "sync_wait", "preprocess", "encode_camera", "encode_radar", "encode_audio", "head",
+             "publish", "e2e")
+    stages: dict[str, list[float]] = {k: [] for k in order}
     for ev in events:
         for k, v in ev["latency_ms"].items():
             stages.setdefault(k, []).append(v)
-    if stages:
+    if events:
         print("latency (ms)        p50      p90      p99      max")
         for k, vals in stages.items():
+            if not vals:
+                continue
             p = percentiles(vals)
             print(f"  {k:14s} {p['p50']:8.2f} {p['p90']:8.2f} {p['p99']:8.2f} {p['max']:8.2f}")
     for f in failures:

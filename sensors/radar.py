@@ -67,17 +67,16 @@ def _replay(args, pub: SensorPublisher, stop) -> None:
     sent = 0
     while not stop():
         parser = TIStreamParser()
-        frames_this_pass = 0
-        for frame in iter_capture(path, parser=parser):
-            if stop() or (args.max_frames is not None and sent >= args.max_frames):
-                return
-            t_capture = pacer.wait(stop)
-            pub.publish(_message(args.sensor_id, frame, t_capture))
-            sent += 1
-            frames_this_pass += 1
+        try:
+            for frame in iter_capture(path, parser=parser):
+                if stop() or (args.max_frames is not None and sent >= args.max_frames):
+                    return
+                t_capture = pacer.wait(stop)
+                pub.publish(_message(args.sensor_id, frame, t_capture))
+                sent += 1
+        except ValueError as exc:  # the capture holds no valid frame at all
+            raise SensorError(f"radar {args.sensor_id}: {exc}") from None
         _report(args.sensor_id, parser)
-        if frames_this_pass == 0:
-            raise SensorError(f"radar {args.sensor_id}: {args.source!r} holds no valid TI mmWave frame")
         if not args.loop:
             return
 

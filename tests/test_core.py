@@ -144,3 +144,14 @@ def test_stats_snapshot_has_the_documented_keys():
     s = core.stats(clock.t, 0.3)
     assert {"rig", "t_ns", "events", "sensors", "rejected_unattributed", "sync", "latency_ms", "provider"} <= set(s)
     assert s["sensors"]["cam0"]["rate_hz"] == pytest.approx(3 / 0.3, rel=0.01)
+
+
+@pytest.mark.parametrize("policy", ["approximate", "epsilon"])
+def test_message_filters_policies_drive_the_core(policy):
+    clock = Clock()
+    core = FusionCore(_cfg(policy=policy, inter_message_lower_bounds_ms={"cam0": 90, "radar0": 90}
+                           if policy == "approximate" else None), None, timer=clock)
+    events = _stream(core, clock, T0, T0 + 1000 * MS)
+    assert len(events) >= 8
+    assert all({m["sensor_id"] for m in e["members"]} == {"cam0", "radar0"} for e in events)
+    assert events[-1]["t_ref_ns"] - events[-1]["members"][0]["t_capture_ns"] in (0, 5 * MS)

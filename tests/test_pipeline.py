@@ -7,6 +7,7 @@ sockets in a private folder; the tests subscribe to the node's real event stream
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -184,3 +185,60 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
     assert rejected == sent_bad, (radar, final["rejected_unattributed"])
     assert radar["accepted"] == 40 and radar["dropped"] == 0 and radar["seq_gaps"] == 0
     assert events_with_radar >= 20
+
+
+def test_demo_reports_a_sensor_that_died_with_its_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusion_node", "demo", "--duration", "3", "--models", "none",
+         "--radar", str(tmp_path / "missing.dat")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "FAILED: radar0 died (exit code 1)" in proc.stdout
+    assert "missing.dat" in proc.stdout
+    assert "fusion demo summary" in proc.stdout  # the rest of the rig still ran and was summarised
+
+
+def _documented_keys(section: str) -> set[str]:
+    doc = (ROOT / "docs" / "wire.md").read_text()
+    block = doc.split(f"### `{section}`")[1].split("\n### ")[0].split("\n## ")[0]
+    first_cells = [line.split("|")[1] for line in block.splitlines() if line.startswith("| `")]
+    return {name for cell in first_cells for name in re.findall(r"`([a-z_0-9]+)`", cell)}
+
+
+def test_fusion_events_prints_json_lines_with_the_documented_keys(ipc_dir, spawn, zctx, untrained_models):
+    cfg_path, _ = _rig(ipc_dir, models=str(untrained_models))
+    node = spawn("node", "--config", str(cfg_path))
+    ready = node.json_line("event", "ready")
+    assert ready["provider"] == "CPUExecutionProvider" and ready["trained"] is False
+    printer = spawn("events", "--endpoint", ready["publish_endpoint"], "--count", "5", "--timeout", "30")
+    for kind, sid, src in (("camera", "cam0", VIDEO), ("radar", "radar0", RADAR), ("audio", "mic0", AUDIO)):
+        _sensor(spawn, kind, sid, ipc_dir, src)
+    events = [printer.json_line("rig", "test-rig") for _ in range(5)]
+    assert printer.p.wait(30) == 0
+    keys = _documented_keys("fused")
+    for ev in events:
+        assert set(ev) == keys, set(ev) ^ keys
+        assert ev["model"]["provider"] == "CPUExecutionProvider"
+
+
+def test_a_subscriber_written_from_the_doc_alone_decodes_events(ipc_dir, spawn, zctx):
+    # Only pyzmq and msgpack, as docs/wire.md describes: no project code on the receiving side.
+    cfg_path, _ = _rig(ipc_dir)
+    node = spawn("node", "--config", str(cfg_path))
+    ready = node.json_line("event", "ready")
+    sub = zctx.socket(zmq.SUB)
+    sub.connect(ready["publish_endpoint"])
+    sub.setsockopt(zmq.SUBSCRIBE, b"stats")
+    sub.setsockopt(zmq.SUBSCRIBE, b"fused")
+    for kind, sid, src in (("camera", "cam0", VIDEO), ("radar", "radar0", RADAR), ("audio", "mic0", AUDIO)):
+        _sensor(spawn, kind, sid, ipc_dir, src)
+    seen = {}
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 and time.monotonic() < deadline:
+        if sub.poll(100):
+            topic, body = sub.recv_multipart()
+            seen[topic] = msgpack.unpackb(body, raw=False)
+    sub.close(0)
+    assert set(seen) == {b"fused", b"stats"}
+    assert set(seen[b"stats"]) == _documented_keys("stats")
+    assert isinstance(seen[b"fused"]["latency_ms"]["e2e"], float)
