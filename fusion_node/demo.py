@@ -96,21 +96,26 @@ def _read_lines(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
-def _wait_ready(node: Child, lines: queue.Queue, timeout_s: float) -> dict:
+def _json_lines(lines: queue.Queue, node: Child, timeout_s: float, idle_s: float):
+    """JSON objects the node prints, until it closes stdout, exits, or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            line = lines.get(timeout=0.1)
+            line = lines.get(timeout=idle_s)
         except queue.Empty:
             if not node.running:
-                break
+                return
             continue
         if line is None:
-            break
+            return
         try:
-            msg = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:
-            continue
+            continue  # a stray non-JSON line (a library's print) is not ours
+
+
+def _wait_ready(node: Child, lines: queue.Queue, timeout_s: float) -> dict:
+    for msg in _json_lines(lines, node, timeout_s, idle_s=0.1):
         if msg.get("event") == "ready":
             return msg
     raise FusionError(f"the fusion node did not start (exit code {node.poll()}):\n{node.last_error(8)}")
@@ -214,20 +219,8 @@ def run(args: argparse.Namespace) -> int:
         sub.close(0)
         if out:
             out.close()
-    final = {}
-    while True:
-        try:
-            line = lines.get(timeout=2)
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if msg.get("event") == "final_stats":
-            final = msg
+    final = next((m for m in _json_lines(lines, node, timeout_s=5, idle_s=2) if m.get("event") == "final_stats"),
+                 {})
     _summary(events, final, failures, time.monotonic() - t_start if children else 0.0)
     if args.events_out:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")

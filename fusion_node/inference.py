@@ -216,7 +216,8 @@ class _Checker:
         return v
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -359,7 +360,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     for key, spec in [*((f"encoders.{m}.file", s) for m, s in encoders.items()), ("head.file", head)]:
         if not spec.path.is_file():
             raise ck.fail(key, f"model file {spec.file!r} not found in {directory}")
-        digest = _sha256(spec.path)
+        digest = file_sha256(spec.path)
         if digest != sha_raw[spec.file]:
             raise ck.fail(f"sha256.{spec.file}", f"model file {spec.file!r} has sha256 {digest[:12]}..., the manifest "
                           f"says {sha_raw[spec.file][:12]}... (file modified, truncated or from another export)")

@@ -56,7 +56,6 @@ audio ``logmel (1, 1, n_mels, T)``; every encoder outputs ``embedding (1, D)``. 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -74,6 +73,7 @@ import torch
 from onnx import external_data_helper
 from torch import nn
 
+from fusion_node.inference import file_sha256
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from models.architectures import (
     DEFAULT_CLASSES,
@@ -110,14 +110,6 @@ _PREPROCESS_TYPES = {"camera": CameraPreprocess, "radar": RadarPreprocess, "audi
 
 class ExportError(RuntimeError):
     """Export produced an unusable bundle (parity failure, bad shapes); names the file at fault."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _encoder_example_inputs(modality: str, pp: Any, gen: torch.Generator) -> list[tuple[torch.Tensor, ...]]:
@@ -413,7 +405,7 @@ def export_bundle(
             }
 
         files = [f"{m}.onnx" for m in MODALITIES] + [HEAD_FILE]
-        manifest["sha256"] = {f: _sha256(tmp / f) for f in files}
+        manifest["sha256"] = {f: file_sha256(tmp / f) for f in files}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         # Manifest last: a reader that finds a manifest finds the files it describes (the sha256
         # check in fusion_node.inference catches a reader racing an in-progress re-export).

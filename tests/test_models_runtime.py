@@ -224,7 +224,7 @@ def test_onnx_file_disagreeing_with_manifest(bundle_copy):
     # Swap in the radar model as the camera model and fix up the sha so only the I/O check sees it.
     d = bundle_copy.parent
     shutil.copy(d / "radar.onnx", d / "camera.onnx")
-    sha = inference._sha256(d / "camera.onnx")
+    sha = inference.file_sha256(d / "camera.onnx")
     _edit_manifest(bundle_copy, lambda m: m["sha256"].update({"camera.onnx": sha}))
     with pytest.raises(ModelError, match=r"camera\.onnx' has inputs"):
         ModelRuntime(bundle_copy, provider="cpu", warmup_runs=0)
