@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="radar source: .dat capture or serial:DEVICE (default: bundled TI capture)")
     p.add_argument("--audio", default=str(DEFAULT_AUDIO), metavar="SRC",
                    help="audio source: WAV/OGG/FLAC file or mic[:DEVICE] (default: bundled speech clip)")
+    p.add_argument("--sim", action="store_true",
+                   help="use the built-in tri-modal simulator (one world, three sensors that agree) instead of "
+                        "the recordings")
+    p.add_argument("--seed", type=int, default=0, help="simulator seed (with --sim)")
     p.add_argument("--no-camera", action="store_true", help="run without a camera (approximate policy)")
     p.add_argument("--no-radar", action="store_true", help="run without a radar")
     p.add_argument("--no-audio", action="store_true", help="run without a microphone")
@@ -143,16 +147,24 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fusion-demo-"))
     sensors = []
     argv = {}
-    for kind, enabled, src, sid in (("camera", not args.no_camera, args.camera, "cam0"),
-                                    ("radar", not args.no_radar, args.radar, "radar0"),
-                                    ("audio", not args.no_audio, args.audio, "mic0")):
+    for kind, enabled, src, sid in (("camera", args.sim or not args.no_camera, args.camera, "cam0"),
+                                    ("radar", args.sim or not args.no_radar, args.radar, "radar0"),
+                                    ("audio", args.sim or not args.no_audio, args.audio, "mic0")):
         if not enabled:
             continue
         endpoint = f"ipc://{workdir / sid}.sock"
         sensors.append({"id": sid, "kind": kind, "endpoint": endpoint})
         extra = ["--loop"] if args.loop else []
+        if args.sim:
+            continue
         argv[sid] = python_module("fusion_node.cli", "sensor", kind, "--source", str(src), "--sensor-id", sid,
                                   "--endpoint", endpoint, "--wait-subscriber", "20", *extra)
+    if args.sim:
+        eps = {s["kind"]: s["endpoint"] for s in sensors}
+        argv["sim"] = python_module("fusion_node.cli", "sensor", "sim", "--camera-endpoint", eps["camera"],
+                                    "--radar-endpoint", eps["radar"], "--audio-endpoint", eps["audio"],
+                                    "--seed", str(args.seed), "--wait-subscriber", "20",
+                                    *(["--duration", str(args.duration)] if args.duration else []))
     cfg = {"rig": "demo", "sensors": sensors,
            "sync": {"policy": args.policy},
            "node": {"publish_endpoint": f"ipc://{workdir / 'events'}.sock",
@@ -178,18 +190,29 @@ def run(args: argparse.Namespace) -> int:
               f"{ready['models'] or 'none'}{' (untrained)' if ready['trained'] is False else ''}, "
               f"provider: {ready['provider'] or '-'}"
               f"{' (' + ready['provider_note'] + ')' if ready.get('provider_note') else ''}", flush=True)
-        print("fusion demo: the bundled recordings were captured separately; this is a side-by-side replay "
-              "of independent camera, radar and audio recordings", flush=True)
+        if args.sim:
+            print(f"fusion demo: simulated world (seed {args.seed}): camera, radar and audio of one scene",
+                  flush=True)
+        else:
+            print("fusion demo: the bundled recordings were captured separately; this is a side-by-side replay "
+                  "of independent camera, radar and audio recordings", flush=True)
         sub.setsockopt(zmq.SUBSCRIBE, b"fused")
         sub.connect(ready["publish_endpoint"])
         for sid, a in argv.items():
             children[sid] = Child(sid, a, workdir).start()
         t_start = time.monotonic()
+        # --duration counts from the first event, so slow sensor start-up (decoding a video,
+        # loading the simulator's assets) does not eat into it; without any event, give up
+        # after a generous start-up allowance.
+        t_first = None
+        startup_allowance_s = 60.0
         t0_ns = None
         quiet_after = None
         while True:
             if sub.poll(100):
                 _, ev = decode_map(sub.recv_multipart())
+                if t_first is None:
+                    t_first = time.monotonic()
                 events.append(ev)
                 t0_ns = t0_ns or ev["t_ref_ns"]
                 if out:
@@ -204,9 +227,13 @@ def run(args: argparse.Namespace) -> int:
                 if code not in (None, 0) and sid not in reported:
                     reported.add(sid)
                     failures.append(f"{sid} died (exit code {code}): {child.last_error()}")
-            elapsed = time.monotonic() - t_start
+            now = time.monotonic()
             finished = all(c.poll() is not None for c in children.values())
-            if quiet_after is None and (finished or (args.duration and elapsed >= args.duration)):
+            timed_out = (t_first is not None and args.duration and now - t_first >= args.duration) or (
+                t_first is None and now - t_start >= startup_allowance_s + (args.duration or 0))
+            if t_first is None and timed_out:
+                failures.append(f"no event within {startup_allowance_s:.0f} s of starting the sensors")
+            if quiet_after is None and (finished or timed_out):
                 for child in children.values():
                     child.stop()
                 quiet_after = time.monotonic() + 1.0  # let the last sets reach their deadline
@@ -221,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             out.close()
     final = next((m for m in _json_lines(lines, node, timeout_s=5, idle_s=2) if m.get("event") == "final_stats"),
                  {})
-    _summary(events, final, failures, time.monotonic() - t_start if children else 0.0)
+    _summary(events, final, failures, time.monotonic() - (t_first or t_start) if children else 0.0)
     if args.events_out:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")
     shutil.rmtree(workdir, ignore_errors=True)

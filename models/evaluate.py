@@ -1,0 +1,251 @@
+"""``fusion eval``: the exported models, run exactly as the node runs them, on held-out data.
+
+Evaluation loads a model manifest into :class:`fusion_node.inference.ModelRuntime` (onnxruntime,
+the node's preprocessing), so what is measured is what ships. Data: simulated windows from the
+held-out half of the simulator's real assets and seeds never used in training, under normal and
+adverse conditions, plus the held-out parts of the real recordings.
+
+The JSON holds ``retrieval_r1.{camera_radar,camera_audio}`` (recall@1 among 100 candidate
+windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
+``f1.adverse.{fused,best_single}`` and per condition, ``f1.missing.{camera,radar,audio}``, and
+``real.clips`` (per real recording, expected and predicted classes). The report is an HTML page
+with a confusion matrix and retrieval curves as inline SVG.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from models.dataset import PREPROCESS, Windows, load_or_generate, real_windows
+from sensors.sim import CLASSES
+
+__all__ = ["predict_probs", "macro_f1", "recall_at_k", "evaluate", "write_report"]
+
+ADVERSE = ("night", "occlusion", "clutter", "noise")
+MODALITIES = ("camera", "radar", "audio")
+EVAL_SEED = 7_000_001  # never used by training
+
+
+def predict_probs(models, data: Windows, present: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class probabilities from torch models (used during training for thresholds)."""
+    import torch
+
+    from models.train import _tensors, embed_all
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(data), batch):
+            idx = np.arange(s, min(len(data), s + batch))
+            emb = embed_all(models, _tensors(data, idx))
+            p = torch.from_numpy(present[idx])
+            inputs = [emb[m] * p[:, i:i + 1] for i, m in enumerate(MODALITIES)]
+            out.append(torch.sigmoid(models.head(*inputs, p)[0]).numpy())
+    return np.concatenate(out)
+
+
+def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over classes of F1 (a class absent from both labels and predictions counts as 1)."""
+    scores = []
+    for k in range(labels.shape[1]):
+        t, p = labels[:, k] > 0, pred[:, k] > 0
+        tp = float((t & p).sum())
+        denom = float(t.sum() + p.sum())
+        scores.append(1.0 if denom == 0 else 2 * tp / denom)
+    return float(np.mean(scores))
+
+
+def recall_at_k(query: np.ndarray, keys: np.ndarray, k: int) -> float:
+    """Fraction of queries whose own key (same row) is among the k most similar keys."""
+    sim = query @ keys.T
+    own = np.diag(sim)
+    rank = (sim > own[:, None]).sum(1)
+    return float((rank < k).mean())
+
+
+class _OnnxEvaluator:
+    """Per-window embeddings and head outputs from the exported models, as the node computes them."""
+
+    def __init__(self, manifest: Path, provider: str = "cpu"):
+        from fusion_node.inference import ModelRuntime, load_manifest
+
+        self.rt = ModelRuntime(load_manifest(manifest), provider=provider)
+        self.thresholds = np.array([self.rt.thresholds.get(c, 0.5) for c in CLASSES])
+
+    def embed(self, data: Windows, progress: str = "") -> dict[str, np.ndarray]:
+        from tqdm import tqdm
+
+        rt = self.rt
+        emb = {m: [] for m in MODALITIES}
+        for i in tqdm(range(len(data)), desc=progress or "embedding", unit="win", leave=False):
+            emb["camera"].append(rt.encode("camera", *rt.preprocess("camera", data.image[i]))[0])
+            emb["radar"].append(rt.encode("radar", data.points[i][None], data.mask[i][None])[0])
+            emb["audio"].append(rt.encode("audio", data.logmel[i][None].astype(np.float32))[0])
+        return {m: np.stack(v) for m, v in emb.items()}
+
+    def probs(self, emb: dict[str, np.ndarray], present: tuple[bool, bool, bool]) -> np.ndarray:
+        n = len(emb["camera"])
+        out = np.zeros((n, len(CLASSES)), np.float32)
+        for i in range(n):
+            inputs = {m: (emb[m][i:i + 1] if present[j] else None) for j, m in enumerate(MODALITIES)}
+            out[i] = self.rt.fuse(inputs).probabilities
+        return out
+
+    def f1(self, labels: np.ndarray, probs: np.ndarray) -> float:
+        return macro_f1(labels, probs >= self.thresholds)
+
+
+def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),
+             provider: str = "cpu") -> tuple[dict, dict]:
+    """Compute every metric; returns (metrics JSON, extra arrays for the report)."""
+    ev = _OnnxEvaluator(manifest, provider)
+    normal = load_or_generate(cache_dir, n_eval, EVAL_SEED, "eval")
+    emb = ev.embed(normal, "held-out scenes")
+    metrics: dict = {"manifest": str(manifest), "model": ev.rt.name, "provider": ev.rt.provider,
+                     "eval_windows": len(normal), "adverse_windows_per_condition": n_adverse}
+
+    # Cross-modal retrieval among 100 candidates, averaged over disjoint groups.
+    ok = np.flatnonzero(normal.pairable)
+    curves = {"camera_radar": [], "camera_audio": []}
+    r1 = {"camera_radar": [], "camera_audio": []}
+    for g in range(len(ok) // 100):
+        idx = ok[g * 100:(g + 1) * 100]
+        for name, other in (("camera_radar", "radar"), ("camera_audio", "audio")):
+            q, k = emb["camera"][idx], emb[other][idx]
+            r1[name].append(recall_at_k(q, k, 1))
+            curves[name].append([recall_at_k(q, k, kk) for kk in range(1, 11)])
+    metrics["retrieval_r1"] = {k: round(float(np.mean(v)), 4) for k, v in r1.items()}
+    metrics["retrieval_groups"] = len(r1["camera_radar"])
+
+    full = ev.probs(emb, (True, True, True))
+    f1 = {"fused": ev.f1(normal.labels, full)}
+    singles = {}
+    for j, m in enumerate(MODALITIES):
+        only = tuple(i == j for i in range(3))
+        singles[m] = ev.probs(emb, only)
+        f1[f"{m}_only"] = ev.f1(normal.labels, singles[m])
+    f1["missing"] = {}
+    for j, m in enumerate(MODALITIES):
+        f1["missing"][m] = ev.f1(normal.labels, ev.probs(emb, tuple(i != j for i in range(3))))
+    f1["per_class_fused"] = {c: round(macro_f1(normal.labels[:, [k]], (full >= ev.thresholds)[:, [k]]), 4)
+                             for k, c in enumerate(CLASSES)}
+
+    adverse = {}
+    for cond in ADVERSE:
+        data = load_or_generate(cache_dir, n_adverse, EVAL_SEED + 1 + ADVERSE.index(cond), "eval", adverse=cond)
+        aemb = ev.embed(data, f"adverse: {cond}")
+        fused = ev.f1(data.labels, ev.probs(aemb, (True, True, True)))
+        single = {m: ev.f1(data.labels, ev.probs(aemb, tuple(i == j for i in range(3))))
+                  for j, m in enumerate(MODALITIES)}
+        adverse[cond] = {"fused": round(fused, 4), **{f"{m}_only": round(v, 4) for m, v in single.items()}}
+    f1["adverse"] = {
+        "fused": round(float(np.mean([a["fused"] for a in adverse.values()])), 4),
+        "best_single": round(max(float(np.mean([a[f"{m}_only"] for a in adverse.values()])) for m in MODALITIES), 4),
+        "conditions": adverse,
+    }
+    metrics["f1"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f1.items()}
+    metrics["f1"]["missing"] = {k: round(v, 4) for k, v in f1["missing"].items()}
+
+    # Real recordings: each through its own encoder, alone, as a single-sensor rig would see it.
+    clips = {}
+    for name, (modality, expected, inputs) in real_windows("eval").items():
+        votes = np.zeros(len(CLASSES))
+        for x in inputs:
+            if modality == "camera":
+                e = ev.rt.encode("camera", *ev.rt.preprocess("camera", x))
+            elif modality == "radar":
+                e = ev.rt.encode("radar", *x)
+            else:
+                e = ev.rt.encode("audio", x[None].astype(np.float32))
+            p = ev.rt.fuse({modality: e}).probabilities
+            votes += p >= ev.thresholds
+        frac = votes / max(1, len(inputs))
+        predicted = [CLASSES[k] for k in np.argsort(-frac) if frac[k] >= 0.5]
+        top = CLASSES[int(np.argmax(frac))] if frac.max() > 0 else None
+        clips[name] = {"modality": modality, "expected": expected, "predicted": predicted, "top": top,
+                       "windows": len(inputs), "correct": top == expected}
+    metrics["real"] = {"clips": clips, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips)}
+
+    confusion = _confusion(normal.labels, full >= ev.thresholds)
+    return metrics, {"curves": {k: np.mean(v, axis=0).tolist() for k, v in curves.items()}, "confusion": confusion}
+
+
+def _confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Rows: true class (plus 'empty'), columns: predicted class (plus 'none'); row-normalised rates."""
+    n = len(CLASSES)
+    m = np.zeros((n + 1, n + 1))
+    for y, p in zip(labels > 0, pred):
+        rows = np.flatnonzero(y) if y.any() else [n]
+        cols = np.flatnonzero(p) if p.any() else [n]
+        for r in rows:
+            for c in cols:
+                m[r, c] += 1
+    return m / np.maximum(1, m.sum(1, keepdims=True))
+
+
+def _svg_confusion(m: np.ndarray) -> str:
+    names = list(CLASSES) + ["empty/none"]
+    cell, pad = 46, 110
+    size = pad + cell * len(names)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size + 10}" height="{size + 10}" font-size="11">']
+    for i, r in enumerate(names):
+        parts.append(f'<text x="{pad - 6}" y="{pad + i * cell + cell / 2 + 4}" text-anchor="end">{r}</text>')
+        parts.append(f'<text x="{pad + i * cell + cell / 2}" y="{pad - 8}" text-anchor="start" '
+                     f'transform="rotate(-40 {pad + i * cell + cell / 2} {pad - 8})">{r}</text>')
+        for j in range(len(names)):
+            v = m[i, j]
+            shade = int(255 - 200 * v)
+            parts.append(f'<rect x="{pad + j * cell}" y="{pad + i * cell}" width="{cell}" height="{cell}" '
+                         f'fill="rgb({shade},{shade},255)" stroke="#999"/>')
+            parts.append(f'<text x="{pad + j * cell + cell / 2}" y="{pad + i * cell + cell / 2 + 4}" '
+                         f'text-anchor="middle">{v:.2f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_curves(curves: dict[str, list[float]]) -> str:
+    w, h, pad = 420, 280, 40
+    colours = {"camera_radar": "#d62728", "camera_audio": "#1f77b4"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-size="11">',
+             f'<rect x="{pad}" y="10" width="{w - pad - 10}" height="{h - pad - 10}" fill="none" stroke="#333"/>']
+    for k in range(1, 11):
+        x = pad + (k - 1) / 9 * (w - pad - 10)
+        parts.append(f'<text x="{x}" y="{h - pad + 14}" text-anchor="middle">{k}</text>')
+    for v in (0.0, 0.5, 1.0):
+        y = 10 + (1 - v) * (h - pad - 10)
+        parts.append(f'<text x="{pad - 4}" y="{y + 4}" text-anchor="end">{v:.1f}</text>')
+    parts.append(f'<text x="{w / 2}" y="{h - 6}" text-anchor="middle">k (candidates: 100)</text>')
+    for i, (name, ys) in enumerate(curves.items()):
+        pts = " ".join(f"{pad + j / 9 * (w - pad - 10):.1f},{10 + (1 - y) * (h - pad - 10):.1f}" for j, y in enumerate(ys))
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colours.get(name, "#000")}" stroke-width="2"/>')
+        parts.append(f'<text x="{pad + 10}" y="{h - pad - 20 - 14 * i}" fill="{colours.get(name, "#000")}">'
+                     f'{name} recall@k</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def write_report(metrics: dict, extra: dict, out_dir: Path) -> Path:
+    """An HTML page with the metrics, the confusion matrix and the retrieval curves."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+                   for k, v in metrics.items() if k != "real")
+    clips = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{c['modality']}</td><td>{c['expected']}</td>"
+        f"<td>{', '.join(c['predicted']) or '-'}</td><td>{'yes' if c['correct'] else 'NO'}</td></tr>"
+        for n, c in metrics["real"]["clips"].items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fusion eval: {html.escape(metrics['model'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head><body>
+<h1>Evaluation of {html.escape(metrics['model'])}</h1>
+<p>Exported ONNX models run by the node's runtime ({html.escape(metrics['provider'])}) on held-out simulated
+windows and the held-out parts of the real recordings.</p>
+<h2>Metrics</h2><table>{rows}</table>
+<h2>Confusion (rows: true class, columns: predicted; fused, all modalities)</h2>{_svg_confusion(extra['confusion'])}
+<h2>Cross-modal retrieval</h2>{_svg_curves(extra['curves'])}
+<h2>Real recordings</h2><table><tr><th>recording</th><th>modality</th><th>expected</th><th>predicted</th>
+<th>correct</th></tr>{clips}</table></body></html>"""
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
