@@ -643,16 +643,17 @@ def run(args: argparse.Namespace) -> int:
                 pub.wait_for_subscriber(args.wait_subscriber)
         t0_ns = time.monotonic_ns()
         periods = {"camera": 1.0 / args.camera_hz, "radar": 1.0 / args.radar_hz, "audio": 0.02}
-        due = {k: 0.0 for k in periods}
+        count = {k: 0 for k in periods}
         while not stop():
-            kind = min(due, key=due.get)
-            t = due[kind]
+            # Times come from integer counts so schedules never drift by rounding.
+            kind = min(periods, key=lambda k: count[k] * periods[k])
+            t = count[kind] * periods[kind]
             if args.duration is not None and t >= args.duration:
                 break
             # Publish once the sample's capture time (its end, for audio) has passed.
             sleep_until(t0_ns + int((t + (0.02 if kind == "audio" else 0.0)) * 1e9), stop)
             world.update(t)
-            t_ns = t0_ns + int(t * 1e9)
+            t_ns = t0_ns + int(round(t * 1e9))
             if kind == "camera":
                 pubs[kind].publish(CameraFrame(args.camera_id, 0, t_ns, 0, render_camera(world.scene, t, assets, geometry)))
             elif kind == "radar":
@@ -661,7 +662,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 samples = render_audio(world.scene, t + 0.02, 0.02, assets)
                 pubs[kind].publish(AudioChunk(args.audio_id, 0, t_ns, 0, samples, RATE_HZ))
-            due[kind] = t + periods[kind]
+            count[kind] += 1
     finally:
         for pub in pubs.values():
             pub.close()
