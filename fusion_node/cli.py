@@ -1,4 +1,4 @@
-"""The ``fusion`` command: demo, node, sensor readers and the event printer.
+"""The ``fusion`` command: demo, node, sensor readers, the event printer and the benchmark.
 
 Every subcommand has ``--help``. Errors raised on purpose (:class:`fusion_node.errors.FusionError`)
 are printed as one clear message and exit with status 2 (configuration) or 1 (everything else).
@@ -17,7 +17,8 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from .config import config_schema, load_config
+    from .config import config_schema
+    from .multirig import load_rigs
     from .node import main_loop
 
     if args.print_config_schema:
@@ -25,7 +26,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise ConfigError("fusion node: --config FILE is required (see docs/wire.md and examples/rig.yaml)")
-    cfg = load_config(args.config)
+    cfgs = load_rigs(args.config)  # the single-rig form or a rigs: list
     updates = {}
     if args.models is not None:
         updates["models"] = None if args.models == "none" else args.models
@@ -34,8 +35,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if args.publish is not None:
         updates["publish_endpoint"] = args.publish
     if updates:
-        cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update=updates)})
-    return main_loop(cfg)
+        cfgs = [c.model_copy(update={"node": c.node.model_copy(update=updates)}) for c in cfgs]
+    return main_loop(cfgs)
 
 
 def _cmd_sensor(args: argparse.Namespace) -> int:
@@ -82,7 +83,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sensors import audio, camera, radar
+    from sensors import audio, camera, radar, sim
 
     from . import demo
 
@@ -112,10 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = s.add_subparsers(dest="kind", required=True, metavar="KIND")
     for name, module, text in (("camera", camera, "OpenCV camera: device index, video file or URL"),
                                ("radar", radar, "TI mmWave radar: serial port or .dat capture"),
-                               ("audio", audio, "microphone (PortAudio) or WAV/OGG/FLAC file")):
+                               ("audio", audio, "microphone (PortAudio) or WAV/OGG/FLAC file"),
+                               ("sim", sim, "simulated camera, radar and microphone of one world (three sockets)")):
         k = kinds.add_parser(name, help=text, description=text)
         module.add_arguments(k)
         k.set_defaults(func=_cmd_sensor, sensor_module=module)
+
+    from models.cli import add_parsers as add_model_parsers
+
+    add_model_parsers(sub)
 
     e = sub.add_parser("events", help="print fused events as JSON lines",
                        description="Subscribe to a node's event stream and print each event as one JSON line.")
@@ -124,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--count", type=int, default=None, help="exit after this many events")
     e.add_argument("--timeout", type=float, default=None, help="exit with status 1 after S seconds of silence")
     e.set_defaults(func=_cmd_events)
+
+    from bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
+
+    from calibration.cli import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub)
     return p
 
 

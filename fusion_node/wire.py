@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import msgpack
 import numpy as np
@@ -66,6 +66,8 @@ REJECT_REASONS = (
     "out_of_order",  # seq or capture time not increasing within one publisher run
     "timestamp_past",  # capture time older than the node accepts
     "timestamp_future",  # capture time ahead of the node's clock
+    "bad_handle",  # a shared-memory payload handle that is malformed or names no mappable ring slot
+    "shm_overwritten",  # the shared-memory slot was reused by its writer before the reader was done with it
 )
 
 
@@ -186,10 +188,13 @@ def _bytes_view(arr: np.ndarray) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def encode(msg: SensorMessage, t_publish_ns: int | None = None) -> list:
+def encode(msg: SensorMessage, t_publish_ns: int | None = None,
+           payload_sink: Callable[[memoryview], dict | None] | None = None) -> list:
     """Build the multipart frames for a sensor message; the payload is a zero-copy buffer.
 
-    Pass ``t_publish_ns`` to stamp the publish time at the moment of sending.
+    Pass ``t_publish_ns`` to stamp the publish time at the moment of sending. ``payload_sink``
+    (the shared-memory path, :mod:`fusion_node.shm`) may take the payload and return a handle:
+    the handle goes into the header under ``shm`` and frame 2 is sent empty.
     """
     head = _envelope(msg, t_publish_ns)
     if isinstance(msg, CameraFrame):
@@ -220,6 +225,11 @@ def encode(msg: SensorMessage, t_publish_ns: int | None = None) -> list:
                     sample_format="f32le", payload_bytes=len(payload))
     else:
         raise TypeError(f"not a sensor message: {type(msg).__name__}")
+    if payload_sink is not None:
+        handle = payload_sink(payload)
+        if handle is not None:
+            head["shm"] = handle
+            payload = b""
     return [msg.topic.encode("ascii"), msgpack.packb(head, use_bin_type=True), payload]
 
 
@@ -271,8 +281,14 @@ def _field(head: dict, key: str, kind: type, lo: float | None = None, hi: float 
     return val
 
 
-def decode(frames: list) -> SensorMessage | Rejection:
-    """Decode and validate one sensor multipart message; never raises on bad input."""
+def decode(frames: list, shm: Any = None) -> SensorMessage | Rejection:
+    """Decode and validate one sensor multipart message; never raises on bad input.
+
+    ``shm`` resolves shared-memory payload handles: a :class:`fusion_node.shm.ShmReader`, None
+    for this process's shared reader, or False to reject every handle as ``bad_handle``. A
+    message whose payload lives in shared memory gets a ``shm_lease`` attribute: its bytes are
+    the writer's ring slot, so check ``lease.valid()`` after use and copy what you keep.
+    """
     topic = ""
     sensor_id = ""
     try:
@@ -307,13 +323,32 @@ def decode(frames: list) -> SensorMessage | Rejection:
         payload = _buf(frames[2])
         nbytes = payload.nbytes if isinstance(payload, memoryview) else len(payload)
         declared = _field(head, "payload_bytes", int, 0, 2**31)
-        if declared != nbytes:
+        lease = None
+        if "shm" in head:
+            if nbytes != 0:
+                raise _Bad("payload_size", f"{topic}/{sensor_id}: frame 2 must be empty with a shm handle")
+            if shm is False:
+                raise _Bad("bad_handle", f"{topic}/{sensor_id}: shared-memory handle, but this reader maps none")
+            if shm is None:
+                from .shm import default_reader
+
+                shm = default_reader()
+            try:
+                payload, lease = shm.resolve(sensor_id, head["shm"], declared)
+            except ValueError as exc:  # fusion_node.shm.HandleError names its reason
+                raise _Bad(getattr(exc, "reason", "bad_handle"), f"{topic}/{sensor_id}: {exc}") from None
+            nbytes = declared
+        elif declared != nbytes:
             raise _Bad("payload_size", f"{topic}/{sensor_id}: payload is {nbytes} bytes, header says {declared}")
         if topic == "camera":
-            return _decode_camera(head, env, payload, nbytes)
-        if topic == "radar":
-            return _decode_radar(head, env, payload, nbytes)
-        return _decode_audio(head, env, payload, nbytes)
+            msg = _decode_camera(head, env, payload, nbytes)
+        elif topic == "radar":
+            msg = _decode_radar(head, env, payload, nbytes)
+        else:
+            msg = _decode_audio(head, env, payload, nbytes)
+        if lease is not None:
+            msg.shm_lease = lease
+        return msg
     except _Bad as bad:
         return Rejection(bad.reason, bad.detail, topic, sensor_id)
 

@@ -3,6 +3,11 @@
 The socket is XPUB rather than PUB so a sensor can see subscriptions arrive and, when asked,
 wait for the node before it starts playing a file (otherwise the first frames of a recording
 would be sent before anyone listens). Its send high-water mark comes from the topic registry.
+
+On an ``ipc://`` endpoint (same host) payloads of ``SHM_MIN_BYTES`` or more (raw camera
+frames) are written once into a shared-memory ring and only a handle travels over ZeroMQ
+(:mod:`fusion_node.shm`); across hosts (``tcp://``) everything goes as plain frames.
+``FUSION_SHM=0`` in the environment turns the shared-memory path off.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable
 
 import zmq
 
+from fusion_node import shm
 from fusion_node.errors import SensorError
 from fusion_node.wire import TOPICS, SensorMessage, encode
 
@@ -35,7 +41,8 @@ class SensorPublisher:
     """Binds one endpoint and publishes one sensor's messages with a fresh ``run_id``."""
 
     def __init__(self, topic: str, endpoint: str, sensor_id: str, *, context: zmq.Context | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns):
+                 clock: Callable[[], int] = time.monotonic_ns, use_shm: bool | None = None,
+                 shm_min_bytes: int = shm.SHM_MIN_BYTES):
         if topic not in TOPICS:
             raise SensorError(f"{sensor_id}: unknown topic {topic!r}")
         self.topic = TOPICS[topic]
@@ -56,7 +63,27 @@ class SensorPublisher:
                               f"(is another process using it? pick another endpoint)") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
+        # Shared-memory ring for large payloads: auto (None) means "on for ipc:// endpoints".
+        self.use_shm = shm.shm_wanted(endpoint) if use_shm is None else bool(use_shm)
+        self.shm_min_bytes = int(shm_min_bytes)
+        self.ring: shm.ShmRingWriter | None = None
+        self._rings_made = 0
+        if self.use_shm:
+            shm.remove_stale_rings()
 
+    def _to_ring(self, payload) -> dict | None:
+        """payload_sink for :func:`encode`: large payloads go into the ring, small ones stay inline."""
+        nbytes = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        if nbytes < self.shm_min_bytes:
+            return None
+        if self.ring is None or nbytes > self.ring.slot_bytes:
+            if self.ring is not None:
+                self.ring.close()  # frames grew: a new ring; readers re-map from the handle's name
+            # Two queue bounds of slots: a slot is reused only after that many newer frames.
+            self.ring = shm.ShmRingWriter(shm.ring_name(self.sensor_id, self.run_id, self._rings_made),
+                                          2 * self.topic.queue_bound, nbytes, run_id=self.run_id)
+            self._rings_made += 1
+        return self.ring.write(payload, self.seq)
     def wait_for_subscriber(self, timeout_s: float) -> bool:
         """Block until a subscription arrives (True) or the timeout passes (False)."""
         if self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
@@ -73,7 +100,7 @@ class SensorPublisher:
         msg.seq = self.seq
         msg.run_id = self.run_id
         msg.sensor_id = self.sensor_id
-        frames = encode(msg, t_publish_ns=self.clock())
+        frames = encode(msg, t_publish_ns=self.clock(), payload_sink=self._to_ring if self.use_shm else None)
         self.socket.send_multipart(frames, copy=False)
         self.seq += 1
         self.sent += 1
@@ -82,6 +109,9 @@ class SensorPublisher:
 
     def close(self) -> None:
         self.socket.close()
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
 
 
 class Pacer:

@@ -1,0 +1,1 @@
+"""``fusion bench``: end-to-end latency of the real processes, baselines, transports and a report."""
