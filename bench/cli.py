@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import shlex
 import sys
 import time
@@ -67,6 +68,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--no-transports", action="store_true", help="skip the transport comparison")
     b.add_argument("--transport-frames", type=int, default=300, metavar="N",
                    help="frames per transport and size (default 300, at 60 Hz)")
+    b.add_argument("--iobinding", action="store_true",
+                   help="GPU providers: run the node on the IO-binding runtime (device buffers, CUDA graphs; "
+                        "fusion_node.gpu_runtime) and time it in the fused-step baseline too")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=run)
     return b
@@ -136,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
                 manifest = default_models()
             say(f"bench: torch unavailable ({exc}); no torch baseline")
 
+    if args.iobinding:
+        os.environ["FUSION_GPU_IOBINDING"] = "1"  # inherited by the node process
     say(f"bench: {args.rigs} rig(s), {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         f"provider {args.provider}")
     common = dict(provider=args.provider, manifest=manifest, deadline_ms=args.deadline_ms, frame_size=args.size,
@@ -171,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
         from .models import fused_step_baseline
 
         out["baselines"] = fused_step_baseline(*torch_models, provider=args.provider)
+        if args.provider != "cpu":
+            from .models import gpu_step_baseline
+
+            out["baselines"]["iobinding"] = gpu_step_baseline(torch_models[0], provider=args.provider)
     else:
         out["baselines"] = {"ort_step_ms": None, "torch_step_ms": None,
                             "unavailable": "skipped (--no-baselines)" if args.no_baselines else "torch not installed"}

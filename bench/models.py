@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_dir", "prepare", "fused_step_baseline", "sample_inputs"]
+__all__ = ["cache_dir", "prepare", "fused_step_baseline", "gpu_step_baseline", "sample_inputs"]
 
 
 def cache_dir() -> Path:
@@ -149,3 +149,48 @@ def fused_step_baseline(manifest: Path, encoders, head, provider: str = "cpu", i
         "threads": {"onnxruntime_intra_op": 1, "torch": 1},
         "what": "3 encoders + fusion head on preprocessed inputs, batch 1",
     }
+
+
+def gpu_step_baseline(manifest: Path, provider: str = "cuda", iterations: int = 300, warmup: int = 30,
+                      batch: int = 8) -> dict:
+    """The fused step on the IO-binding GPU runtime, with and without CUDA graphs, and batched encoders.
+
+    Returns ``{"unavailable": reason}`` without a usable GPU.
+    """
+    from fusion_node.gpu_runtime import GpuRuntime, gpu_problem
+    from fusion_node.inference import MODALITIES
+
+    problem = gpu_problem()
+    if problem is not None:
+        return {"unavailable": problem}
+    out: dict = {}
+    for graphs in (True, False):
+        rt = GpuRuntime(manifest, provider=provider, cuda_graph=graphs)
+        inputs = sample_inputs(rt)
+
+        def step():
+            emb = {m: rt.encode(m, *inputs[m]) for m in MODALITIES}
+            return rt.fuse(emb)
+
+        out["cuda_graph" if graphs else "no_cuda_graph"] = {**_summary(_time(step, iterations, warmup)),
+                                                            "notes": rt.notes, "provider": rt.provider}
+    try:
+        import tempfile as _tf
+
+        from models.batched import export_batched
+
+        bdir = Path(_tf.mkdtemp(prefix="fz-batched-"))
+        meta = export_batched(manifest, bdir, batch)
+        rt = GpuRuntime(manifest, provider=provider, batched=meta)
+        inputs = sample_inputs(rt)
+        sets = {m: [inputs[m]] * batch for m in MODALITIES}
+
+        def batched_step():
+            return {m: rt.encode_batch(m, sets[m]) for m in MODALITIES}
+
+        s = _summary(_time(batched_step, iterations // 4, warmup))
+        out[f"encoders_batch{batch}"] = {**s, "per_set_p50": round(s["p50"] / batch, 4)}
+        shutil.rmtree(bdir, ignore_errors=True)
+    except Exception as exc:  # noqa: BLE001 - report, do not lose the rest of the run
+        out[f"encoders_batch{batch}"] = {"unavailable": " ".join(str(exc).split())[:300]}
+    return out

@@ -50,10 +50,26 @@ MAX_LEASES = 4096
 
 
 def load_runtime(cfg: RigConfig):
-    """The model runtime named by the config, or None to run synchronisation only."""
+    """The model runtime named by the config, or None to run synchronisation only.
+
+    With a GPU provider and ``FUSION_GPU_IOBINDING=1`` in the environment the node runs the
+    IO-binding runtime (:mod:`fusion_node.gpu_runtime`: device buffers, CUDA graphs, TensorRT
+    engine cache), falling back to the plain runtime when no GPU is usable.
+    """
     if not cfg.node.models:
         return None
-    from .inference import ModelRuntime, load_manifest
+    from .inference import ModelError, ModelRuntime, load_manifest
+
+    if cfg.node.provider in ("cuda", "tensorrt") and os.environ.get("FUSION_GPU_IOBINDING") == "1":
+        from .gpu_runtime import GpuRuntime
+
+        try:
+            runtime = GpuRuntime(load_manifest(cfg.node.models), provider=cfg.node.provider,
+                                 batched=os.environ.get("FUSION_GPU_BATCHED") or None)
+            log.info("models %s on %s (%s)", runtime.name, runtime.provider, runtime.provider_note)
+            return runtime
+        except ModelError as exc:
+            log.warning("GPU IO-binding runtime unavailable (%s); using the plain runtime", exc)
 
     runtime = ModelRuntime(load_manifest(cfg.node.models), provider=cfg.node.provider,
                            intra_op_threads=cfg.node.intra_op_threads)

@@ -1,0 +1,112 @@
+"""Micro-benchmarks of the node's hot paths (pytest-benchmark): ``make bench``.
+
+Run with ``pytest bench --benchmark-enable`` (``make bench``); under plain ``pytest`` the
+benchmark fixture runs each body once, as a smoke test. Wire decode (inline and shared-memory
+camera frames, radar, audio), synchronisation (one camera frame through the core's admission
+and the reference policy), preprocessing per modality, each encoder and the fusion head.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from fusion_node.config import config_from_dict
+from fusion_node.core import FusionCore
+from fusion_node.shm import ShmReader, ShmRingWriter, ring_name
+from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode, encode
+
+from .models import sample_inputs
+from .synth import audio_signal, camera_frames, radar_frames
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    from fusion_node.inference import ModelRuntime
+
+    from .models import prepare
+
+    manifest, _, _ = prepare()
+    return ModelRuntime(manifest, provider="cpu", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return {"camera": camera_frames(640, 480, count=1)[0], "radar": radar_frames(256, count=1)[0],
+            "audio": audio_signal(1.0)}
+
+
+def _frames(msg):
+    # What a subscriber receives: plain bytes per frame (recv_multipart with copy=True).
+    return [bytes(f) for f in encode(msg, t_publish_ns=msg.t_capture_ns)]
+
+
+def test_decode_camera_640x480(benchmark, raw):
+    frames = _frames(CameraFrame("cam0", 1, 10, 10, raw["camera"]))
+    msg = benchmark(decode, frames)
+    assert isinstance(msg, CameraFrame)
+
+
+def test_decode_camera_shm_640x480(benchmark, raw, tmp_path):
+    img = raw["camera"]
+    with ShmRingWriter(ring_name("cam0", 1), 4, img.nbytes, directory=tmp_path) as ring:
+        frames = encode(CameraFrame("cam0", 1, 10, 10, img), payload_sink=ring.write)
+        reader = ShmReader(tmp_path)
+
+        def run():
+            msg = decode(frames, reader)
+            return msg, msg.shm_lease.valid()
+
+        msg, ok = benchmark(run)
+        assert isinstance(msg, CameraFrame) and ok
+
+
+def test_decode_radar_256(benchmark, raw):
+    frames = _frames(RadarPoints("radar0", 1, 10, 10, raw["radar"]))
+    assert isinstance(benchmark(decode, frames), RadarPoints)
+
+
+def test_decode_audio_20ms(benchmark, raw):
+    frames = _frames(AudioChunk("mic0", 1, 10, 10, raw["audio"][:320]))
+    assert isinstance(benchmark(decode, frames), AudioChunk)
+
+
+def test_sync_add_camera_frame(benchmark, raw):
+    """One camera frame through admission, buffering and the reference policy (no models)."""
+    cfg = config_from_dict({"rig": "r", "sensors": [
+        {"id": "cam0", "kind": "camera", "endpoint": "ipc:///x/c"},
+        {"id": "radar0", "kind": "radar", "endpoint": "ipc:///x/r"}], "node": {"max_age_s": 1e6}})
+    core = FusionCore(cfg)
+    state = {"seq": 0, "t": time.monotonic_ns()}
+    img = raw["camera"]
+
+    def step():
+        state["seq"] += 1
+        state["t"] += 33_333_333
+        msg = CameraFrame("cam0", state["seq"], state["t"], state["t"], img)
+        return core.step(state["t"], [(state["t"], msg)])
+
+    benchmark(step)
+    assert core.sensors["cam0"].accepted >= 1
+
+
+@pytest.mark.parametrize("modality", ["camera", "radar", "audio"])
+def test_preprocess(benchmark, runtime, raw, modality):
+    out = benchmark(runtime.preprocess, modality, raw[modality])
+    assert all(isinstance(a, np.ndarray) for a in out)
+
+
+@pytest.mark.parametrize("modality", ["camera", "radar", "audio"])
+def test_encoder(benchmark, runtime, modality):
+    inputs = sample_inputs(runtime)[modality]
+    emb = benchmark(runtime.encode, modality, *inputs)
+    assert emb.shape == (1, runtime.embedding_dim)
+
+
+def test_fusion_head(benchmark, runtime):
+    inputs = sample_inputs(runtime)
+    emb = {m: runtime.encode(m, *inputs[m]) for m in inputs}
+    out = benchmark(runtime.fuse, emb)
+    assert out.probabilities.shape == (len(runtime.classes),)
