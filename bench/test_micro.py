@@ -25,8 +25,11 @@ from .synth import audio_signal, camera_frames, radar_frames
 @pytest.fixture(scope="module")
 def runtime():
     from fusion_node.inference import ModelRuntime
+    from fusion_node.node import limit_threads
 
     from .models import prepare
+
+    limit_threads(1)  # as the node runs: one OpenCV and one OpenBLAS thread
 
     manifest, _, _ = prepare()
     return ModelRuntime(manifest, provider="cpu", intra_op_threads=1)
