@@ -24,11 +24,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from calibration.clock import ClockTracker
+
 from .assembly import Member, SetAssembler, SyncSet
 from .audio_ring import AudioRing
 from .config import RigConfig
 from .stats import LatencyWindow
-from .wire import AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage
+from .wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage
 
 __all__ = ["FusionCore", "SensorState"]
 
@@ -58,6 +60,7 @@ class SensorState:
     seq_gaps: int = 0
     restarts: int = 0
     deaths: int = 0
+    clock_jumps: int = 0
     rejected: Counter = field(default_factory=Counter)
     received_at_last_stats: int = 0
 
@@ -76,6 +79,9 @@ class FusionCore:
             for s in cfg.sensors
         }
         self.assembler = SetAssembler(cfg)
+        # Online clock tracking per sensor: offset and drift against the node clock for the
+        # stats topic, and detection of jumps (a looped file, a restarted device) to re-base.
+        self.clocks = {s.id: ClockTracker(s.id, expected_period_ns=TOPICS[s.kind].period_ns) for s in cfg.sensors}
         self.audio_window_s = cfg.sync.audio_window_s
         if runtime is not None:
             self.audio_window_s = runtime.audio_window_s
@@ -108,6 +114,15 @@ class FusionCore:
             st.rejected["unknown_sensor"] += 1  # a sensor id published on another modality's topic
             return None
         t_rig = msg.t_capture_ns + st.offset_ns
+        clock = self.clocks[st.sensor_id]
+        if msg.run_id != st.run_id:
+            clock.reset()
+        if clock.observe(msg.t_capture_ns, t_recv_ns) == "jump" and msg.run_id == st.run_id:
+            # The sensor's clock leapt within one run: start its timeline afresh instead of
+            # rejecting everything from now on as out of order, or stalling the synchroniser.
+            st.clock_jumps += 1
+            st.last_t_rig_ns = -1
+            self.assembler.rebase(st.sensor_id)
         if t_rig < now_ns - self.max_age_ns:
             st.rejected["timestamp_past"] += 1
             return None
@@ -298,6 +313,7 @@ class FusionCore:
                 "kind": st.kind, "alive": st.alive, "received": st.received, "accepted": st.accepted,
                 "rate_hz": round(recent / interval_s, 2) if interval_s > 0 else 0.0,
                 "dropped": st.dropped, "seq_gaps": st.seq_gaps, "restarts": st.restarts, "deaths": st.deaths,
+                "clock_jumps": st.clock_jumps, "clock": self.clocks[st.sensor_id].summary(),
                 "rejected": dict(st.rejected), "queue_depth": len(st.buffer),
                 "last_seen_ms": None if st.last_seen_ns is None else round((now_ns - st.last_seen_ns) / 1e6, 1),
             }

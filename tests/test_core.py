@@ -155,3 +155,20 @@ def test_message_filters_policies_drive_the_core(policy):
     assert len(events) >= 8
     assert all({m["sensor_id"] for m in e["members"]} == {"cam0", "radar0"} for e in events)
     assert events[-1]["t_ref_ns"] - events[-1]["members"][0]["t_capture_ns"] in (0, 5 * MS)
+
+
+def test_clock_jump_within_a_run_is_rebased_not_rejected_forever():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    # The camera plays a file whose timestamps jump back 3 s (a loop) while the node clock runs on.
+    events = []
+    for i in range(40):
+        t = T0 + i * 100 * MS
+        events += _feed(core, clock, [_audio(i, t), _radar(i, t)], now=t + MS)
+        stamp = t if i < 20 else t - 3000 * MS
+        core.step(t + 2 * MS, [(t + 2 * MS, _cam(i, stamp))])
+    st = core.sensors["cam0"]
+    assert st.clock_jumps == 1
+    assert st.rejected.get("out_of_order", 0) <= 3  # only until the jump is confirmed
+    assert st.accepted >= 37
+    assert core.stats(clock.t, 1.0)["sensors"]["cam0"]["clock"]["jumps"] == 1
