@@ -317,12 +317,20 @@ _HEADER = ("# Rig calibration (schema: calibration/rig.py; conventions: docs/cal
            "# Written by `fusion calibrate`; entries of sensors not being calibrated are kept as they were.\n")
 
 
-def save_rig(rig: Rig, path: str | Path) -> Path:
+def save_rig(rig: Rig, path: str | Path, *, merge: bool = False) -> Path:
     """Write ``rig`` to ``path`` as YAML (atomically: a temporary file, then a rename).
 
-    Round-trips with :func:`load_rig`. Comments of a hand-written file are not preserved.
+    Round-trips with :func:`load_rig`. With ``merge``, sensors that the file at ``path`` holds
+    but ``rig`` does not are kept (after ``rig``'s own); without, the file becomes exactly ``rig``.
+    Comments of a hand-written file are not preserved. To change one sensor's entries in place,
+    see :func:`update_rig_sensor`.
     """
     path = Path(path)
+    if merge and path.exists():
+        on_disk = load_rig(path)
+        for s in on_disk.sensors:
+            if not rig.has(s.id):
+                rig = rig.with_sensor(s)
     data = rig.model_dump(mode="json", exclude_none=True)
     for s in data["sensors"]:
         for key in ("intrinsics", "extrinsics"):

@@ -83,6 +83,16 @@ def test_update_one_sensor_keeps_the_others(tmp_path):
     assert final.sensor("mic0").clock.clock_offset_ns == 40_000_000
 
 
+def test_save_with_merge_keeps_sensors_of_the_file(tmp_path):
+    path = save_rig(load_rig(EXAMPLE), tmp_path / "rig.yaml")
+    only_cam = Rig(rig="lab-rig-1", sensors=[load_rig(EXAMPLE).sensor("cam0").model_copy(update={"extrinsics": None})])
+    save_rig(only_cam, path, merge=True)
+    merged = load_rig(path)
+    assert merged.ids == ["cam0", "radar0", "mic0"] and merged.sensor("cam0").extrinsics is None
+    save_rig(only_cam, path)
+    assert load_rig(path).ids == ["cam0"]
+
+
 def test_update_creates_the_file(tmp_path):
     path = tmp_path / "new_rig.yaml"
     intr = Intrinsics(width_px=640, height_px=480, fx_px=500, fy_px=500, cx_px=320, cy_px=240)
