@@ -84,6 +84,9 @@ class NodeConfig(_Strict):
                                   description="ZeroMQ endpoint the node binds for fused events and stats")
     models: str | None = Field(None, description="path to a model manifest.json (relative to the config file); "
                                                  "null runs synchronisation only, with no labels")
+    rig_file: str | None = Field(None, description="rig calibration file (calibration/rig.py; relative to the "
+                                                   "config file): its clock offsets and drifts replace the "
+                                                   "sensors' clock_offset_ns")
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
         "auto", description="onnxruntime execution provider; auto tries TensorRT, then CUDA, then CPU")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per session")
@@ -168,9 +171,11 @@ def load_config(path: str | Path) -> RigConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     cfg = config_from_dict(data, str(path))
-    if cfg.node.models and not Path(cfg.node.models).is_absolute():
-        node = cfg.node.model_copy(update={"models": str((path.parent / cfg.node.models).resolve())})
-        cfg = cfg.model_copy(update={"node": node})
+    updates = {key: str((path.parent / value).resolve())
+               for key, value in (("models", cfg.node.models), ("rig_file", cfg.node.rig_file))
+               if value and not Path(value).is_absolute()}
+    if updates:
+        cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update=updates)})
     return cfg
 
 

@@ -61,6 +61,8 @@ class SensorState:
     restarts: int = 0
     deaths: int = 0
     clock_jumps: int = 0
+    drift_ppm: float = 0.0  # from the rig calibration file: t_rig = t + offset + drift * (t - epoch)
+    clock_epoch_ns: int = 0
     rejected: Counter = field(default_factory=Counter)
     received_at_last_stats: int = 0
 
@@ -78,6 +80,8 @@ class FusionCore:
             s.id: SensorState(s.id, s.kind, s.clock_offset_ns, s.liveness_timeout_ns, deque(maxlen=s.buffer_len))
             for s in cfg.sensors
         }
+        if cfg.node.rig_file:
+            self._apply_rig_file(cfg.node.rig_file)
         self.assembler = SetAssembler(cfg)
         # Online clock tracking per sensor: offset and drift against the node clock for the
         # stats topic, and detection of jumps (a looped file, a restarted device) to re-base.
@@ -93,6 +97,23 @@ class FusionCore:
         self.max_age_ns = int(cfg.node.max_age_s * 1e9)
         self.max_future_ns = int(cfg.node.max_future_s * 1e9)
         self._event_seq = 0
+
+    def _apply_rig_file(self, path: str) -> None:
+        """Clock offsets and drifts from the rig calibration file replace the config's offsets."""
+        from calibration.rig import load_rig
+
+        rig = load_rig(path)
+        for cal in rig.sensors:
+            st = self.sensors.get(cal.id)
+            if st is not None:
+                st.offset_ns = cal.clock.clock_offset_ns
+                st.drift_ppm = cal.clock.clock_drift_ppm
+                st.clock_epoch_ns = cal.clock.clock_epoch_ns
+
+    def to_rig_ns(self, st: SensorState, t_capture_ns: int) -> int:
+        """A sensor's capture time on the rig clock."""
+        drift = int(st.drift_ppm * 1e-6 * (t_capture_ns - st.clock_epoch_ns)) if st.drift_ppm else 0
+        return t_capture_ns + st.offset_ns + drift
 
     # -- admission -----------------------------------------------------------------------
 
@@ -113,7 +134,7 @@ class FusionCore:
         if msg.topic != st.kind:
             st.rejected["unknown_sensor"] += 1  # a sensor id published on another modality's topic
             return None
-        t_rig = msg.t_capture_ns + st.offset_ns
+        t_rig = self.to_rig_ns(st, msg.t_capture_ns)
         clock = self.clocks[st.sensor_id]
         if msg.run_id != st.run_id:
             clock.reset()
@@ -263,7 +284,7 @@ class FusionCore:
                                 "t_capture_ns": int(m.t_rig_ns),
                                 "age_ms": round((sset.t_ref_ns - m.t_rig_ns) / 1e6, 3)})
         latency = {
-            "receive": round(max((m.t_recv_ns - m.msg.t_publish_ns - self.sensors[m.sensor_id].offset_ns) / 1e6
+            "receive": round(max((m.t_recv_ns - self.to_rig_ns(self.sensors[m.sensor_id], m.msg.t_publish_ns)) / 1e6
                                  for m in members.values()), 3) if members else 0.0,
             "sync_wait": round(max(0, sset.t_release_ns - sset.t_ready_ns) / 1e6, 3),
         }

@@ -73,6 +73,25 @@ class RigGeometry:
         v = self.height_px / 2 - f * (np.asarray(z) - self.camera_height_m) / np.asarray(y)
         return u, v
 
+    @classmethod
+    def from_rig(cls, rig, camera_id: str | None = None, radar_id: str | None = None) -> "RigGeometry":
+        """Image size, field of view and radar mounting from a rig calibration file.
+
+        The simulator renders an ideal pinhole (distortion is not simulated) and keeps its own
+        camera height above the ground, which a rig file does not record.
+        """
+        cams = [s for s in rig.sensors if s.kind == "camera" and (camera_id is None or s.id == camera_id)]
+        radars = [s for s in rig.sensors if s.kind == "radar" and (radar_id is None or s.id == radar_id)]
+        if not cams or cams[0].intrinsics is None:
+            raise ValueError(f"rig {rig.rig}: no camera with intrinsics{' named ' + camera_id if camera_id else ''}")
+        k = cams[0].intrinsics
+        below = cls.radar_below_camera_m
+        if radars and radars[0].extrinsics is not None and cams[0].extrinsics is not None:
+            # Rig frame y points down (camera optical frame): radar below camera = larger y.
+            below = float(radars[0].extrinsics.translation_m[1] - cams[0].extrinsics.translation_m[1])
+        return cls(width_px=k.width_px, height_px=k.height_px,
+                   hfov_deg=math.degrees(2 * math.atan(k.width_px / (2 * k.fx_px))), radar_below_camera_m=below)
+
     def in_view(self, x: float, y: float) -> bool:
         return y > 1.0 and abs(x / y) < math.tan(math.radians(self.hfov_deg) / 2) * 0.95
 
@@ -618,6 +637,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera-hz", type=float, default=10.0, help="camera frame rate (default 10)")
     p.add_argument("--radar-hz", type=float, default=10.0, help="radar frame rate (default 10)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--rig", default=None, metavar="RIG.yaml",
+                   help="rig calibration file: take the image size, field of view and radar mounting from it")
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before starting")
 
@@ -626,12 +647,20 @@ def run(args: argparse.Namespace) -> int:
     """Publish the three simulated sensors from one world, on their own sockets, in real time."""
     import time
 
+    from fusion_node.errors import SensorError
     from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints
 
     from .publisher import SensorPublisher, install_stop_handler, sleep_until
 
     stop = install_stop_handler()
     geometry = RigGeometry()
+    if args.rig:
+        from calibration.rig import load_rig
+
+        try:
+            geometry = RigGeometry.from_rig(load_rig(args.rig), args.camera_id, args.radar_id)
+        except ValueError as exc:
+            raise SensorError(f"sim: {args.rig}: {exc}") from None
     assets = load_assets("eval", geometry)
     world = LiveWorld(args.seed, geometry, assets)
     pubs = {"camera": SensorPublisher("camera", args.camera_endpoint, args.camera_id),

@@ -172,3 +172,22 @@ def test_clock_jump_within_a_run_is_rebased_not_rejected_forever():
     assert st.rejected.get("out_of_order", 0) <= 3  # only until the jump is confirmed
     assert st.accepted >= 37
     assert core.stats(clock.t, 1.0)["sensors"]["cam0"]["clock"]["jumps"] == 1
+
+
+def test_rig_file_clock_offsets_replace_the_config_offsets(tmp_path):
+    from calibration.rig import Clock as RigClock, Rig, SensorCalibration, save_rig
+
+    rig = Rig(rig="r1", sensors=[SensorCalibration(id="radar0", kind="radar",
+                                                    clock=RigClock(clock_offset_ns=-250 * MS))])
+    path = save_rig(rig, tmp_path / "rig_cal.yaml")
+    cfg = _cfg()
+    cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update={"rig_file": str(path)})})
+    clock = Clock()
+    core = FusionCore(cfg, None, timer=clock)
+    assert core.sensors["radar0"].offset_ns == -250 * MS and core.sensors["cam0"].offset_ns == 0
+    # Radar stamps run 250 ms ahead of the rig clock: after the offset they match the camera.
+    events = []
+    for i in range(10):
+        t = T0 + i * 100 * MS
+        events += _feed(core, clock, [_audio(i, t), _cam(i, t), _radar(i, t + 250 * MS)], now=t + MS)
+    assert events and all(m["age_ms"] == 0 for e in events for m in e["members"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,11 @@ def test_sim_backend_publishes_three_agreeing_streams(ipc_dir, spawn, zctx):
     t_cam = np.array([m.t_capture_ns for m in got["camera"]])
     t_aud = np.array([m.t_capture_ns for m in got["audio"]])
     assert np.all(np.diff(t_cam) == 100_000_000) and t_aud[0] == t_cam[0]
+
+
+def test_geometry_comes_from_a_rig_calibration_file():
+    from calibration.rig import load_rig
+
+    g = RigGeometry.from_rig(load_rig(Path(__file__).resolve().parents[1] / "examples" / "rig_calibration.yaml"))
+    assert (g.width_px, g.height_px) == (768, 432)
+    assert abs(g.fx - 600.0) < 1e-6 and abs(g.radar_below_camera_m - 0.06) < 1e-9
