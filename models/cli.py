@@ -16,7 +16,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(seed=args.seed, samples=args.samples, align_epochs=args.align_epochs,
                       fuse_epochs=args.fuse_epochs, distill=args.distill, batch=args.batch,
-                      cache_dir=str(args.cache_dir))
+                      cache_dir=str(args.cache_dir), align_weight=args.align_weight, init_from=args.init_from,
+                      lr=args.lr)
     recordings = None
     if args.recordings:
         from models.dataset import windows_from_recordings
@@ -100,6 +101,11 @@ def add_parsers(sub) -> None:
     t.add_argument("--align-epochs", type=int, default=3, help="alignment epochs (default 3)")
     t.add_argument("--fuse-epochs", type=int, default=7, help="fusion epochs (default 7)")
     t.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    t.add_argument("--align-weight", type=float, default=0.5,
+                   help="weight of the InfoNCE term during fusion training (default 0.5)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from the newest checkpoint of another training folder (fine-tuning)")
     t.add_argument("--distill", action="store_true", help="train a wider teacher first and distil it")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoints in --out")
     t.add_argument("--recordings", default=None, metavar="DIR",

@@ -52,6 +52,7 @@ class TrainConfig:
     width: float = 1.0  # encoder width multiplier (the teacher uses 2.0)
     distill: bool = False
     cache_dir: str = ".cache/datasets"
+    init_from: str | None = None  # start from another run's final weights (fine-tuning)
     extra: dict = field(default_factory=dict)
 
 
@@ -179,6 +180,8 @@ def _run_stage(stage: str, models: Models, data: Windows, cfg: TrainConfig, epoc
                resume: bool, teacher: Models | None = None, log=print) -> None:
     from tqdm import tqdm
 
+    if epochs <= 0:
+        return
     opt = torch.optim.AdamW(models.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps_per_epoch = max(1, len(data) // cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
@@ -263,6 +266,14 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
         _run_stage("teacher-fuse", teacher, data, cfg, cfg.fuse_epochs, out, resume, log=log)
         teacher.train(False)
     models = build_models(cfg)
+    if cfg.init_from:
+        found = _latest(Path(cfg.init_from), "fuse") or _latest(Path(cfg.init_from), "align")
+        if found is None:
+            raise FileNotFoundError(f"{cfg.init_from}: no checkpoint to start from (expected checkpoints/*.pt)")
+        state = torch.load(found[1], weights_only=False)
+        models.align.load_state_dict(state["align"])
+        models.head.load_state_dict(state["head"])
+        log(f"starting from the weights of {found[1]}")
     # With resume, a finished stage only reloads its last checkpoint; an unfinished one goes on.
     _run_stage("align", models, data, cfg, cfg.align_epochs, out, resume, log=log)
     _run_stage("fuse", models, data, cfg, cfg.fuse_epochs, out, resume, teacher=teacher, log=log)

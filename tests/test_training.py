@@ -1,0 +1,95 @@
+"""Training, export and evaluation run for real (tiny sizes), and the shipped models are checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+DEFAULT = ROOT / "models" / "default" / "manifest.json"
+REQUIRED = ("retrieval_r1.camera_radar", "retrieval_r1.camera_audio", "f1.fused", "f1.camera_only",
+            "f1.radar_only", "f1.audio_only", "f1.adverse.fused", "f1.adverse.best_single",
+            "f1.missing.camera", "f1.missing.radar", "f1.missing.audio", "real.clips")
+
+
+def _fusion(*args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "fusion_node", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    args = ("train", "--out", str(out), "--samples", "256", "--align-epochs", "1", "--fuse-epochs", "1",
+            "--batch", "64", "--cache-dir", str(out / "cache"), "--export", str(out / "bundle"))
+    first = _fusion(*args)
+    return out, first, args
+
+
+def test_train_writes_checkpoints_and_exports_a_trained_bundle(tiny_run):
+    out, proc, _ = tiny_run
+    assert (out / "checkpoints" / "align-epoch001.pt").exists()
+    assert (out / "checkpoints" / "fuse-epoch001.pt").exists()
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["trained"] is True and manifest["data_version"] == "sim-v1"
+    assert set(manifest["thresholds"]) == set(manifest["classes"])
+    assert max(manifest["parity_max_abs_diff"].values()) < 1e-4
+
+
+def test_resume_continues_instead_of_starting_over(tiny_run):
+    out, _, args = tiny_run
+    again = _fusion(*[a for a in args if a not in ("--export", str(out / "bundle"))], "--resume")
+    assert "resumed from" in again.stdout
+    assert "epoch 1/1" not in again.stderr  # nothing was trained again
+
+
+def test_same_seed_same_model(tmp_path, tiny_run):
+    out, _, args = tiny_run
+    again = tmp_path / "again"
+    _fusion("train", "--out", str(again), "--samples", "256", "--align-epochs", "1", "--fuse-epochs", "1",
+            "--batch", "64", "--cache-dir", str(out / "cache"), "--export", str(again / "bundle"))
+    a = json.loads((out / "bundle" / "manifest.json").read_text())["sha256"]
+    b = json.loads((again / "bundle" / "manifest.json").read_text())["sha256"]
+    assert a == b
+
+
+def test_eval_writes_every_required_key_and_a_report(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    report = tmp_path / "report"
+    _fusion("eval", "--models", str(out / "bundle" / "manifest.json"), "--windows", "200",
+            "--adverse-windows", "20", "--cache-dir", str(out / "cache"), "--json", str(tmp_path / "m.json"),
+            "--report", str(report))
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in REQUIRED:
+        _get(metrics, key)
+    assert "<svg" in (report / "report.html").read_text()
+    clip = metrics["real"]["clips"]["audio/dog_bark_1_gcompris_LA.ogg"]
+    assert clip["expected"] == "dog" and isinstance(clip["predicted"], list)
+
+
+def test_shipped_models_are_trained_and_classify_held_out_scenes(tmp_path):
+    from fusion_node.inference import ModelRuntime, load_manifest
+    from models.evaluate import evaluate
+
+    manifest = load_manifest(DEFAULT)
+    assert manifest.trained
+    assert sum((DEFAULT.parent / f).stat().st_size for f in manifest.sha256) < 20 * 2**20
+    metrics, _ = evaluate(DEFAULT, n_eval=200, n_adverse=20, cache_dir=tmp_path)
+    # Held-out simulated scenes (different seeds and held-out real assets from training).
+    assert metrics["f1"]["fused"] >= 0.85, metrics["f1"]
+    assert metrics["f1"]["fused"] >= metrics["f1"]["camera_only"]
+    ModelRuntime(manifest, provider="cpu")  # loads and warms up on the node's runtime
