@@ -93,3 +93,22 @@ def test_shipped_models_are_trained_and_classify_held_out_scenes(tmp_path):
     assert metrics["f1"]["fused"] >= 0.85, metrics["f1"]
     assert metrics["f1"]["fused"] >= metrics["f1"]["camera_only"]
     ModelRuntime(manifest, provider="cpu")  # loads and warms up on the node's runtime
+
+
+def test_own_recordings_become_unlabelled_alignment_windows(tmp_path):
+    import shutil
+
+    from fusion_node.errors import ConfigError
+    from models.dataset import windows_from_recordings
+
+    samples = ROOT / "sensors" / "samples"
+    shutil.copy(samples / "video" / "car-detection.mp4", tmp_path / "run1.mp4")
+    shutil.copy(samples / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat", tmp_path / "run1.dat")
+    shutil.copy(samples / "audio" / "speech_librispeech_198-209-0000.ogg", tmp_path / "run1.ogg")
+    w = windows_from_recordings(tmp_path)
+    assert len(w) == 19  # one window every 0.5 s from 1 s until the 10 s radar capture ends
+    assert (w.labels == -1).all() and w.pairable.all()
+    assert w.image.shape[1:] == (96, 96, 3) and np.isfinite(w.logmel.astype(np.float32)).all()
+    (tmp_path / "run1.ogg").unlink()
+    with pytest.raises(ConfigError, match="run1.mp4"):
+        windows_from_recordings(tmp_path)
