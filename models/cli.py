@@ -84,7 +84,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"audio {f1['audio_only']:.3f}")
     print(f"adverse fused {f1['adverse']['fused']:.3f} vs best single {f1['adverse']['best_single']:.3f}")
     print("missing " + ", ".join(f"{k} {v:.3f}" for k, v in f1["missing"].items()))
-    print(f"real recordings correct: {metrics['real']['correct']}/{metrics['real']['total']}")
+    real = metrics["real"]
+    print(f"real recordings correct: {real['correct']}/{real['total']} "
+          f"(never seen in training: {real['unseen_correct']}/{real['unseen_total']})")
     if not args.json:
         print(text)
     return 0

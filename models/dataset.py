@@ -26,7 +26,7 @@ from sensors.sim import CLASSES, RigGeometry, load_assets, render_audio, render_
 __all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "real_windows",
            "windows_from_recordings"]
 
-DATA_VERSION = "sim-v1"
+DATA_VERSION = "sim-v2"
 
 PREPROCESS = {
     "camera": CameraPreprocess(size_hw=(96, 96)),
@@ -127,19 +127,20 @@ def load_or_generate(cache_dir: Path, n: int, seed: int, split: str = "train", a
     return data
 
 
-def real_windows(split: str = "eval") -> dict[str, tuple[str, str, list[np.ndarray]]]:
-    """Real recordings cut into single-modality inputs: name -> (modality, expected class, inputs).
+def real_windows(split: str = "eval") -> dict[str, tuple[str, str, list, bool]]:
+    """Real recordings cut into single-modality inputs: name -> (modality, class, inputs, seen).
 
     Only the ``split`` part of each recording is used (the last 30 % for "eval"), so these are
-    windows the training never saw.
+    windows the training never saw, except for sound clips shorter than the simulator's
+    ``WHOLE_CLIP_S``: those single events are used whole by training too (``seen`` is True).
     """
     from sensors.audio import load_audio_file
     from sensors.samples import SAMPLES_DIR
     from sensors.ti_mmwave import read_capture
 
-    from sensors.sim import TRAIN_FRACTION
+    from sensors.sim import TRAIN_FRACTION, WHOLE_CLIP_S
 
-    out: dict[str, tuple[str, str, list[np.ndarray]]] = {}
+    out: dict[str, tuple[str, str, list, bool]] = {}
     expected_audio = {
         "speech_librispeech_198-209-0000.ogg": "speech",
         "speech_librispeech_5703-47212-0000.ogg": "speech",
@@ -153,22 +154,23 @@ def real_windows(split: str = "eval") -> dict[str, tuple[str, str, list[np.ndarr
     }
     for name, label in expected_audio.items():
         x = load_audio_file(SAMPLES_DIR / "audio" / name)
+        seen = len(x) < WHOLE_CLIP_S * 16000
         cut = int(len(x) * TRAIN_FRACTION)
-        part = x[cut:] if split == "eval" else x[:cut]
+        part = x if seen else (x[cut:] if split == "eval" else x[:cut])
         part = part / (np.abs(part).max() + 1e-9) * 0.3
         # Windows of 1 s every 0.5 s; a part shorter than 1 s is one left-padded window.
         starts = range(0, max(1, len(part) - 16000 + 1), 8000)
-        out[f"audio/{name}"] = ("audio", label, [PREPROCESS["audio"](part[s:s + 16000])[0] for s in starts])
+        out[f"audio/{name}"] = ("audio", label, [PREPROCESS["audio"](part[s:s + 16000])[0] for s in starts], seen)
     assets = load_assets(split)
     out["video/one-by-one-person-detection.mp4"] = (
-        "camera", "person", [camera_uint8(f) for f in assets.person_frames])
-    out["video/car-detection.mp4"] = ("camera", "vehicle", [camera_uint8(f) for f in assets.car_frames])
+        "camera", "person", [camera_uint8(f) for f in assets.person_frames], False)
+    out["video/car-detection.mp4"] = ("camera", "vehicle", [camera_uint8(f) for f in assets.car_frames], False)
     frames = read_capture(SAMPLES_DIR / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat")
     cut = int(len(frames) * TRAIN_FRACTION)
     part = frames[cut:] if split == "eval" else frames[:cut]
     moving = [f.points for f in part if (np.abs(f.points[:, 3]) > 0.1).sum() >= 2]
     out["radar/ti_iwr6843_oob_automated_doors_2019-12-04.dat"] = (
-        "radar", "person", [PREPROCESS["radar"](p) for p in moving])
+        "radar", "person", [PREPROCESS["radar"](p) for p in moving], False)
     return out
 
 

@@ -151,7 +151,7 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
 
     # Real recordings: each through its own encoder, alone, as a single-sensor rig would see it.
     clips = {}
-    for name, (modality, expected, inputs) in real_windows("eval").items():
+    for name, (modality, expected, inputs, seen) in real_windows("eval").items():
         votes = np.zeros(len(CLASSES))
         for x in inputs:
             if modality == "camera":
@@ -166,8 +166,10 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
         predicted = [CLASSES[k] for k in np.argsort(-frac) if frac[k] >= 0.5]
         top = CLASSES[int(np.argmax(frac))] if frac.max() > 0 else None
         clips[name] = {"modality": modality, "expected": expected, "predicted": predicted, "top": top,
-                       "windows": len(inputs), "correct": top == expected}
-    metrics["real"] = {"clips": clips, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips)}
+                       "windows": len(inputs), "correct": top == expected, "seen_in_training": seen}
+    unseen = [c for c in clips.values() if not c["seen_in_training"]]
+    metrics["real"] = {"clips": clips, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips),
+                       "unseen_correct": sum(c["correct"] for c in unseen), "unseen_total": len(unseen)}
 
     confusion = _confusion(normal.labels, full >= ev.thresholds)
     return metrics, {"curves": {k: np.mean(v, axis=0).tolist() for k, v in curves.items()}, "confusion": confusion}

@@ -16,8 +16,11 @@ The simulator mixes in the real recordings bundled in ``sensors/samples``:
   inputs of their classes;
 - radar: static clutter and real walking-person frames come from the real TI capture.
 
-Every real source is split by time: the first 70 % feeds ``split="train"``, the last 30 %
-``split="eval"``, so evaluation never hears or sees the exact samples training did.
+Real sources are split by time: the first 70 % feeds ``split="train"``, the last 30 %
+``split="eval"``, so evaluation never sees the frames or hears the speech training did. Sound
+clips shorter than 5 s (a bark, breaking glass, a horn) are single events that a cut would turn
+into a different sound: they are used whole in both splits, and evaluation hears them at other
+speeds, gains, distances and mixtures than training does.
 
 Camera frames carry lighting changes, night, blur and occlusion; radar points carry range,
 azimuth and doppler noise, clutter and missed detections; audio carries ambience, distance
@@ -48,6 +51,7 @@ CLASSES = ("person", "vehicle", "dog", "glass_break", "speech", "alarm")
 SPEED_OF_SOUND_MPS = 343.0
 RATE_HZ = 16000
 TRAIN_FRACTION = 0.7
+WHOLE_CLIP_S = 5.0  # sound clips shorter than this are one event: not split between train and eval
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,11 @@ class RigGeometry:
 
 
 # Physical size (width, height, depth in m), radar points per frame and SNR (dB) per class.
-BODY = {"person": (0.5, 1.75, 0.4), "vehicle": (4.2, 1.5, 1.8), "dog": (0.8, 0.55, 0.3)}
-RADAR_POINTS = {"person": 5.0, "vehicle": 14.0, "dog": 2.5}
+BODY = {"person": (0.5, 1.75, 0.4), "vehicle": (4.2, 1.5, 1.8), "dog": (0.9, 0.6, 0.35)}
+RADAR_POINTS = {"person": 5.0, "vehicle": 14.0, "dog": 3.5}
 RADAR_SNR_DB = {"person": 22.0, "vehicle": 33.0, "dog": 16.0}
 SPEED_MPS = {"person": (0.6, 1.6), "vehicle": (3.0, 9.0), "dog": (1.0, 3.0)}
-RANGE_M = {"person": (3.0, 16.0), "vehicle": (7.0, 22.0), "dog": (2.5, 10.0)}
+RANGE_M = {"person": (3.0, 13.0), "vehicle": (7.0, 22.0), "dog": (2.5, 9.0)}
 # Sound level at 1 m (linear amplitude scale of the normalised clip).
 SOUND_LEVEL = {"person": 0.25, "vehicle": 1.6, "dog": 1.2, "speech": 0.9, "glass_break": 2.0, "alarm": 2.5}
 
@@ -232,7 +236,8 @@ def load_assets(split: str = "train", geometry: RigGeometry = RigGeometry()) -> 
         for name in names:
             x = load_audio_file(audio_dir / name)
             x = x / (np.abs(x).max() + 1e-9)
-            parts.append(x[_split(len(x), split)].astype(np.float32))
+            part = x if len(x) < WHOLE_CLIP_S * RATE_HZ else x[_split(len(x), split)]
+            parts.append(part.astype(np.float32))
         clips[kind] = parts
 
     frames = read_capture(SAMPLES_DIR / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat")
@@ -535,9 +540,16 @@ def render_radar(scene: Scene, t: float, assets: Assets, geometry: RigGeometry =
 # -- audio ---------------------------------------------------------------------------------------
 
 
-def _loop(clip: np.ndarray, start: int, n: int) -> np.ndarray:
-    idx = (start + np.arange(n)) % len(clip)
-    return clip[idx]
+def _loop(clip: np.ndarray, start: int, n: int, speed: float = 1.0) -> np.ndarray:
+    """``n`` samples of ``clip`` played in a loop from ``start`` at ``speed`` (pitch and tempo)."""
+    pos = ((start + np.arange(n)) * speed) % len(clip)
+    return np.interp(pos, np.arange(len(clip)), clip).astype(np.float32)
+
+
+def _variation(scene: Scene, key: str) -> tuple[float, float]:
+    """Playback speed and gain of one sound source: fixed per scene and source, varied across scenes."""
+    rng = np.random.default_rng([scene.seed, zlib.crc32(key.encode())])
+    return float(rng.uniform(0.88, 1.12)), float(rng.uniform(0.7, 1.4))
 
 
 def _ambience(scene: Scene, t0: float, n: int) -> np.ndarray:
@@ -570,24 +582,26 @@ def render_audio(scene: Scene, t_end: float, duration_s: float, assets: Assets) 
         for kind in kinds:
             clips = assets.clips[kind]
             clip = clips[(scene.seed + zlib.crc32(kind.encode())) % len(clips)]
+            speed, gain = _variation(scene, f"{kind}{tg.sound_offset_s}")
             start = int((emit[0] + tg.sound_offset_s) * RATE_HZ)
-            part = _loop(clip, start, n)
+            part = _loop(clip, start, n, speed)
             if kind == "dog":  # barks come in bursts, not continuously
-                part = part * (np.sin(2 * math.pi * 0.7 * (emit + tg.sound_offset_s)) > -0.3)
-            signal += SOUND_LEVEL[kind] / dist * part
+                part = part * (np.sin(2 * math.pi * 0.7 * (emit + tg.sound_offset_s)) > -0.6)
+            signal += gain * SOUND_LEVEL[kind] / dist * part
     for ev in scene.events:
         dist = max(1.0, math.hypot(ev.x, ev.y))
         emit = times - dist / SPEED_OF_SOUND_MPS
         clips = assets.clips[ev.kind]
         clip = clips[ev.clip % len(clips)]
+        speed, gain = _variation(scene, f"{ev.kind}{ev.t_start}")
+        k = (emit - ev.t_start) * RATE_HZ * speed
         if ev.kind == "glass_break":
-            k = ((emit - ev.t_start) * RATE_HZ).astype(np.int64)
-            ok = (k >= 0) & (k < len(clip))
-            signal[ok] += SOUND_LEVEL["glass_break"] / dist * clip[k[ok]]
+            ok = (k >= 0) & (k < len(clip) - 1)
+            signal[ok] += gain * SOUND_LEVEL["glass_break"] / dist * np.interp(k[ok], np.arange(len(clip)), clip)
         else:
             active = (emit >= ev.t_start) & (emit <= ev.t_end)
-            k = ((emit - ev.t_start) * RATE_HZ).astype(np.int64) % len(clip)
-            signal[active] += SOUND_LEVEL["alarm"] / dist * clip[k[active]]
+            signal[active] += gain * SOUND_LEVEL["alarm"] / dist * np.interp(k[active] % len(clip),
+                                                                            np.arange(len(clip)), clip)
     rng = np.random.default_rng([scene.seed, int(round(t_end * 1000)) & 0x7FFFFFFF, 11])
     if duration_s >= 0.5 and rng.random() < 0.15:  # an unlabelled distractor: a door, or an aircraft far away
         kind = "door" if rng.random() < 0.6 else "aircraft"

@@ -45,7 +45,9 @@ def test_train_writes_checkpoints_and_exports_a_trained_bundle(tiny_run):
     assert (out / "checkpoints" / "align-epoch001.pt").exists()
     assert (out / "checkpoints" / "fuse-epoch001.pt").exists()
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
-    assert manifest["trained"] is True and manifest["data_version"] == "sim-v1"
+    from models.dataset import DATA_VERSION
+
+    assert manifest["trained"] is True and manifest["data_version"] == DATA_VERSION
     assert set(manifest["thresholds"]) == set(manifest["classes"])
     assert max(manifest["parity_max_abs_diff"].values()) < 1e-4
 
