@@ -103,6 +103,11 @@ def evaluate_targets(res: dict) -> dict:
                                               "value": ratio,
                                               "met": None if ratio is None else
                                               ratio >= TARGETS["shm_speedup_over_zmq_copy_1080p"]}
+    inplace = _get(res, "transport", "shm_inplace", "1920x1080", "p50_ms")
+    ratio_in = round(zc / inplace, 2) if inplace and zc else None
+    out["shm_inplace_speedup_over_zmq_copy_1080p"] = {
+        "target": f">= {TARGETS['shm_speedup_over_zmq_copy_1080p']} (frame produced in the ring slot)",
+        "value": ratio_in, "met": None if ratio_in is None else ratio_in >= TARGETS["shm_speedup_over_zmq_copy_1080p"]}
     out["shm_at_or_below_ecal_1080p"] = {"target": "shm p50 <= eCAL p50", "value": [shm, ecal],
                                          "met": None if shm is None or ecal is None else shm <= ecal}
     return out
