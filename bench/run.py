@@ -268,6 +268,10 @@ def _analyse(events_path: Path, rigs: int, done: dict, ready: dict, node: _Proc,
     stages = {name: LatencyHistogram() for _, name in STAGES}
     first_arrival = None
     got: dict[str, set[int]] = {r: set() for r in expected}
+    # Where in the 100 ms cycle the three streams share (30, 20 and 50 Hz) a camera frame falls
+    # decides what its set waits for: this splits e2e by that phase.
+    by_phase: dict[str, dict[str, LatencyHistogram]] = {}
+    offsets = {f"rig{i}": (i * CAMERA_PERIOD_NS) // rigs for i in range(rigs)}
     events_total = 0
     missing_modal: Counter = Counter()
     with open(events_path) as f:
@@ -291,6 +295,10 @@ def _analyse(events_path: Path, rigs: int, done: dict, ready: dict, node: _Proc,
             # is not inside e2e (which starts at the newest member's capture).
             after_newest = max(0.0, lat.get("sync_wait", 0.0) - (ev["t_newest_ns"] - ev["t_ref_ns"]) / 1e6)
             e2e_nosync.record(total - after_newest)
+            phase = f"{round(((t_cam - t0 - offsets[ev['rig']]) % 100_000_000) / 1e6, 1) % 100.0:g}"
+            ph = by_phase.setdefault(phase, {"e2e": LatencyHistogram(), "sync_wait": LatencyHistogram()})
+            ph["e2e"].record(total)
+            ph["sync_wait"].record(lat.get("sync_wait", 0.0))
             if "e2e" in lat:
                 e2e_node.record(lat["e2e"])
             deliver.record((ev["t_arrival_ns"] - ev["t_publish_ns"]) / 1e6)
@@ -324,6 +332,8 @@ def _analyse(events_path: Path, rigs: int, done: dict, ready: dict, node: _Proc,
         "e2e_excl_sync_wait_ms": e2e_nosync.summary(),
         "e2e_to_node_publish_ms": e2e_node.summary(),
         "stages_ms": {name: h.summary() for name, h in stages.items()},
+        "e2e_by_camera_phase_ms": {k: {"e2e": v["e2e"].summary(), "sync_wait": v["sync_wait"].summary()}
+                                   for k, v in sorted(by_phase.items(), key=lambda kv: float(kv[0]))},
         "drops": misses,
         "drops_detail": {
             "frames_expected": n_expected, "events_in_window": n_got, "missed": misses,
