@@ -16,7 +16,9 @@ socket, one model runtime)::
       models: models/manifest.json
 
 Sensor ids are unique across all rigs: the node routes every message to the rig owning its
-``sensor_id``. Rig names and sensor endpoints are unique too.
+``sensor_id``. Rig names and sensor endpoints are unique too. The one rig-specific node setting,
+``rig_file`` (the rig's calibration file), may be given per rig: ``node: {rig_file: bay-1.yaml}``
+inside a rig entry; every other node key belongs in the shared block.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import NodeConfig, RigConfig, _format_errors, config_from_dict
+from .config import NodeConfig, RigConfig, _format_errors, config_from_dict, load_config
 from .errors import ConfigError
 
 __all__ = ["MultiRigConfig", "rigs_from_dict", "load_rigs", "RigRouter"]
+
+# Node settings that are file paths, resolved against the config file (as load_config does).
+NODE_PATH_KEYS = ("models", "rig_file")
 
 
 class MultiRigConfig(BaseModel):
@@ -47,7 +52,8 @@ class MultiRigConfig(BaseModel):
             for i, entry in enumerate(data["rigs"]):
                 if isinstance(entry, dict) and "node" in entry:
                     raise ValueError(f"rigs[{i}] has a node block: with several rigs the node settings are "
-                                     f"shared, put them in the top-level node block")
+                                     f"shared, put them in the top-level node block (only rig_file may be "
+                                     f"given per rig)")
         return data
 
     @model_validator(mode="after")
@@ -72,18 +78,46 @@ class MultiRigConfig(BaseModel):
         return [r.model_copy(update={"node": self.node}) for r in self.rigs]
 
 
+PER_RIG_NODE_KEYS = ("rig_file",)
+
+
 def rigs_from_dict(data: object, source: str = "<config>") -> list[RigConfig]:
     """Validate either config form; returns one RigConfig per rig (a list of one for the single form)."""
-    if isinstance(data, dict) and "rigs" in data:
-        try:
-            return MultiRigConfig.model_validate(data).rig_configs()
-        except ValidationError as err:
-            raise ConfigError(_format_errors(source, err)) from None
-    return [config_from_dict(data, source)]
+    if not (isinstance(data, dict) and "rigs" in data):
+        return [config_from_dict(data, source)]
+    overrides: list[dict] = []
+    if isinstance(data.get("rigs"), list):
+        entries = []
+        for i, entry in enumerate(data["rigs"]):
+            own: dict = {}
+            if isinstance(entry, dict) and isinstance(entry.get("node"), dict) \
+                    and set(entry["node"]) <= set(PER_RIG_NODE_KEYS):
+                entry = dict(entry)
+                own = entry.pop("node")
+            entries.append(entry)
+            overrides.append(own)
+        data = {**data, "rigs": entries}
+    try:
+        cfgs = MultiRigConfig.model_validate(data).rig_configs()
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+    out = []
+    for i, (cfg, own) in enumerate(zip(cfgs, overrides)):
+        if own:
+            try:
+                node = NodeConfig.model_validate({**cfg.node.model_dump(), **own})
+            except ValidationError as err:
+                raise ConfigError(_format_errors(f"{source}: rigs.{i}.node", err)) from None
+            cfg = cfg.model_copy(update={"node": node})
+        out.append(cfg)
+    return out
 
 
 def load_rigs(path: str | Path) -> list[RigConfig]:
-    """Load a single-rig or ``rigs:`` config file; a relative ``node.models`` resolves against the file."""
+    """Load a single-rig or ``rigs:`` config file; relative node paths resolve against the file.
+
+    The single-rig form is loaded by :func:`fusion_node.config.load_config` itself.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -93,12 +127,14 @@ def load_rigs(path: str | Path) -> list[RigConfig]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    cfgs = rigs_from_dict(data, str(path))
+    if not (isinstance(data, dict) and "rigs" in data):
+        return [load_config(path)]
     out = []
-    for cfg in cfgs:
-        if cfg.node.models and not Path(cfg.node.models).is_absolute():
-            node = cfg.node.model_copy(update={"models": str((path.parent / cfg.node.models).resolve())})
-            cfg = cfg.model_copy(update={"node": node})
+    for cfg in rigs_from_dict(data, str(path)):
+        updates = {key: str((path.parent / value).resolve()) for key in NODE_PATH_KEYS
+                   if (value := getattr(cfg.node, key, None)) and not Path(value).is_absolute()}
+        if updates:
+            cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update=updates)})
         out.append(cfg)
     return out
 

@@ -32,6 +32,19 @@ def test_single_rig_form_stays_valid(tmp_path):
     assert cfgs[0].node.models == str((tmp_path / "m" / "manifest.json").resolve())
 
 
+def test_rigs_form_resolves_paths_and_takes_a_rig_file_per_rig(tmp_path):
+    path = tmp_path / "rigs.yaml"
+    path.write_text(yaml.safe_dump({"rigs": [{**_rig(0), "node": {"rig_file": "cal/bay0.yaml"}}, _rig(1)],
+                                    "node": {"models": "m/manifest.json", "rig_file": "cal/shared.yaml"}}))
+    cfgs = load_rigs(path)
+    assert cfgs[0].node.rig_file == str((tmp_path / "cal" / "bay0.yaml").resolve())
+    assert cfgs[1].node.rig_file == str((tmp_path / "cal" / "shared.yaml").resolve())
+    assert all(c.node.models == str((tmp_path / "m" / "manifest.json").resolve()) for c in cfgs)
+    single = tmp_path / "rig.yaml"
+    single.write_text(yaml.safe_dump({**_rig(0), "node": {"rig_file": "cal/bay0.yaml"}}))
+    assert load_rigs(single)[0].node.rig_file == str((tmp_path / "cal" / "bay0.yaml").resolve())
+
+
 def test_rigs_form_shares_the_node_block():
     cfgs = rigs_from_dict({"rigs": [_rig(0), {**_rig(1), "sync": {"deadline_ms": 50}}],
                            "node": {"publish_endpoint": "tcp://127.0.0.1:5999", "provider": "cpu"}})
@@ -47,7 +60,7 @@ def test_rigs_form_shares_the_node_block():
     ({"rigs": [_rig(0), {**_rig(1), "sensors": [{**_rig(0)["sensors"][0], "endpoint": "tcp://127.0.0.1:6000"}]
                          + _rig(1)["sensors"][1:]}]},
      "sensor ids must be unique across rigs"),
-    ({"rigs": [{**_rig(0), "node": {}}]}, "node block"),
+    ({"rigs": [{**_rig(0), "node": {"provider": "cpu"}}]}, "node block"),
     ({"rigs": []}, "rigs"),
     ({"rigs": [{**_rig(0), "colour": "red"}]}, "rigs.0.colour"),
     ({"rigs": [_rig(0), {**_rig(1), "sensors": [{**_rig(1)["sensors"][0], "endpoint": "tcp://127.0.0.1:5600"}]
