@@ -278,6 +278,13 @@ class FusionCore:
                       if scores[c] >= self.runtime.thresholds.get(c, 0.5)]
             labels.sort(key=lambda d: -d["score"])
             consistency = round(float(head.consistency), 4)
+        # Alerts for security consumers: a dead sensor, and modalities that stopped agreeing
+        # (a swapped or replayed feed, a sensor knocked out of alignment, a stale clock).
+        alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if not st.alive]
+        threshold = getattr(self.runtime, "consistency_threshold", None) if trained else None
+        n_present = sum(1 for entry in modalities.values() if entry["present"])
+        if threshold is not None and consistency is not None and n_present >= 2 and consistency < threshold:
+            alerts.append("modalities_disagree")
         member_list = []
         for sid, m in members.items():
             member_list.append({"sensor_id": sid, "topic": m.kind, "seq": int(m.msg.seq),
@@ -302,6 +309,7 @@ class FusionCore:
             "members": member_list,
             "missing": missing,
             "consistency": consistency,
+            "alerts": alerts,
             "newest_capture_ns": max((m.t_rig_ns for m in members.values()), default=sset.t_ref_ns),
             "latency_ms": latency,
             "_t_built_ns": self.timer(),

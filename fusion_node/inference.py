@@ -88,7 +88,7 @@ _REQUIRED_KEYS = (
     "format_version", "name", "trained", "seed", "data_version", "embedding_dim", "classes",
     "thresholds", "encoders", "head", "parity_max_abs_diff", "sha256",
 )
-_OPTIONAL_KEYS = ("export",)
+_OPTIONAL_KEYS = ("export", "consistency_threshold")
 _ENCODER_KEYS = ("file", "inputs", "outputs", "preprocess")
 _HEAD_KEYS = ("file", "inputs", "outputs")
 _TENSOR_KEYS = ("name", "shape", "dtype")
@@ -145,6 +145,8 @@ class Manifest:
     parity_max_abs_diff: Mapping[str, float]
     sha256: Mapping[str, str]
     export: Mapping[str, Any] | None = None
+    # Below this cross-modal consistency the modalities disagree (tampering, drift, miscalibration).
+    consistency_threshold: float | None = None
 
     @property
     def directory(self) -> Path:
@@ -355,6 +357,9 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     export = data.get("export")
     if export is not None:
         ck.typed("export", export, dict, "an object")
+    consistency_threshold = data.get("consistency_threshold")
+    if consistency_threshold is not None:
+        consistency_threshold = ck.number("consistency_threshold", consistency_threshold, -1.0, 1.0)
 
     # Files last: all structural errors are reported without touching the disk again.
     for key, spec in [*((f"encoders.{m}.file", s) for m, s in encoders.items()), ("head.file", head)]:
@@ -380,6 +385,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         parity_max_abs_diff=MappingProxyType(parity),
         sha256=MappingProxyType({f: sha_raw[f] for f in files}),
         export=MappingProxyType(dict(export)) if export is not None else None,
+        consistency_threshold=consistency_threshold,
     )
 
 
@@ -630,6 +636,11 @@ class ModelRuntime:
     def classes(self) -> tuple[str, ...]:
         """Event class names, in the order of :attr:`HeadOutput.probabilities`."""
         return self.manifest.classes
+
+    @property
+    def consistency_threshold(self) -> float | None:
+        """Consistency below which the present modalities are taken to disagree (None: not calibrated)."""
+        return self.manifest.consistency_threshold
 
     @property
     def thresholds(self) -> Mapping[str, float]:

@@ -34,16 +34,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _export(models, cfg, out: Path) -> Path:
     from models.dataset import DATA_VERSION, PREPROCESS, load_or_generate
     from models.export import export_bundle
-    from models.train import choose_thresholds
+    from models.train import choose_consistency_threshold, choose_thresholds
     from sensors.sim import CLASSES
 
     val = load_or_generate(Path(cfg.cache_dir), cfg.val_samples, cfg.seed + 1, "train")
     thresholds = choose_thresholds(models, val)
+    consistency_threshold = choose_consistency_threshold(models, val)
     manifest = export_bundle(out, {"camera": models.camera, "radar": models.radar, "audio": models.audio},
                              models.head, classes=CLASSES, preprocess=PREPROCESS, embed_dim=cfg.embed_dim,
                              trained=True, seed=cfg.seed, data_version=DATA_VERSION,
-                             name=f"fusion-default-s{cfg.seed}", thresholds=thresholds)
-    print(f"fusion export: wrote {manifest} (thresholds {thresholds})")
+                             name=f"fusion-default-s{cfg.seed}", thresholds=thresholds,
+                             consistency_threshold=consistency_threshold)
+    print(f"fusion export: wrote {manifest} (thresholds {thresholds}, consistency threshold "
+          f"{consistency_threshold:.3f})")
     return manifest
 
 
@@ -84,6 +87,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"audio {f1['audio_only']:.3f}")
     print(f"adverse fused {f1['adverse']['fused']:.3f} vs best single {f1['adverse']['best_single']:.3f}")
     print("missing " + ", ".join(f"{k} {v:.3f}" for k, v in f1["missing"].items()))
+    if "tamper" in metrics:
+        t = metrics["tamper"]
+        print(f"tampering (swapped feeds) detected {t['detection_rate']:.3f}, false alarms {t['false_alarm_rate']:.3f}")
     real = metrics["real"]
     print(f"real recordings correct: {real['correct']}/{real['total']} "
           f"(never seen in training: {real['unseen_correct']}/{real['unseen_total']})")

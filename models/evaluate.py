@@ -171,6 +171,19 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
     metrics["real"] = {"clips": clips, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips),
                        "unseen_correct": sum(c["correct"] for c in unseen), "unseen_total": len(unseen)}
 
+    # Tampering: camera of one window with the radar and audio of another (a swapped or replayed
+    # feed). The head's consistency should fall below the manifest's threshold for those.
+    thr = ev.rt.consistency_threshold
+    if thr is not None:
+        shifted = np.roll(ok, -7)
+        def cons(cam_idx, other_idx):
+            return np.array([ev.rt.fuse({"camera": emb["camera"][i:i + 1], "radar": emb["radar"][j:j + 1],
+                                         "audio": emb["audio"][j:j + 1]}).consistency for i, j in zip(cam_idx, other_idx)])
+        matched, swapped = cons(ok, ok), cons(ok, shifted)
+        metrics["tamper"] = {"consistency_threshold": thr,
+                             "detection_rate": round(float((swapped < thr).mean()), 4),
+                             "false_alarm_rate": round(float((matched < thr).mean()), 4)}
+
     confusion = _confusion(normal.labels, full >= ev.thresholds)
     return metrics, {"curves": {k: np.mean(v, axis=0).tolist() for k, v in curves.items()}, "confusion": confusion}
 

@@ -29,6 +29,7 @@ marked optional, and no other key is allowed)::
       "embedding_dim": int,             # D, the width of every embedding
       "classes": [str, ...],            # C event classes, order of the head's logits
       "thresholds": {class: float},     # decision threshold in [0, 1] per class (default 0.5)
+      "consistency_threshold": float,   # optional: below it the modalities disagree (tampering, drift)
       "encoders": {                     # exactly the keys "camera", "radar", "audio"
         modality: {
           "file": str,                  # ONNX file name, relative to the manifest's directory
@@ -321,6 +322,7 @@ def export_bundle(
     data_version: str,
     name: str,
     thresholds: Mapping[str, float] | None = None,
+    consistency_threshold: float | None = None,
     opset: int = 17,
     exporter: str = "torchscript",
     parity_tol: float = 1e-4,
@@ -350,6 +352,7 @@ def export_bundle(
         "embedding_dim": int(embed_dim),
         "classes": class_list,
         "thresholds": thr,
+        **({} if consistency_threshold is None else {"consistency_threshold": round(float(consistency_threshold), 4)}),
         "encoders": {},
         "head": {},
         "parity_max_abs_diff": {},

@@ -229,6 +229,35 @@ def _run_stage(stage: str, models: Models, data: Windows, cfg: TrainConfig, epoc
         log(f"{stage} epoch {epoch + 1}: loss {total / steps_per_epoch:.4f}, checkpoint {path}")
 
 
+def consistency_scores(models: Models, data: Windows, shift: int = 0) -> np.ndarray:
+    """Head consistency of each window; with ``shift`` > 0 the radar and audio come from another
+    window (``shift`` later), as when a sensor is swapped, replayed or pointed elsewhere."""
+    out = []
+    idx = np.flatnonzero(data.pairable)
+    with torch.no_grad():
+        for s in range(0, len(idx), 256):
+            part = idx[s:s + 256]
+            other = idx[(np.searchsorted(idx, part) + shift) % len(idx)]
+            emb = embed_all(models, _tensors(data, part))
+            if shift:
+                moved = embed_all(models, _tensors(data, other))
+                emb["radar"], emb["audio"] = moved["radar"], moved["audio"]
+            out.append(models.head(emb["camera"], emb["radar"], emb["audio"], torch.ones(len(part), 3))[3][:, 0].numpy())
+    return np.concatenate(out)
+
+
+def choose_consistency_threshold(models: Models, val: Windows) -> float:
+    """The threshold that best separates matched windows from mismatched ones (balanced accuracy)."""
+    matched = consistency_scores(models, val)
+    mismatched = consistency_scores(models, val, shift=7)
+    best, best_acc = 0.0, -1.0
+    for t in np.quantile(np.concatenate([matched, mismatched]), np.linspace(0.01, 0.99, 99)):
+        acc = 0.5 * ((matched >= t).mean() + (mismatched < t).mean())
+        if acc > best_acc:
+            best, best_acc = float(t), acc
+    return best
+
+
 def choose_thresholds(models: Models, val: Windows) -> dict[str, float]:
     """Per-class decision thresholds that maximise F1 on the validation windows."""
     from models.evaluate import predict_probs

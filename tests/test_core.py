@@ -115,6 +115,7 @@ def test_dead_sensor_marked_missing_and_counted():
     events = _stream(core, clock, T0 + 500 * MS, T0 + 2000 * MS, seq0=5, radar=False)
     assert events[-1]["missing"] == ["radar0"]
     assert not events[-1]["modalities"]["radar"]["present"]
+    assert events[-1]["alerts"] == ["sensor_failed:radar0"]
     stats = core.stats(clock.t, 1.0)
     assert stats["sensors"]["radar0"]["alive"] is False and stats["sensors"]["radar0"]["deaths"] == 1
     # Once dead, sets are not held back waiting for it.
