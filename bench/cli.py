@@ -58,6 +58,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="measured seconds per search trial (default: --duration, at most 10)")
     b.add_argument("--deadline-ms", type=float, default=None, metavar="MS",
                    help="sync.deadline_ms of the generated rigs (default: the config default, 200)")
+    b.add_argument("--no-audio-wait", action="store_true",
+                   help="generated rigs set sync.wait_for_audio: false (sets leave without waiting for the audio "
+                        "chunk that covers the camera frame)")
     b.add_argument("--size", type=_size, default=(640, 480), metavar="WxH", help="camera frame size (default 640x480)")
     b.add_argument("--radar-points", type=int, default=256, metavar="N", help="radar points per frame, at most")
     b.add_argument("--no-shm", action="store_true", help="send camera frames as plain ZeroMQ frames")
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["FUSION_GPU_IOBINDING"] = "1"  # inherited by the node process
     say(f"bench: {args.rigs} rig(s), {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         f"provider {args.provider}")
-    common = dict(provider=args.provider, manifest=manifest, deadline_ms=args.deadline_ms, frame_size=args.size,
+    common = dict(provider=args.provider, manifest=manifest, deadline_ms=args.deadline_ms,
+                  wait_for_audio=not args.no_audio_wait, frame_size=args.size,
                   radar_points=args.radar_points, shm=not args.no_shm, progress=not args.quiet)
     res = run_pipeline(rigs=args.rigs, duration_s=args.duration, warmup_s=args.warmup, **common)
     info = machine.machine_info(res.get("provider"), res.get("provider_note"))

@@ -114,10 +114,11 @@ class _Proc:
         return self.p.returncode
 
 
-def _rig_config(n: int, workdir: Path, manifest: Path | None, provider: str, deadline_ms: float | None) -> dict:
+def _rig_config(n: int, workdir: Path, manifest: Path | None, provider: str, deadline_ms: float | None,
+                wait_for_audio: bool = True) -> dict:
     rigs = []
     for i in range(n):
-        sync: dict = {"policy": "reference", "driver": f"cam{i}"}
+        sync: dict = {"policy": "reference", "driver": f"cam{i}", "wait_for_audio": wait_for_audio}
         if deadline_ms is not None:
             sync["deadline_ms"] = float(deadline_ms)
         rigs.append({"rig": f"rig{i}", "sensors": [
@@ -139,13 +140,13 @@ def _python(*args: str) -> list[str]:
 def run_pipeline(rigs: int = 1, duration_s: float = 20.0, warmup_s: float = 2.0, provider: str = "cpu",
                  manifest: Path | None = None, deadline_ms: float | None = None, frame_size=(640, 480),
                  radar_points: int = 256, shm: bool = True, progress: bool = True, label: str = "",
-                 events_out: Path | None = None) -> dict:
+                 events_out: Path | None = None, wait_for_audio: bool = True) -> dict:
     """Run the pipeline once; returns the measured figures (see the module docstring)."""
     workdir = Path(tempfile.mkdtemp(prefix="fzb-"))
     procs: list[_Proc] = []
     try:
         return _run(workdir, procs, rigs, duration_s, warmup_s, provider, manifest, deadline_ms, frame_size,
-                    radar_points, shm, progress, label)
+                    radar_points, shm, progress, label, wait_for_audio)
     finally:
         if events_out is not None and (workdir / "events.jsonl").exists():
             shutil.copyfile(workdir / "events.jsonl", events_out)
@@ -155,10 +156,10 @@ def run_pipeline(rigs: int = 1, duration_s: float = 20.0, warmup_s: float = 2.0,
 
 
 def _run(workdir, procs, rigs, duration_s, warmup_s, provider, manifest, deadline_ms, frame_size, radar_points,
-         shm, progress, label) -> dict:
+         shm, progress, label, wait_for_audio=True) -> dict:
     from fusion_node.errors import FusionError
 
-    cfg = _rig_config(rigs, workdir, manifest, provider, deadline_ms)
+    cfg = _rig_config(rigs, workdir, manifest, provider, deadline_ms, wait_for_audio)
     (workdir / "rig.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     node = _Proc("node", _python("-m", "fusion_node", "node", "--config", str(workdir / "rig.yaml")), workdir)
     procs.append(node)

@@ -59,13 +59,14 @@ class ReferencePolicy:
     """
 
     def __init__(self, driver: str, others: list[str], audio_ids: list[str], *, tolerance_ns: int,
-                 deadline_ns: int, max_pending: int, history: int = 64):
+                 deadline_ns: int, max_pending: int, history: int = 64, wait_for_audio: bool = True):
         self.driver = driver
         self.others = list(others)
         self.audio_ids = list(audio_ids)
         self.tolerance_ns = int(tolerance_ns)
         self.deadline_ns = int(deadline_ns)
         self.max_pending = int(max_pending)
+        self.wait_for_audio = wait_for_audio
         self._pending: deque[Member] = deque()
         self._hist: dict[str, list[Member]] = {s: [] for s in self.others}
         self._hist_len = history
@@ -143,7 +144,7 @@ class ReferencePolicy:
                     members[sid] = best
             for aid in self.audio_ids:
                 end = self.audio_end_ns[aid]
-                complete &= (end is not None and end >= t_ref) or aid in self.dead
+                complete &= (end is not None and (end >= t_ref or not self.wait_for_audio)) or aid in self.dead
             if not complete and now_ns < t_ref + self.deadline_ns:
                 break  # earlier sets go first: later ones wait behind this one
             self._pending.popleft()
@@ -157,12 +158,13 @@ class _MessageFiltersAdapter:
     """Runs a message_filters policy over the frame sensors, then waits for audio coverage."""
 
     def __init__(self, policy: Any, frame_ids: list[str], audio_ids: list[str], deadline_ns: int,
-                 max_pending: int):
+                 max_pending: int, wait_for_audio: bool = True):
         self.policy = policy
         self.frame_ids = frame_ids
         self.audio_ids = audio_ids
         self.deadline_ns = deadline_ns
         self.max_pending = max_pending
+        self.wait_for_audio = wait_for_audio
         self.audio_end_ns: dict[str, int | None] = {a: None for a in audio_ids}
         self._ready: deque[SyncSet] = deque()
         self.dead: set[str] = set()
@@ -188,7 +190,7 @@ class _MessageFiltersAdapter:
         out = []
         while self._ready:
             s = self._ready[0]
-            covered = all((e is not None and e >= s.t_ref_ns) or a in self.dead
+            covered = all((e is not None and (e >= s.t_ref_ns or not self.wait_for_audio)) or a in self.dead
                           for a, e in self.audio_end_ns.items())
             if not covered and now_ns < s.t_ref_ns + self.deadline_ns:
                 break
@@ -212,17 +214,20 @@ class SetAssembler:
             driver = cfg.driver.id  # validated in RigConfig
             self._impl: Any = ReferencePolicy(
                 driver, [f for f in frame_ids if f != driver], audio_ids,
-                tolerance_ns=int(sync.tolerance_ms * 1e6), deadline_ns=deadline, max_pending=sync.queue_size)
+                tolerance_ns=int(sync.tolerance_ms * 1e6), deadline_ns=deadline, max_pending=sync.queue_size,
+                wait_for_audio=sync.wait_for_audio)
         elif sync.policy == "approximate":
             bounds = sync.inter_message_lower_bounds_ms or {}
             inner = ApproximateTimePolicy(
                 len(frame_ids), sync.queue_size, age_penalty=sync.age_penalty,
                 max_interval_ns=None if sync.max_interval_ms is None else int(sync.max_interval_ms * 1e6),
                 inter_message_lower_bounds_ns=[int(bounds.get(f, 0.0) * 1e6) for f in frame_ids])
-            self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size)
+            self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size,
+                                                sync.wait_for_audio)
         else:
             inner = ApproximateEpsilonPolicy(len(frame_ids), sync.queue_size, int(sync.epsilon_ms * 1e6))
-            self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size)
+            self._impl = _MessageFiltersAdapter(inner, frame_ids, audio_ids, deadline, sync.queue_size,
+                                                sync.wait_for_audio)
 
     @property
     def counters(self) -> Counter:

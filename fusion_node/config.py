@@ -65,6 +65,9 @@ class SyncConfig(_Strict):
     tolerance_ms: float = Field(75.0, gt=0, description="largest |t - t_ref| for a non-driver frame to join a set")
     deadline_ms: float = Field(200.0, gt=0, description="release an incomplete set this long after its reference "
                                                         "time, with the missing modalities marked")
+    wait_for_audio: bool = Field(True, description="hold a set until audio covers its reference time (up to one "
+                                                   "chunk, 20 ms); false releases it with the audio received so "
+                                                   "far (the window's last few ms may be missing, see coverage)")
     audio_window_s: float = Field(1.0, gt=0, le=10, description="length of the audio window ending at the "
                                                                "reference time")
     queue_size: int = Field(10, ge=1, le=1000, description="approximate/epsilon: per-topic queue size; "

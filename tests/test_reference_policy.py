@@ -107,3 +107,13 @@ def test_rebase_forgets_a_restarted_sensor():
     p.add(_m("radar", 1010))
     (s,) = p.poll(1010 * MS)
     assert s.members["radar"].msg == "radar@1010"
+
+
+def test_without_waiting_for_audio_a_set_leaves_with_the_audio_received_so_far():
+    p = ReferencePolicy("cam", [], ["mic"], tolerance_ns=40 * MS, deadline_ns=150 * MS, max_pending=10,
+                        wait_for_audio=False)
+    p.add(_m("cam", 1000))
+    assert p.poll(1000 * MS) == []  # no audio at all yet: still waits (up to the deadline)
+    p.audio_end_ns["mic"] = 990 * MS  # the chunk covering t_ref has not arrived
+    (s,) = p.poll(1001 * MS)
+    assert s.t_ref_ns == 1000 * MS
