@@ -175,6 +175,15 @@ class FusionCore:
 
     def step(self, now_ns: int, messages: list[tuple[int, SensorMessage | Rejection]]) -> list[dict]:
         """Take ``(t_recv_ns, decoded message)`` pairs; return the fused events now due."""
+        return self.fuse_sets(self.release(now_ns, messages))
+
+    def fuse_sets(self, sets: list[SyncSet]) -> list[dict]:
+        """Preprocess, encode and fuse released sets into events (one call per set here; a node
+        serving many rigs can gather the sets of every core first and batch the encoders)."""
+        return [self._fuse(s) for s in sets]
+
+    def release(self, now_ns: int, messages: list[tuple[int, SensorMessage | Rejection]]) -> list[SyncSet]:
+        """Admit messages and return the sets the synchroniser releases now, not yet fused."""
         for t_recv, msg in messages:
             if isinstance(msg, Rejection):
                 self.reject(msg)
@@ -198,7 +207,7 @@ class FusionCore:
                 else:
                     self.assembler.add(member)
         self._update_liveness(now_ns)
-        return [self._fuse(s) for s in self.assembler.poll(now_ns)]
+        return self.assembler.poll(now_ns)
 
     def _update_liveness(self, now_ns: int) -> None:
         for st in self.sensors.values():
