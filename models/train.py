@@ -259,17 +259,25 @@ def choose_consistency_threshold(models: Models, val: Windows) -> float:
 
 
 def choose_thresholds(models: Models, val: Windows) -> dict[str, float]:
-    """Per-class decision thresholds that maximise F1 on the validation windows."""
+    """Per-class decision thresholds that maximise F1 on the validation windows.
+
+    Every combination of present modalities counts (all three, each pair, each alone): a
+    threshold tuned only on complete sets would sit below what a lone sensor outputs for a class
+    it cannot observe (an alarm seen by radar alone), and report that prior as a detection.
+    """
     from models.evaluate import predict_probs
 
-    probs = predict_probs(models, val, np.ones((len(val), 3), np.float32))
+    patterns = [(1, 1, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    probs = np.concatenate([predict_probs(models, val, np.tile(np.array(p, np.float32), (len(val), 1)))
+                            for p in patterns])
+    labels = np.tile(val.labels, (len(patterns), 1))
     out = {}
     for k, c in enumerate(CLASSES):
         best, best_f1 = 0.5, -1.0
         for t in np.linspace(0.2, 0.8, 25):
             pred = probs[:, k] >= t
-            tp = float((pred & (val.labels[:, k] > 0)).sum())
-            f1 = 2 * tp / max(1.0, pred.sum() + (val.labels[:, k] > 0).sum())
+            tp = float((pred & (labels[:, k] > 0)).sum())
+            f1 = 2 * tp / max(1.0, pred.sum() + (labels[:, k] > 0).sum())
             if f1 > best_f1 + 1e-9:
                 best, best_f1 = float(t), f1
         out[c] = round(best, 3)
