@@ -97,6 +97,8 @@ class FusionCore:
         self.max_age_ns = int(cfg.node.max_age_s * 1e9)
         self.max_future_ns = int(cfg.node.max_future_s * 1e9)
         self._event_seq = 0
+        self._t_first_ns: int | None = None  # first step: a sensor never heard from is failed only
+        self._now_ns = 0  # once its liveness timeout has passed since then
 
     def _apply_rig_file(self, path: str) -> None:
         """Clock offsets and drifts from the rig calibration file replace the config's offsets."""
@@ -184,6 +186,9 @@ class FusionCore:
 
     def release(self, now_ns: int, messages: list[tuple[int, SensorMessage | Rejection]]) -> list[SyncSet]:
         """Admit messages and return the sets the synchroniser releases now, not yet fused."""
+        if self._t_first_ns is None:
+            self._t_first_ns = now_ns
+        self._now_ns = now_ns
         for t_recv, msg in messages:
             if isinstance(msg, Rejection):
                 self.reject(msg)
@@ -289,7 +294,8 @@ class FusionCore:
             consistency = round(float(head.consistency), 4)
         # Alerts for security consumers: a dead sensor, and modalities that stopped agreeing
         # (a swapped or replayed feed, a sensor knocked out of alignment, a stale clock).
-        alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if not st.alive]
+        alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if not st.alive and (
+            st.last_seen_ns is not None or self._now_ns - self._t_first_ns > st.liveness_ns)]
         threshold = getattr(self.runtime, "consistency_threshold", None) if trained else None
         n_present = sum(1 for entry in modalities.values() if entry["present"])
         if threshold is not None and consistency is not None and n_present >= 2 and consistency < threshold:

@@ -131,6 +131,8 @@ def _describe(ev: dict, t0_ns: int) -> str:
         "-" if ev.get("model") and ev["model"]["trained"] else "(untrained models: no labels)"
         if ev.get("model") else "(sync only)")
     cons = "" if ev.get("consistency") is None else f" consistency={ev['consistency']:.2f}"
+    if ev.get("alerts"):
+        cons += f"  ALERT {','.join(ev['alerts'])}"
     return (f"event {ev['seq']:4d}  t=+{(ev['t_ref_ns'] - t0_ns) / 1e9:6.2f}s  "
             f"present={'+'.join(present) or '-'}  missing={','.join(ev['missing']) or '-'}  "
             f"labels: {labels}{cons}  e2e={ev['latency_ms'].get('e2e', 0):.1f} ms")
@@ -269,6 +271,12 @@ def _summary(events: list[dict], final: dict, failures: list[str], wall_s: float
     for ev in events:
         for d in ev["labels"]:
             labels[d["label"]] = labels.get(d["label"], 0) + 1
+    alerts: dict[str, int] = {}
+    for ev in events:
+        for a in ev.get("alerts", []):
+            alerts[a] = alerts.get(a, 0) + 1
+    if alerts:
+        print("alerts: " + ", ".join(f"{k} x{v}" for k, v in sorted(alerts.items())))
     if labels:
         print("labels: " + ", ".join(f"{k} x{v}" for k, v in sorted(labels.items(), key=lambda kv: -kv[1])))
     for sid, s in final.get("sensors", {}).items():
