@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from sensors.camera import parse_size
+
 __all__ = ["add_parser", "run"]
 
 TARGETS = {
@@ -22,16 +24,6 @@ TARGETS = {
     "ort_speedup_over_torch": 2.0,
     "shm_speedup_over_zmq_copy_1080p": 5.0,
 }
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        if w <= 0 or h <= 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 640x480, got {text!r}") from None
-    return w, h
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -61,7 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--no-audio-wait", action="store_true",
                    help="generated rigs set sync.wait_for_audio: false (sets leave without waiting for the audio "
                         "chunk that covers the camera frame)")
-    b.add_argument("--size", type=_size, default=(640, 480), metavar="WxH", help="camera frame size (default 640x480)")
+    b.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="camera frame size (default 640x480)")
     b.add_argument("--radar-points", type=int, default=256, metavar="N", help="radar points per frame, at most")
     b.add_argument("--no-shm", action="store_true", help="send camera frames as plain ZeroMQ frames")
     b.add_argument("--models", default=None, metavar="MANIFEST",

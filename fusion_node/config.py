@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 from .wire import TOPICS
 
-__all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigConfig", "load_config", "config_from_dict"]
+__all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigConfig", "load_config", "config_from_dict", "read_yaml"]
 
 
 class _Strict(BaseModel):
@@ -162,18 +162,23 @@ def config_from_dict(data: object, source: str = "<config>") -> RigConfig:
         raise ConfigError(_format_errors(source, err)) from None
 
 
-def load_config(path: str | Path) -> RigConfig:
-    """Load and validate a rig YAML file. A relative ``node.models`` resolves against the file."""
+def read_yaml(path: str | Path, what: str = "rig config") -> object:
+    """Parse a YAML file; ConfigError names the file when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read rig config ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    cfg = config_from_dict(data, str(path))
+
+
+def load_config(path: str | Path) -> RigConfig:
+    """Load and validate a rig YAML file. A relative ``node.models`` resolves against the file."""
+    path = Path(path)
+    cfg = config_from_dict(read_yaml(path), str(path))
     updates = {key: str((path.parent / value).resolve())
                for key, value in (("models", cfg.node.models), ("rig_file", cfg.node.rig_file))
                if value and not Path(value).is_absolute()}

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import NodeConfig, RigConfig, _format_errors, config_from_dict, load_config
+from .config import NodeConfig, RigConfig, _format_errors, config_from_dict, load_config, read_yaml
 from .errors import ConfigError
 
 __all__ = ["MultiRigConfig", "rigs_from_dict", "load_rigs", "RigRouter"]
@@ -119,14 +118,7 @@ def load_rigs(path: str | Path) -> list[RigConfig]:
     The single-rig form is loaded by :func:`fusion_node.config.load_config` itself.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read rig config ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     if not (isinstance(data, dict) and "rigs" in data):
         return [load_config(path)]
     out = []

@@ -19,10 +19,11 @@ from fusion_node.wire import CameraFrame
 from .publisher import Pacer, SensorPublisher, install_stop_handler
 from .samples import DEFAULT_CAMERA
 
-__all__ = ["CameraSource", "add_arguments", "run"]
+__all__ = ["CameraSource", "parse_size", "add_arguments", "run"]
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """``"640x480"`` -> ``(640, 480)``; an argparse error for anything else."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
         if w <= 0 or h <= 0:
@@ -79,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", action="store_true", help="restart a file at its end instead of exiting")
     p.add_argument("--jpeg", type=int, metavar="QUALITY", default=None,
                    help="send JPEG of this quality (1-100) instead of raw BGR")
-    p.add_argument("--resize", type=_parse_size, default=None, metavar="WxH", help="resize frames before sending")
+    p.add_argument("--resize", type=parse_size, default=None, metavar="WxH", help="resize frames before sending")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before the first frame")
