@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(d)
     d.set_defaults(func=_cmd_demo)
 
-    n = sub.add_parser("node", help="run a fusion node for one rig",
+    n = sub.add_parser("node", help="run a fusion node for one rig (or several: a rigs: config)",
                        description="Subscribe to the rig's sensors, synchronise, fuse, publish events and stats.")
     n.add_argument("--config", help="rig config YAML")
     n.add_argument("--models", default=None, help="override node.models (manifest.json, or 'none')")
