@@ -35,7 +35,7 @@ from fusion_node.errors import ConfigError
 
 from .errors import CalibrationError
 from .projection import CameraModel, Transform, radar_to_camera, sensor_to_rig
-from .rig import Provenance, Rig, load_rig, now_iso, update_rig_sensor
+from fusion_node.rig import Provenance, Rig, load_rig, now_iso, update_rig_sensor
 
 __all__ = [
     "CSV_COLUMNS",

@@ -26,7 +26,7 @@ from fusion_node.errors import ConfigError
 
 from .errors import CalibrationError
 from .projection import CameraModel
-from .rig import Intrinsics, Provenance, load_rig, now_iso, update_rig_sensor
+from fusion_node.rig import Intrinsics, Provenance, load_rig, now_iso, update_rig_sensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -26,7 +26,7 @@ import numpy as np
 
 from fusion_node.errors import ConfigError
 
-from .rig import Extrinsics, Intrinsics, Provenance, Rig
+from fusion_node.rig import Extrinsics, Intrinsics, Provenance, Rig
 
 __all__ = [
     "Transform",

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .projection import RADAR_AXES_IN_CAMERA, CameraModel, Transform
-from .rig import Clock, Provenance, Rig, SensorCalibration, now_iso, save_rig
+from fusion_node.rig import Clock, Provenance, Rig, SensorCalibration, now_iso, save_rig
 
 __all__ = [
     "TRUE_CAMERA",

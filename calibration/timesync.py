@@ -462,7 +462,7 @@ def run_time(rig_path: str | Path, reference: str, *, video: str | None = None, 
     the reference keeps its own offset to the rig clock. Low-confidence estimates are reported
     but not written unless ``accept_low``; CalibrationError lists them.
     """
-    from .rig import Clock, Provenance, load_rig, now_iso, update_rig_sensor
+    from fusion_node.rig import Clock, Provenance, load_rig, now_iso, update_rig_sensor
 
     rig_path = Path(rig_path)
     rig = load_rig(rig_path)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from calibration.clock import ClockTracker
+from fusion_node.clock import ClockTracker
 
 from .assembly import Member, SetAssembler, SyncSet
 from .audio_ring import AudioRing
@@ -102,7 +102,7 @@ class FusionCore:
 
     def _apply_rig_file(self, path: str) -> None:
         """Clock offsets and drifts from the rig calibration file replace the config's offsets."""
-        from calibration.rig import load_rig
+        from fusion_node.rig import load_rig
 
         rig = load_rig(path)
         for cal in rig.sensors:

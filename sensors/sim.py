@@ -669,7 +669,7 @@ def run(args: argparse.Namespace) -> int:
     stop = install_stop_handler()
     geometry = RigGeometry()
     if args.rig:
-        from calibration.rig import load_rig
+        from fusion_node.rig import load_rig
 
         try:
             geometry = RigGeometry.from_rig(load_rig(args.rig), args.camera_id, args.radar_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.clock import ClockTracker
+from fusion_node.clock import ClockTracker
 
 OFFSET_NS = 1_234_567_890_123  # node clock minus sensor clock
 

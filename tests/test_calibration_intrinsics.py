@@ -15,7 +15,7 @@ import pytest
 
 from calibration.errors import CalibrationError
 from calibration.intrinsics import calibrate_images, list_images, parse_pattern, run_intrinsics
-from calibration.rig import load_rig
+from fusion_node.rig import load_rig
 from calibration.synthetic import TRUE_CAMERA, write_checkerboard_folder
 from fusion_node.errors import ConfigError
 

@@ -10,7 +10,7 @@ import pytest
 
 from calibration.projection import (RADAR_AXES_IN_CAMERA, CameraModel, RadarCameraProjection, Transform,
                                     pixel_rays_in_radar, project_radar_points, radar_to_camera)
-from calibration.rig import load_rig
+from fusion_node.rig import load_rig
 from calibration.synthetic import TRUE_CAMERA, TRUE_T_CAM_RADAR
 from fusion_node.errors import ConfigError
 

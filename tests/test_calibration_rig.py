@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from calibration.projection import Transform, radar_to_camera
-from calibration.rig import (Clock, Intrinsics, Provenance, Rig, load_rig, rig_schema, save_rig,
+from fusion_node.rig import (Clock, Intrinsics, Provenance, Rig, load_rig, rig_schema, save_rig,
                              update_rig_sensor)
 from fusion_node.errors import ConfigError
 

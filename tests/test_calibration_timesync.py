@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from calibration.errors import CalibrationError
-from calibration.rig import load_rig, save_rig
+from fusion_node.rig import load_rig, save_rig
 from calibration.synthetic import simulate_recording, truth_rig
 from calibration.timesync import (ActivitySignal, audio_file_activity, estimate_offset, radar_capture_activity,
                                   video_activity)

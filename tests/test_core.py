@@ -176,7 +176,7 @@ def test_clock_jump_within_a_run_is_rebased_not_rejected_forever():
 
 
 def test_rig_file_clock_offsets_replace_the_config_offsets(tmp_path):
-    from calibration.rig import Clock as RigClock, Rig, SensorCalibration, save_rig
+    from fusion_node.rig import Clock as RigClock, Rig, SensorCalibration, save_rig
 
     rig = Rig(rig="r1", sensors=[SensorCalibration(id="radar0", kind="radar",
                                                     clock=RigClock(clock_offset_ns=-250 * MS))])

@@ -118,7 +118,7 @@ def test_sim_backend_publishes_three_agreeing_streams(ipc_dir, spawn, zctx):
 
 
 def test_geometry_comes_from_a_rig_calibration_file():
-    from calibration.rig import load_rig
+    from fusion_node.rig import load_rig
 
     g = RigGeometry.from_rig(load_rig(Path(__file__).resolve().parents[1] / "examples" / "rig_calibration.yaml"))
     assert (g.width_px, g.height_px) == (768, 432)

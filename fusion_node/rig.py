@@ -256,7 +256,7 @@ def _format_errors(source: str, data: Any, errors: list[dict]) -> str:
         key = ".".join(str(p) for p in loc)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `calibration.rig.rig_schema()` lists every key)"
+            msg = "unknown key (check the spelling; `fusion_node.rig.rig_schema()` lists every key)"
         elif e["type"] == "missing":
             msg = "required key is missing"
         if msg.startswith("Value error, "):

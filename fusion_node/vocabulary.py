@@ -1,0 +1,45 @@
+"""The project's vocabulary, declared once: modalities, event classes, radar point fields, audio rate.
+
+Everything else derives from these names: the config's ``kind`` values, the wire topics of the
+sensors, the order of the fusion head's inputs, the simulator's taxonomy, the training targets,
+the benchmark's publishers and the tables in ``docs/wire.md`` (checked by a test).
+
+The audio sample rate here is the rate sensors put on the wire by default; what the audio
+encoder expects is the model's own business and comes from its manifest
+(``ModelRuntime.audio_sample_rate_hz``), never from this constant.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "Modality",
+    "MODALITIES",
+    "FRAME_MODALITIES",
+    "EventClass",
+    "CLASSES",
+    "RADAR_POINT_FIELDS",
+    "WIRE_AUDIO_RATE_HZ",
+    "SPEED_OF_SOUND_MPS",
+]
+
+Modality = Literal["camera", "radar", "audio"]
+# The order of the fusion head's inputs and of every per-modality vector (present, certainty, weights).
+MODALITIES: tuple[str, ...] = get_args(Modality)
+# Modalities whose messages are discrete frames matched in time; audio is a continuous signal cut
+# as a window ending at the reference time.
+FRAME_MODALITIES: tuple[str, ...] = ("camera", "radar")
+
+EventClass = Literal["person", "vehicle", "dog", "glass_break", "speech", "alarm"]
+# Event classes, in the order of the head's logits.
+CLASSES: tuple[str, ...] = get_args(EventClass)
+
+# Radar point columns, in payload order (radar frame, metres, metres per second, decibels).
+RADAR_POINT_FIELDS: tuple[str, ...] = ("x_m", "y_m", "z_m", "doppler_mps", "snr_db", "noise_db")
+
+# Sample rate of audio chunks that sensors publish unless told otherwise (Hz).
+WIRE_AUDIO_RATE_HZ = 16_000
+
+# Speed of sound in air at about 20 °C (metres per second): audio lags the light by range / this.
+SPEED_OF_SOUND_MPS = 343.0
