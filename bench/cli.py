@@ -8,13 +8,18 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from fusion_node.errors import FusionError
+from fusion_node.paths import SHIPPED_MODELS
 from sensors.camera import parse_size
+
+from . import machine, report, transport
+from .models import fused_step_baseline, gpu_step_baseline, prepare
+from .run import find_max_rigs, run_pipeline
 
 __all__ = ["add_parser", "run"]
 
@@ -109,11 +114,6 @@ def evaluate_targets(res: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion_node.errors import FusionError
-
-    from . import machine, report
-    from .run import find_max_rigs, run_pipeline
-
     if args.rigs < 1:
         raise FusionError("fusion bench: --rigs must be at least 1")
     if args.duration <= 0 or args.warmup < 0:
@@ -127,26 +127,21 @@ def run(args: argparse.Namespace) -> int:
     manifest = Path(args.models).resolve() if args.models else None
     if manifest is None or not args.no_baselines:
         try:
-            from .models import prepare
-
             say("bench: preparing models (exported once, then cached)")
             m, encoders, head = prepare()
             torch_models = (m, encoders, head)
             manifest = manifest or m
         except ImportError as exc:
             if manifest is None:
-                from fusion_node.demo import default_models
-
-                manifest = default_models()
+                manifest = SHIPPED_MODELS
             say(f"bench: torch unavailable ({exc}); no torch baseline")
 
-    if args.iobinding:
-        os.environ["FUSION_GPU_IOBINDING"] = "1"  # inherited by the node process
     say(f"bench: {args.rigs} rig(s), {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         f"provider {args.provider}")
     common = dict(provider=args.provider, manifest=manifest, deadline_ms=args.deadline_ms,
                   wait_for_audio=not args.no_audio_wait, frame_size=args.size,
-                  radar_points=args.radar_points, shm=not args.no_shm, progress=not args.quiet)
+                  radar_points=args.radar_points, shm=not args.no_shm, progress=not args.quiet,
+                  io_binding=args.iobinding)
     res = run_pipeline(rigs=args.rigs, duration_s=args.duration, warmup_s=args.warmup, **common)
     info = machine.machine_info(res.get("provider"), res.get("provider_note"))
     out: dict = {
@@ -175,20 +170,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.no_baselines and torch_models is not None:
         say("bench: fused step, torch eager vs onnxruntime")
-        from .models import fused_step_baseline
 
         out["baselines"] = fused_step_baseline(*torch_models, provider=args.provider)
         if args.provider != "cpu":
-            from .models import gpu_step_baseline
-
             out["baselines"]["iobinding"] = gpu_step_baseline(torch_models[0], provider=args.provider)
     else:
         out["baselines"] = {"ort_step_ms": None, "torch_step_ms": None,
                             "unavailable": "skipped (--no-baselines)" if args.no_baselines else "torch not installed"}
 
     if not args.no_transports:
-        from . import transport
-
         kinds = transport.TRANSPORTS
         bar = None
         if not args.quiet:

@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from .run import FRAME_PERIOD_MS
+
 __all__ = ["write_report"]
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -133,8 +135,6 @@ def _pct_row(name: str, s: dict) -> list:
 
 
 def render(res: dict) -> str:
-    from .run import FRAME_PERIOD_MS
-
     m = res.get("machine", {})
     cfg = res.get("config", {})
     out = [f"<!doctype html><html><head><meta charset=utf-8><title>fusion bench {_e(res.get('date', ''))}</title>"

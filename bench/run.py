@@ -33,6 +33,8 @@ from typing import Callable
 
 import yaml
 
+from fusion_node.errors import FusionError
+
 from .hist import LatencyHistogram
 
 __all__ = ["run_pipeline", "find_max_rigs", "STAGES", "FRAME_PERIOD_MS"]
@@ -115,7 +117,7 @@ class _Proc:
 
 
 def _rig_config(n: int, workdir: Path, manifest: Path | None, provider: str, deadline_ms: float | None,
-                wait_for_audio: bool = True) -> dict:
+                wait_for_audio: bool = True, io_binding: bool = False) -> dict:
     rigs = []
     for i in range(n):
         sync: dict = {"policy": "reference", "driver": f"cam{i}", "wait_for_audio": wait_for_audio}
@@ -127,7 +129,7 @@ def _rig_config(n: int, workdir: Path, manifest: Path | None, provider: str, dea
             {"id": f"mic{i}", "kind": "audio", "endpoint": f"ipc://{workdir}/a{i}.sock"},
         ], "sync": sync})
     node = {"publish_endpoint": f"ipc://{workdir}/events.sock", "models": None if manifest is None else str(manifest),
-            "provider": provider, "stats_interval_s": 0.5, "max_age_s": 30.0}
+            "provider": provider, "io_binding": io_binding, "stats_interval_s": 0.5, "max_age_s": 30.0}
     if n == 1:
         return {**rigs[0], "node": node}
     return {"rigs": rigs, "node": node}
@@ -140,13 +142,13 @@ def _python(*args: str) -> list[str]:
 def run_pipeline(rigs: int = 1, duration_s: float = 20.0, warmup_s: float = 2.0, provider: str = "cpu",
                  manifest: Path | None = None, deadline_ms: float | None = None, frame_size=(640, 480),
                  radar_points: int = 256, shm: bool = True, progress: bool = True, label: str = "",
-                 events_out: Path | None = None, wait_for_audio: bool = True) -> dict:
+                 events_out: Path | None = None, wait_for_audio: bool = True, io_binding: bool = False) -> dict:
     """Run the pipeline once; returns the measured figures (see the module docstring)."""
     workdir = Path(tempfile.mkdtemp(prefix="fzb-"))
     procs: list[_Proc] = []
     try:
         return _run(workdir, procs, rigs, duration_s, warmup_s, provider, manifest, deadline_ms, frame_size,
-                    radar_points, shm, progress, label, wait_for_audio)
+                    radar_points, shm, progress, label, wait_for_audio, io_binding)
     finally:
         if events_out is not None and (workdir / "events.jsonl").exists():
             shutil.copyfile(workdir / "events.jsonl", events_out)
@@ -156,10 +158,8 @@ def run_pipeline(rigs: int = 1, duration_s: float = 20.0, warmup_s: float = 2.0,
 
 
 def _run(workdir, procs, rigs, duration_s, warmup_s, provider, manifest, deadline_ms, frame_size, radar_points,
-         shm, progress, label, wait_for_audio=True) -> dict:
-    from fusion_node.errors import FusionError
-
-    cfg = _rig_config(rigs, workdir, manifest, provider, deadline_ms, wait_for_audio)
+         shm, progress, label, wait_for_audio=True, io_binding=False) -> dict:
+    cfg = _rig_config(rigs, workdir, manifest, provider, deadline_ms, wait_for_audio, io_binding)
     (workdir / "rig.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     node = _Proc("node", _python("-m", "fusion_node", "node", "--config", str(workdir / "rig.yaml")), workdir)
     procs.append(node)

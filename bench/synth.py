@@ -25,11 +25,13 @@ import time
 
 import numpy as np
 
-from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints
+from fusion_node.vocabulary import MODALITIES, WIRE_AUDIO_RATE_HZ
+from fusion_node.wire import TOPICS, AudioChunk, CameraFrame, RadarPoints
 from sensors.publisher import SensorPublisher, install_stop_handler, sleep_until
 
-PERIOD_NS = {"camera": 1_000_000_000 // 30, "radar": 50_000_000, "audio": 20_000_000}
-AUDIO_CHUNK = 320  # 20 ms at 16 kHz
+# Publishers run at the topics' nominal rates (camera 30 Hz, radar 20 Hz, audio 50 Hz).
+PERIOD_NS = {kind: TOPICS[kind].period_ns for kind in MODALITIES}
+AUDIO_CHUNK = WIRE_AUDIO_RATE_HZ * PERIOD_NS["audio"] // 1_000_000_000  # samples per chunk (320)
 
 
 def camera_frames(width: int, height: int, count: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -65,7 +67,7 @@ def radar_frames(max_points: int, count: int = 16, seed: int = 0) -> list[np.nda
 
 def audio_signal(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed + 2)
-    t = np.arange(int(16000 * seconds)) / 16000.0
+    t = np.arange(int(WIRE_AUDIO_RATE_HZ * seconds)) / WIRE_AUDIO_RATE_HZ
     x = 0.2 * np.sin(2 * np.pi * 440.0 * t) + 0.05 * rng.standard_normal(t.size)
     return x.astype(np.float32)
 
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 off = (k * AUDIO_CHUNK) % (len(content) - AUDIO_CHUNK)
                 # An audio chunk is stamped with its first sample and can only leave once its last
                 # sample exists: the schedule is the chunk's end.
-                msg = AudioChunk(pub.sensor_id, 0, due - period, 0, content[off:off + AUDIO_CHUNK], 16000)
+                msg = AudioChunk(pub.sensor_id, 0, due - period, 0, content[off:off + AUDIO_CHUNK],
+                                   WIRE_AUDIO_RATE_HZ)
             pub.publish(msg)
             sent[i] += 1
             heapq.heappush(queue, (due + period, i, k + 1))

@@ -41,6 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_node.shm import ShmReader
+from fusion_node.wire import CameraFrame, decode, encode
+from sensors.publisher import SensorPublisher, sleep_until
+
 __all__ = ["TRANSPORTS", "SIZES", "run_transports", "availability"]
 
 TRANSPORTS = ("zmq_copy", "zmq_zerocopy", "shm", "shm_inplace", "ecal", "zenoh")
@@ -100,9 +104,6 @@ def _unstamp(buf) -> tuple[int, int]:
 
 def _send(kind: str, endpoint: str, w: int, h: int, frames: int, rate_hz: float) -> dict:
     import zmq
-
-    from fusion_node.wire import CameraFrame, encode
-    from sensors.publisher import SensorPublisher, sleep_until
 
     content = _frames(w, h)
     total = WARMUP_FRAMES + frames
@@ -193,9 +194,6 @@ def _recv(kind: str, endpoint: str, w: int, h: int, frames: int, timeout_s: floa
     total = WARMUP_FRAMES + frames
     if kind in ("zmq_copy", "zmq_zerocopy", "shm", "shm_inplace"):
         import zmq
-
-        from fusion_node.shm import ShmReader
-        from fusion_node.wire import CameraFrame, decode
 
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)

@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .extrinsics import run_check, run_extrinsics
+from .intrinsics import run_intrinsics
+from .timesync import run_time
+
 __all__ = ["add_parser"]
 
 _EPILOG_RIG = ("The rig calibration file (YAML) is described in docs/calibration.md; "
@@ -33,23 +37,17 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _cmd_intrinsics(args: argparse.Namespace) -> int:
-    from .intrinsics import run_intrinsics
-
     run_intrinsics(args.images, args.pattern, args.square_mm, args.out, args.sensor_id, fix_k3=args.fix_k3,
                    progress=_progress(args))
     return 0
 
 
 def _cmd_extrinsics(args: argparse.Namespace) -> int:
-    from .extrinsics import run_extrinsics
-
     run_extrinsics(args.correspondences, args.rig, args.camera, args.radar, threshold_px=args.ransac_px)
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .extrinsics import run_check
-
     run_check(args.rig, args.video, args.radar_capture, args.out, camera_id=args.camera, radar_id=args.radar,
               frames=args.frames, radar_period_ms=args.radar_period_ms, video_fps=args.video_fps,
               color_by=args.color_by, progress=_progress(args))
@@ -57,8 +55,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_time(args: argparse.Namespace) -> int:
-    from .timesync import run_time
-
     starts = {k: v for k, v in (("camera", args.video_start_s), ("radar", args.radar_start_s),
                                 ("audio", args.audio_start_s)) if v}
     run_time(args.rig, args.reference, video=args.video, radar=args.radar, audio=args.audio,

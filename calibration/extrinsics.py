@@ -32,10 +32,11 @@ import cv2
 import numpy as np
 
 from fusion_node.errors import ConfigError
+from fusion_node.rig import Provenance, Rig, load_rig, now_iso, update_rig_sensor
+from sensors.ti_mmwave import TIStreamParser, iter_capture
 
 from .errors import CalibrationError
 from .projection import CameraModel, Transform, radar_to_camera, sensor_to_rig
-from fusion_node.rig import Provenance, Rig, load_rig, now_iso, update_rig_sensor
 
 __all__ = [
     "CSV_COLUMNS",
@@ -394,8 +395,6 @@ def run_check(rig_path: str | Path, video: str | Path, radar_capture: str | Path
     frames, spread over the span both recordings cover, is paired with the nearest radar frame.
     """
     from tqdm import tqdm
-
-    from sensors.ti_mmwave import TIStreamParser, iter_capture
 
     rig: Rig = load_rig(rig_path)
     camera = CameraModel.from_rig(rig, camera_id)

@@ -23,10 +23,10 @@ import cv2
 import numpy as np
 
 from fusion_node.errors import ConfigError
+from fusion_node.rig import Intrinsics, Provenance, load_rig, now_iso, update_rig_sensor
 
 from .errors import CalibrationError
 from .projection import CameraModel
-from fusion_node.rig import Intrinsics, Provenance, load_rig, now_iso, update_rig_sensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import CalibrationError
+
 __all__ = ["Plot"]
 
 
@@ -113,7 +115,5 @@ class Plot:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), self.render()):
-            from .errors import CalibrationError
-
             raise CalibrationError(f"{path}: cannot write the picture (check the folder is writable)")
         return path

@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 
 from fusion_node.errors import ConfigError
-
 from fusion_node.rig import Extrinsics, Intrinsics, Provenance, Rig
 
 __all__ = [

@@ -23,8 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .projection import RADAR_AXES_IN_CAMERA, CameraModel, Transform
 from fusion_node.rig import Clock, Provenance, Rig, SensorCalibration, now_iso, save_rig
+
+from .projection import RADAR_AXES_IN_CAMERA, CameraModel, Transform
 
 __all__ = [
     "TRUE_CAMERA",

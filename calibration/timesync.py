@@ -31,9 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion_node.errors import ConfigError
+from fusion_node.errors import ConfigError, SensorError
+from fusion_node.rig import Clock, Provenance, load_rig, now_iso, update_rig_sensor
+from sensors.audio import RATE_HZ, load_audio_file
+from sensors.ti_mmwave import iter_capture
 
 from .errors import CalibrationError
+from .plots import Plot
 
 __all__ = [
     "ActivitySignal",
@@ -155,8 +159,6 @@ def radar_activity(frames, period_s: float, name: str = "radar") -> ActivitySign
 
 def radar_capture_activity(path: str | Path, period_s: float, name: str = "radar") -> ActivitySignal:
     """:func:`radar_activity` of a TI out-of-box-demo ``.dat`` capture."""
-    from sensors.ti_mmwave import iter_capture
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"--radar {path}: no such file")
@@ -194,9 +196,6 @@ def audio_activity(samples: np.ndarray, rate_hz: int, name: str = "audio", frame
 
 def audio_file_activity(path: str | Path, name: str = "audio", max_seconds: float | None = None) -> ActivitySignal:
     """:func:`audio_activity` of a WAV/OGG/FLAC file (mixed to mono, 16 kHz)."""
-    from fusion_node.errors import SensorError
-    from sensors.audio import RATE_HZ, load_audio_file
-
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"--audio {path}: no such file")
@@ -426,8 +425,6 @@ def estimate_offset(reference: ActivitySignal, sensor: ActivitySignal, *, max_la
 def _plot(signals: dict[str, ActivitySignal], estimates: list[OffsetEstimate], reference: str,
           out_path: Path) -> Path:
     """Picture: each activity signal on the reference clock after correction, and the correlation curves."""
-    from .plots import Plot
-
     colours = {"camera": (40, 90, 220), "radar": (60, 160, 60), "audio": (200, 110, 30)}
     plot = Plot(width=960, rows=2, row_height=240, title=f"time calibration against {reference}")
     shifts = {reference: 0.0, **{e.sensor: e.offset_s for e in estimates}}
@@ -462,8 +459,6 @@ def run_time(rig_path: str | Path, reference: str, *, video: str | None = None, 
     the reference keeps its own offset to the rig clock. Low-confidence estimates are reported
     but not written unless ``accept_low``; CalibrationError lists them.
     """
-    from fusion_node.rig import Clock, Provenance, load_rig, now_iso, update_rig_sensor
-
     rig_path = Path(rig_path)
     rig = load_rig(rig_path)
 

@@ -11,16 +11,23 @@ import json
 import logging
 import sys
 
+import zmq
+
+from bench.cli import add_parser as add_bench_parser
+from calibration.cli import add_parser as add_calibrate_parser
+from models.cli import add_parsers as add_model_parsers
+from sensors import audio, camera, radar, sim
+
+from . import demo
+from .config import config_schema, load_rigs
 from .errors import ConfigError, FusionError
+from .node import main_loop
+from .wire import decode_map
 
 __all__ = ["main", "build_parser"]
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from .config import config_schema
-    from .multirig import load_rigs
-    from .node import main_loop
-
     if args.print_config_schema:
         print(json.dumps(config_schema(), indent=2))
         return 0
@@ -44,10 +51,6 @@ def _cmd_sensor(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
-    import zmq
-
-    from .wire import decode_map
-
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -77,16 +80,10 @@ def _cmd_events(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run
-
-    return run(args)
+    return demo.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sensors import audio, camera, radar, sim
-
-    from . import demo
-
     p = argparse.ArgumentParser(prog="fusion", description="Streaming camera/radar/audio fusion over ZeroMQ.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -119,8 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(k)
         k.set_defaults(func=_cmd_sensor, sensor_module=module)
 
-    from models.cli import add_parsers as add_model_parsers
-
     add_model_parsers(sub)
 
     e = sub.add_parser("events", help="print fused events as JSON lines",
@@ -131,12 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, default=None, help="exit with status 1 after S seconds of silence")
     e.set_defaults(func=_cmd_events)
 
-    from bench.cli import add_parser as add_bench_parser
-
     add_bench_parser(sub)
-
-    from calibration.cli import add_parser as add_calibrate_parser
-
     add_calibrate_parser(sub)
     return p
 

@@ -1,23 +1,60 @@
 """The rig configuration: one typed, validated model loaded once and passed down.
 
-A rig config is a YAML file naming the rig, the sensors the node subscribes to, how their
-streams are synchronised, and which models run. Every field is described below (and by
-``fusion node --print-config-schema``); unknown keys are rejected, and every error names the
-file and the key at fault.
+A config file is YAML in one of two forms, both described key by key by
+``fusion node --print-config-schema``:
+
+* **one rig**: ``rig``, ``sensors``, ``sync``, ``calibration_file`` and ``node`` at the top level;
+* **several rigs in one node**: a ``rigs:`` list of rigs (each without a ``node`` block) and one
+  top-level ``node`` block they share (one process, one publish socket, one model runtime)::
+
+      rigs:
+        - rig: bay-1
+          calibration_file: bay-1-calibration.yaml
+          sensors: [{id: cam1, kind: camera, endpoint: ipc:///run/fusion/cam1}, ...]
+        - rig: bay-2
+          sensors: [{id: cam2, kind: camera, endpoint: ipc:///run/fusion/cam2}, ...]
+      node:
+        publish_endpoint: tcp://127.0.0.1:5560
+        models: models/manifest.json
+
+Unknown keys are rejected and every error names the file and the key at fault. File paths in a
+config (``calibration_file``, ``node.models``, ``node.batched_models``) are resolved against the
+config file's folder while it is validated. A sensor's clock (offset and drift against the rig
+clock) is not a config key: it lives in the rig calibration file (:mod:`fusion_node.rig`) that
+``calibration_file`` names, the one place clocks are modelled.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
+from .vocabulary import FRAME_MODALITIES, Modality
 from .wire import TOPICS
 
-__all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigConfig", "load_config", "config_from_dict", "read_yaml"]
+__all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigSpec", "RigConfig", "MultiRigConfig", "load_config",
+           "load_rigs", "config_from_dict", "rigs_from_dict", "read_yaml", "config_schema"]
+
+
+def _resolve(value: str | None, info: ValidationInfo) -> str | None:
+    """A relative path in a config file is relative to that file's folder."""
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None or Path(value).is_absolute():
+        return value
+    return str((Path(base) / value).resolve())
 
 
 class _Strict(BaseModel):
@@ -29,11 +66,9 @@ class SensorConfig(_Strict):
 
     id: str = Field(description="sensor_id the sensor publishes under; unique within the rig",
                     min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    kind: Literal["camera", "radar", "audio"] = Field(description="modality, which is also the wire topic")
+    kind: Modality = Field(description="modality, which is also the wire topic")
     endpoint: str = Field(description="ZeroMQ endpoint the sensor's publisher binds, e.g. "
                                       "tcp://10.0.0.5:5551 or ipc:///run/fusion/cam0")
-    clock_offset_ns: int = Field(0, description="added to the sensor's t_capture_ns to put it on the rig clock "
-                                                "(nanoseconds)")
     liveness_timeout_s: float | None = Field(
         None, gt=0, description="silence after which the sensor is reported dead and its modality marked "
                                 "missing; default: max(1 s, 10 nominal periods of its topic)")
@@ -87,27 +122,43 @@ class NodeConfig(_Strict):
                                   description="ZeroMQ endpoint the node binds for fused events and stats")
     models: str | None = Field(None, description="path to a model manifest.json (relative to the config file); "
                                                  "null runs synchronisation only, with no labels")
-    rig_file: str | None = Field(None, description="rig calibration file (calibration/rig.py; relative to the "
-                                                   "config file): its clock offsets and drifts replace the "
-                                                   "sensors' clock_offset_ns")
     provider: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
         "auto", description="onnxruntime execution provider; auto tries TensorRT, then CUDA, then CPU")
+    io_binding: bool = Field(False, description="with provider cuda or tensorrt: run the GPU runtime (inputs and "
+                                                "outputs in fixed device buffers, CUDA graphs, TensorRT engine "
+                                                "cache); falls back to the plain runtime when no GPU is usable")
+    batched_models: str | None = Field(None, description="with io_binding: a batch-N copy of the model bundle "
+                                                         "(manifest.json, relative to the config file) for "
+                                                         "encoding the sets of several rigs in one call")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads per session")
     stats_interval_s: float = Field(1.0, gt=0, description="period of the stats topic")
     max_age_s: float = Field(5.0, gt=0, description="reject messages captured longer ago than this (rig clock)")
     max_future_s: float = Field(0.5, gt=0, description="reject messages captured further ahead than this")
 
+    @field_validator("models", "batched_models")
+    @classmethod
+    def _relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _resolve(value, info)
 
-class RigConfig(_Strict):
-    """A whole rig: its name, sensors, synchronisation and node settings."""
+
+class RigSpec(_Strict):
+    """One rig: its name, sensors, synchronisation and calibration file (an entry of ``rigs:``)."""
 
     rig: str = Field(description="rig name carried in every fused event", min_length=1, max_length=64)
     sensors: list[SensorConfig] = Field(min_length=1, description="the sensors the node subscribes to")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="synchronisation policy")
-    node: NodeConfig = Field(default_factory=NodeConfig, description="node settings")
+    calibration_file: str | None = Field(
+        None, description="the rig calibration file (relative to the config file; `fusion calibrate` writes it): "
+                          "each sensor's clock offset and drift against the rig clock, intrinsics and extrinsics; "
+                          "null: every sensor's clock is the rig clock")
+
+    @field_validator("calibration_file")
+    @classmethod
+    def _relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _resolve(value, info)
 
     @model_validator(mode="after")
-    def _check(self) -> "RigConfig":
+    def _check(self) -> "RigSpec":
         ids = [s.id for s in self.sensors]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
@@ -127,7 +178,7 @@ class RigConfig(_Strict):
             if sid not in ids or self.sensor(sid).kind == "audio" or bound < 0:
                 raise ValueError(f"sync.inter_message_lower_bounds_ms.{sid}: must name a camera or radar sensor "
                                  f"with a bound >= 0")
-        if self.sync.policy != "reference" and sum(k != "audio" for k in kinds) < 2:
+        if self.sync.policy != "reference" and sum(k in FRAME_MODALITIES for k in kinds) < 2:
             raise ValueError(f"policy {self.sync.policy!r} needs two or more camera/radar sensors")
         return self
 
@@ -141,6 +192,34 @@ class RigConfig(_Strict):
         return next((s for s in self.sensors if s.id == sensor_id), None)
 
 
+class RigConfig(RigSpec):
+    """A whole rig with the settings of the node that serves it: what one fusion core runs on."""
+
+    node: NodeConfig = Field(default_factory=NodeConfig, description="node settings")
+
+
+class MultiRigConfig(_Strict):
+    """Several rigs served by one node process: a ``rigs:`` list and the node settings they share."""
+
+    rigs: list[RigSpec] = Field(min_length=1, description="the rigs this node serves; each without a node block")
+    node: NodeConfig = Field(default_factory=NodeConfig, description="node settings shared by every rig")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MultiRigConfig":
+        for what, values in (("rig names", [r.rig for r in self.rigs]),
+                             ("sensor ids", [s.id for r in self.rigs for s in r.sensors]),
+                             ("sensor endpoints", [s.endpoint for r in self.rigs for s in r.sensors])):
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(f"{what} must be unique across rigs (messages are routed by sensor_id), "
+                                 f"repeated: {dup}")
+        return self
+
+    def rig_configs(self) -> list[RigConfig]:
+        """One :class:`RigConfig` per rig, each carrying the shared node settings."""
+        return [RigConfig(**dict(r), node=self.node) for r in self.rigs]
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid rig config"]
     for e in err.errors():
@@ -152,14 +231,27 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def config_from_dict(data: object, source: str = "<config>") -> RigConfig:
-    """Validate a config mapping; raises ConfigError naming the source and each key at fault."""
+def _validate(model: type[BaseModel], data: object, source: str, base_dir: Path | None) -> BaseModel:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a rig config must be a YAML mapping at the top level")
     try:
-        return RigConfig.model_validate(data)
+        return model.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
         raise ConfigError(_format_errors(source, err)) from None
+
+
+def config_from_dict(data: object, source: str = "<config>", base_dir: Path | None = None) -> RigConfig:
+    """Validate a one-rig config mapping; raises ConfigError naming the source and each key at fault."""
+    if isinstance(data, dict) and "rigs" in data:
+        raise ConfigError(f"{source}: this is a several-rig config (rigs:); load it with load_rigs")
+    return _validate(RigConfig, data, source, base_dir)
+
+
+def rigs_from_dict(data: object, source: str = "<config>", base_dir: Path | None = None) -> list[RigConfig]:
+    """Validate either form; one :class:`RigConfig` per rig (a list of one for the one-rig form)."""
+    if isinstance(data, dict) and "rigs" in data:
+        return _validate(MultiRigConfig, data, source, base_dir).rig_configs()
+    return [config_from_dict(data, source, base_dir)]
 
 
 def read_yaml(path: str | Path, what: str = "rig config") -> object:
@@ -176,18 +268,17 @@ def read_yaml(path: str | Path, what: str = "rig config") -> object:
 
 
 def load_config(path: str | Path) -> RigConfig:
-    """Load and validate a rig YAML file. A relative ``node.models`` resolves against the file."""
+    """Load and validate a one-rig YAML file; relative paths in it resolve against its folder."""
     path = Path(path)
-    cfg = config_from_dict(read_yaml(path), str(path))
-    updates = {key: str((path.parent / value).resolve())
-               for key, value in (("models", cfg.node.models), ("rig_file", cfg.node.rig_file))
-               if value and not Path(value).is_absolute()}
-    if updates:
-        cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update=updates)})
-    return cfg
+    return config_from_dict(read_yaml(path), str(path), path.parent)
+
+
+def load_rigs(path: str | Path) -> list[RigConfig]:
+    """Load a config file of either form: one :class:`RigConfig` per rig."""
+    path = Path(path)
+    return rigs_from_dict(read_yaml(path), str(path), path.parent)
 
 
 def config_schema() -> dict:
-    """JSON schema of the rig config, every field described."""
-    return RigConfig.model_json_schema()
-
+    """JSON schema of a config file (either form), every field described."""
+    return TypeAdapter(Union[RigConfig, MultiRigConfig]).json_schema()

@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fusion_node.clock import ClockTracker
-
 from .assembly import Member, SetAssembler, SyncSet
 from .audio_ring import AudioRing
+from .clock import ClockTracker
 from .config import RigConfig
+from .rig import Rig
 from .stats import LatencyWindow
 from .wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage
 
@@ -71,17 +71,17 @@ class FusionCore:
     """Synchronises one rig's streams and fuses each released set into an event."""
 
     def __init__(self, cfg: RigConfig, runtime: Any | None = None,
-                 timer: Callable[[], int] = time.perf_counter_ns, run_id: int = 0):
+                 timer: Callable[[], int] = time.perf_counter_ns, run_id: int = 0, *, calibration: Rig | None = None):
         self.cfg = cfg
         self.runtime = runtime
         self.timer = timer
         self.run_id = run_id
         self.sensors = {
-            s.id: SensorState(s.id, s.kind, s.clock_offset_ns, s.liveness_timeout_ns, deque(maxlen=s.buffer_len))
+            s.id: SensorState(s.id, s.kind, 0, s.liveness_timeout_ns, deque(maxlen=s.buffer_len))
             for s in cfg.sensors
         }
-        if cfg.node.rig_file:
-            self._apply_rig_file(cfg.node.rig_file)
+        if calibration is not None:
+            self._apply_clocks(calibration)
         self.assembler = SetAssembler(cfg)
         # Online clock tracking per sensor: offset and drift against the node clock for the
         # stats topic, and detection of jumps (a looped file, a restarted device) to re-base.
@@ -100,11 +100,8 @@ class FusionCore:
         self._t_first_ns: int | None = None  # first step: a sensor never heard from is failed only
         self._now_ns = 0  # once its liveness timeout has passed since then
 
-    def _apply_rig_file(self, path: str) -> None:
-        """Clock offsets and drifts from the rig calibration file replace the config's offsets."""
-        from fusion_node.rig import load_rig
-
-        rig = load_rig(path)
+    def _apply_clocks(self, rig: Rig) -> None:
+        """Each sensor's clock offset and drift against the rig clock, from the rig calibration file."""
         for cal in rig.sensors:
             st = self.sensors.get(cal.id)
             if st is not None:

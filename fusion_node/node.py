@@ -21,6 +21,7 @@ across rigs needs the core to hand out released sets and take their embeddings b
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -31,15 +32,18 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import zmq
 
 from .config import RigConfig
 from .core import FusionCore
-from .multirig import RigRouter
+from .gpu_runtime import GpuRuntime
+from .inference import ModelError, ModelRuntime, load_manifest
+from .rig import load_rig
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
 
-__all__ = ["FusionNode", "load_runtime", "main_loop", "limit_threads"]
+__all__ = ["FusionNode", "RigRouter", "load_runtime", "main_loop", "limit_threads"]
 
 log = logging.getLogger("fusion.node")
 
@@ -53,20 +57,16 @@ MAX_LEASES = 4096
 def load_runtime(cfg: RigConfig):
     """The model runtime named by the config, or None to run synchronisation only.
 
-    With a GPU provider and ``FUSION_GPU_IOBINDING=1`` in the environment the node runs the
-    IO-binding runtime (:mod:`fusion_node.gpu_runtime`: device buffers, CUDA graphs, TensorRT
-    engine cache), falling back to the plain runtime when no GPU is usable.
+    With a GPU provider and ``node.io_binding`` the node runs the IO-binding runtime
+    (:mod:`fusion_node.gpu_runtime`: device buffers, CUDA graphs, TensorRT engine cache), falling
+    back to the plain runtime when no GPU is usable.
     """
     if not cfg.node.models:
         return None
-    from .inference import ModelError, ModelRuntime, load_manifest
-
-    if cfg.node.provider in ("cuda", "tensorrt") and os.environ.get("FUSION_GPU_IOBINDING") == "1":
-        from .gpu_runtime import GpuRuntime
-
+    if cfg.node.provider in ("cuda", "tensorrt") and cfg.node.io_binding:
         try:
             runtime = GpuRuntime(load_manifest(cfg.node.models), provider=cfg.node.provider,
-                                 batched=os.environ.get("FUSION_GPU_BATCHED") or None)
+                                 batched=cfg.node.batched_models)
             log.info("models %s on %s (%s)", runtime.name, runtime.provider, runtime.provider_note)
             return runtime
         except ModelError as exc:
@@ -79,6 +79,16 @@ def load_runtime(cfg: RigConfig):
     return runtime
 
 
+class RigRouter:
+    """sensor_id -> index of the rig that owns it (sensor ids are unique across a node's rigs)."""
+
+    def __init__(self, cfgs: Sequence[RigConfig]):
+        self.index = {s.id: i for i, cfg in enumerate(cfgs) for s in cfg.sensors}
+
+    def __call__(self, sensor_id: str) -> int | None:
+        return self.index.get(sensor_id)
+
+
 class FusionNode:
     """Owns the sockets of one node serving one or more rigs, and the loop that drives their cores."""
 
@@ -89,7 +99,8 @@ class FusionNode:
             raise ValueError("a node serves at least one rig")
         self.cfg = self.cfgs[0]  # node settings are shared by every rig
         self.clock = clock
-        self.cores = [FusionCore(c, runtime, timer=clock, run_id=int.from_bytes(os.urandom(4), "little"))
+        self.cores = [FusionCore(c, runtime, timer=clock, run_id=int.from_bytes(os.urandom(4), "little"),
+                                 calibration=load_rig(c.calibration_file) if c.calibration_file else None)
                       for c in self.cfgs]
         self.core = self.cores[0]
         self.route = RigRouter(self.cfgs)
@@ -234,16 +245,8 @@ def limit_threads(threads: int) -> dict:
     threads, 1 ms and 0.03 cores with one thread; OpenCV colour conversion and resize, 10 ms vs
     6 ms p50 under load.
     """
-    done: dict = {}
-    try:
-        import cv2
-
-        cv2.setNumThreads(int(threads))
-        done["opencv"] = int(threads)
-    except ImportError:
-        pass
-    import ctypes
-
+    cv2.setNumThreads(int(threads))
+    done: dict = {"opencv": int(threads)}
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:

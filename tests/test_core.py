@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from fusion_node.config import config_from_dict
+from fusion_node.rig import Clock as RigClock
+from fusion_node.rig import Rig, SensorCalibration, load_rig, save_rig
 from fusion_node.core import FusionCore
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, Rejection
 
@@ -175,16 +177,12 @@ def test_clock_jump_within_a_run_is_rebased_not_rejected_forever():
     assert core.stats(clock.t, 1.0)["sensors"]["cam0"]["clock"]["jumps"] == 1
 
 
-def test_rig_file_clock_offsets_replace_the_config_offsets(tmp_path):
-    from fusion_node.rig import Clock as RigClock, Rig, SensorCalibration, save_rig
-
+def test_calibration_file_clock_offsets_put_sensors_on_the_rig_clock(tmp_path):
     rig = Rig(rig="r1", sensors=[SensorCalibration(id="radar0", kind="radar",
                                                     clock=RigClock(clock_offset_ns=-250 * MS))])
     path = save_rig(rig, tmp_path / "rig_cal.yaml")
-    cfg = _cfg()
-    cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update={"rig_file": str(path)})})
     clock = Clock()
-    core = FusionCore(cfg, None, timer=clock)
+    core = FusionCore(_cfg(), None, timer=clock, calibration=load_rig(path))
     assert core.sensors["radar0"].offset_ns == -250 * MS and core.sensors["cam0"].offset_ns == 0
     # Radar stamps run 250 ms ahead of the rig clock: after the offset they match the camera.
     events = []

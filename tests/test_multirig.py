@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -11,7 +12,8 @@ import yaml
 import zmq
 
 from fusion_node.errors import ConfigError
-from fusion_node.multirig import RigRouter, load_rigs, rigs_from_dict
+from fusion_node.config import load_rigs, rigs_from_dict
+from fusion_node.node import RigRouter
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode_map, encode
 from sensors.publisher import SensorPublisher
 
@@ -32,17 +34,24 @@ def test_single_rig_form_stays_valid(tmp_path):
     assert cfgs[0].node.models == str((tmp_path / "m" / "manifest.json").resolve())
 
 
-def test_rigs_form_resolves_paths_and_takes_a_rig_file_per_rig(tmp_path):
+def test_rigs_form_resolves_paths_and_takes_a_calibration_file_per_rig(tmp_path):
     path = tmp_path / "rigs.yaml"
-    path.write_text(yaml.safe_dump({"rigs": [{**_rig(0), "node": {"rig_file": "cal/bay0.yaml"}}, _rig(1)],
-                                    "node": {"models": "m/manifest.json", "rig_file": "cal/shared.yaml"}}))
+    path.write_text(yaml.safe_dump({"rigs": [{**_rig(0), "calibration_file": "cal/bay0.yaml"}, _rig(1)],
+                                    "node": {"models": "m/manifest.json"}}))
     cfgs = load_rigs(path)
-    assert cfgs[0].node.rig_file == str((tmp_path / "cal" / "bay0.yaml").resolve())
-    assert cfgs[1].node.rig_file == str((tmp_path / "cal" / "shared.yaml").resolve())
+    assert cfgs[0].calibration_file == str((tmp_path / "cal" / "bay0.yaml").resolve())
+    assert cfgs[1].calibration_file is None
     assert all(c.node.models == str((tmp_path / "m" / "manifest.json").resolve()) for c in cfgs)
     single = tmp_path / "rig.yaml"
-    single.write_text(yaml.safe_dump({**_rig(0), "node": {"rig_file": "cal/bay0.yaml"}}))
-    assert load_rigs(single)[0].node.rig_file == str((tmp_path / "cal" / "bay0.yaml").resolve())
+    single.write_text(yaml.safe_dump({**_rig(0), "calibration_file": "/abs/bay0.yaml"}))
+    assert load_rigs(single)[0].calibration_file == "/abs/bay0.yaml"
+
+
+def test_example_rigs_file_loads():
+    cfgs = load_rigs(Path(__file__).resolve().parents[1] / "examples" / "rigs.yaml")
+    assert [c.rig for c in cfgs] == ["gate-north", "gate-south"]
+    assert cfgs[0].calibration_file.endswith("examples/rig_calibration.yaml") and cfgs[1].calibration_file is None
+    assert cfgs[0].node == cfgs[1].node and cfgs[0].node.models.endswith("models/default/manifest.json")
 
 
 def test_rigs_form_shares_the_node_block():
@@ -60,7 +69,7 @@ def test_rigs_form_shares_the_node_block():
     ({"rigs": [_rig(0), {**_rig(1), "sensors": [{**_rig(0)["sensors"][0], "endpoint": "tcp://127.0.0.1:6000"}]
                          + _rig(1)["sensors"][1:]}]},
      "sensor ids must be unique across rigs"),
-    ({"rigs": [{**_rig(0), "node": {"provider": "cpu"}}]}, "node block"),
+    ({"rigs": [{**_rig(0), "node": {"provider": "cpu"}}]}, "rigs.0.node: unknown key"),
     ({"rigs": []}, "rigs"),
     ({"rigs": [{**_rig(0), "colour": "red"}]}, "rigs.0.colour"),
     ({"rigs": [_rig(0), {**_rig(1), "sensors": [{**_rig(1)["sensors"][0], "endpoint": "tcp://127.0.0.1:5600"}]
