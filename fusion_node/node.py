@@ -35,7 +35,11 @@ import zmq
 
 from .config import RigConfig
 from .core import FusionCore
+from .cpu_runtime import ModelRuntime
+from .gpu_runtime import GpuRuntime
+from .manifest import ModelError, load_manifest
 from .multirig import RigRouter
+from .runtime import Runtime
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
 
@@ -50,7 +54,7 @@ RECV_BUDGET = 4096
 MAX_LEASES = 4096
 
 
-def load_runtime(cfg: RigConfig):
+def load_runtime(cfg: RigConfig) -> Runtime | None:
     """The model runtime named by the config, or None to run synchronisation only.
 
     With a GPU provider and ``FUSION_GPU_IOBINDING=1`` in the environment the node runs the
@@ -59,11 +63,7 @@ def load_runtime(cfg: RigConfig):
     """
     if not cfg.node.models:
         return None
-    from .inference import ModelError, ModelRuntime, load_manifest
-
     if cfg.node.provider in ("cuda", "tensorrt") and os.environ.get("FUSION_GPU_IOBINDING") == "1":
-        from .gpu_runtime import GpuRuntime
-
         try:
             runtime = GpuRuntime(load_manifest(cfg.node.models), provider=cfg.node.provider,
                                  batched=os.environ.get("FUSION_GPU_BATCHED") or None)
@@ -82,8 +82,8 @@ def load_runtime(cfg: RigConfig):
 class FusionNode:
     """Owns the sockets of one node serving one or more rigs, and the loop that drives their cores."""
 
-    def __init__(self, cfg: RigConfig | Sequence[RigConfig], runtime=None, *, context: zmq.Context | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns):
+    def __init__(self, cfg: RigConfig | Sequence[RigConfig], runtime: Runtime | None = None, *,
+                 context: zmq.Context | None = None, clock: Callable[[], int] = time.monotonic_ns):
         self.cfgs: list[RigConfig] = [cfg] if isinstance(cfg, RigConfig) else list(cfg)
         if not self.cfgs:
             raise ValueError("a node serves at least one rig")
