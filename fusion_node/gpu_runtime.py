@@ -191,8 +191,9 @@ class GpuRuntime(BundleRuntime):
             return _Bound(spec, path, batch, providers, opts["device_id"], False, warmup_runs)
         except Exception as exc:  # noqa: BLE001 - a node the GPU cannot run, or graph capture refused
             nodes = cpu_fallback_nodes(path, provider_options(provider, cuda_graph=False, **opts))
-            self.fallback_nodes[key] = nodes
-            self.notes.append(f"{key}: {len(nodes)} node(s) on CPU ({', '.join(n['op'] for n in nodes[:5])}); "
+            label = key if batch == 1 else f"{key}@batch{batch}"  # the batched copy is another model
+            self.fallback_nodes[label] = nodes
+            self.notes.append(f"{label}: {len(nodes)} node(s) on CPU ({', '.join(n['op'] for n in nodes[:5])}); "
                               f"no CUDA graph for it ({' '.join(str(exc).split())[:120]})")
             log.warning("GPU runtime: %s", self.notes[-1])
             return _Bound(spec, path, batch, provider_options(provider, cuda_graph=False, **opts), opts["device_id"],
