@@ -21,6 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_node.cpu_runtime import ModelRuntime
+from fusion_node.gpu_runtime import GpuRuntime, gpu_problem
+from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
+from fusion_node.runtime import Runtime
+from fusion_node.vocabulary import MODALITIES
+from models.batched import export_batched
+
 __all__ = ["cache_dir", "prepare", "fused_step_baseline", "gpu_step_baseline", "sample_inputs"]
 
 
@@ -52,7 +59,6 @@ def prepare(seed: int = 0, embed_dim: int = 128, directory: Path | None = None):
 
     Needs torch (the ``train`` extra). The bundle is exported once per seed into the cache.
     """
-    from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
     from models.architectures import DEFAULT_CLASSES
     from models.export import MANIFEST_NAME, export_bundle
 
@@ -77,14 +83,14 @@ def prepare(seed: int = 0, embed_dim: int = 128, directory: Path | None = None):
     return manifest, encoders, head
 
 
-def sample_inputs(runtime, seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
+def sample_inputs(runtime: Runtime, seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
     """Preprocessed inputs for the three encoders from synthetic raw data (what the node feeds)."""
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     points = np.column_stack([rng.uniform(-5, 5, 200), rng.uniform(0.5, 12, 200), rng.uniform(-1, 2, 200),
                               rng.normal(0, 1.5, 200), rng.uniform(5, 40, 200),
                               rng.uniform(-80, -60, 200)]).astype(np.float32)
-    audio = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    audio = (0.1 * rng.standard_normal(int(runtime.audio_window_s * runtime.audio_sample_rate_hz))).astype(np.float32)
     return {"camera": runtime.preprocess("camera", image), "radar": runtime.preprocess("radar", points),
             "audio": runtime.preprocess("audio", audio)}
 
@@ -110,8 +116,6 @@ def fused_step_baseline(manifest: Path, encoders, head, provider: str = "cpu", i
                         warmup: int = 30) -> dict:
     """Time the fused step in onnxruntime (the node's ModelRuntime) and in torch eager."""
     import torch
-
-    from fusion_node.inference import MODALITIES, ModelRuntime
 
     runtime = ModelRuntime(manifest, provider=provider, intra_op_threads=1)
     inputs = sample_inputs(runtime)
@@ -160,9 +164,6 @@ def gpu_step_baseline(manifest: Path, provider: str = "cuda", iterations: int = 
 
     Returns ``{"unavailable": reason}`` without a usable GPU.
     """
-    from fusion_node.gpu_runtime import GpuRuntime, gpu_problem
-    from fusion_node.inference import MODALITIES
-
     problem = gpu_problem()
     if problem is not None:
         return {"unavailable": problem}
@@ -178,11 +179,7 @@ def gpu_step_baseline(manifest: Path, provider: str = "cuda", iterations: int = 
         out["cuda_graph" if graphs else "no_cuda_graph"] = {**_summary(_time(step, iterations, warmup)),
                                                             "notes": rt.notes, "provider": rt.provider}
     try:
-        import tempfile as _tf
-
-        from models.batched import export_batched
-
-        bdir = Path(_tf.mkdtemp(prefix="fz-batched-"))
+        bdir = Path(tempfile.mkdtemp(prefix="fz-batched-"))
         meta = export_batched(manifest, bdir, batch)
         rt = GpuRuntime(manifest, provider=provider, batched=meta)
         inputs = sample_inputs(rt)

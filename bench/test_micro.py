@@ -15,20 +15,17 @@ import pytest
 
 from fusion_node.config import config_from_dict
 from fusion_node.core import FusionCore
+from fusion_node.cpu_runtime import ModelRuntime
+from fusion_node.node import limit_threads
 from fusion_node.shm import ShmReader, ShmRingWriter, ring_name
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode, encode
 
-from .models import sample_inputs
+from .models import prepare, sample_inputs
 from .synth import audio_signal, camera_frames, radar_frames
 
 
 @pytest.fixture(scope="module")
 def runtime():
-    from fusion_node.inference import ModelRuntime
-    from fusion_node.node import limit_threads
-
-    from .models import prepare
-
     limit_threads(1)  # as the node runs: one OpenCV and one OpenBLAS thread
 
     manifest, _, _ = prepare()

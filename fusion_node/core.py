@@ -29,13 +29,13 @@ from .audio_ring import AudioRing
 from .clock import ClockTracker
 from .config import RigConfig
 from .rig import Rig
+from .runtime import HeadOutput, Runtime
 from .stats import LatencyWindow
+from .vocabulary import MODALITIES, WIRE_AUDIO_RATE_HZ
 from .wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage
 
 __all__ = ["FusionCore", "SensorState"]
 
-AUDIO_RATE_HZ = 16000
-MODALITY_ORDER = ("camera", "radar", "audio")
 # An audio window less covered than this is treated as missing rather than fed to the encoder.
 MIN_AUDIO_COVERAGE = 0.5
 
@@ -70,7 +70,7 @@ class SensorState:
 class FusionCore:
     """Synchronises one rig's streams and fuses each released set into an event."""
 
-    def __init__(self, cfg: RigConfig, runtime: Any | None = None,
+    def __init__(self, cfg: RigConfig, runtime: Runtime | None = None,
                  timer: Callable[[], int] = time.perf_counter_ns, run_id: int = 0, *, calibration: Rig | None = None):
         self.cfg = cfg
         self.runtime = runtime
@@ -86,11 +86,13 @@ class FusionCore:
         # Online clock tracking per sensor: offset and drift against the node clock for the
         # stats topic, and detection of jumps (a looped file, a restarted device) to re-base.
         self.clocks = {s.id: ClockTracker(s.id, expected_period_ns=TOPICS[s.kind].period_ns) for s in cfg.sensors}
-        self.audio_window_s = cfg.sync.audio_window_s
-        if runtime is not None:
-            self.audio_window_s = runtime.audio_window_s
-        self.rings = {s.id: AudioRing(AUDIO_RATE_HZ, max(4.0, 2 * self.audio_window_s + cfg.sync.deadline_ms / 1e3))
-                      for s in cfg.sensors if s.kind == "audio"}
+        # The audio encoder's window and sample rate are the model's (its manifest); without a
+        # model, the config's window and the rate sensors publish by default. Audio at any other
+        # rate is rejected (counted as bad_header): the rings and the encoder assume this one.
+        self.audio_window_s = cfg.sync.audio_window_s if runtime is None else runtime.audio_window_s
+        self.audio_rate_hz = WIRE_AUDIO_RATE_HZ if runtime is None else runtime.audio_sample_rate_hz
+        ring_s = max(4.0, 2 * self.audio_window_s + cfg.sync.deadline_ms / 1e3)
+        self.rings = {s.id: AudioRing(self.audio_rate_hz, ring_s) for s in cfg.sensors if s.kind == "audio"}
         self.unattributed: Counter = Counter()
         self.events_out = 0
         self.latency = LatencyWindow()
@@ -149,7 +151,7 @@ class FusionCore:
         if t_rig > now_ns + self.max_future_ns:
             st.rejected["timestamp_future"] += 1
             return None
-        if isinstance(msg, AudioChunk) and msg.sample_rate_hz != AUDIO_RATE_HZ:
+        if isinstance(msg, AudioChunk) and msg.sample_rate_hz != self.audio_rate_hz:
             st.rejected["bad_header"] += 1
             return None
         if msg.run_id != st.run_id:
@@ -229,7 +231,7 @@ class FusionCore:
         t0 = self.timer()
         members = dict(sset.members)
         missing = set(sset.missing)
-        embeddings: dict[str, np.ndarray | None] = {m: None for m in MODALITY_ORDER}
+        embeddings: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
         stage_ms: dict[str, float] = {}
         audio_cov = {}
         inputs: dict[str, tuple] = {}
@@ -251,7 +253,7 @@ class FusionCore:
                 tensors[modality] = self.runtime.preprocess(modality, *args)
             t1 = self.timer()
             stage_ms["preprocess"] = (t1 - t0) / 1e6
-            for modality in MODALITY_ORDER:
+            for modality in MODALITIES:
                 if modality in tensors:
                     ta = self.timer()
                     embeddings[modality] = self.runtime.encode(modality, *tensors[modality])
@@ -264,9 +266,11 @@ class FusionCore:
         return self._event(sset, members, sorted(missing), audio_cov, head, stage_ms, embeddings)
 
     def _event(self, sset: SyncSet, members: dict[str, Member], missing: list[str], audio_cov: dict,
-               head: Any, stage_ms: dict, embeddings: dict) -> dict:
+               head: HeadOutput | None, stage_ms: dict, embeddings: dict) -> dict:
         self._event_seq += 1
-        trained = self.runtime is not None and self.runtime.trained
+        runtime = self.runtime
+        # An untrained model's outputs are noise: no scores, labels, certainties or disagreement.
+        fused = head if runtime is not None and runtime.trained else None
         kinds = {st.sensor_id: st.kind for st in self.sensors.values()}
         modalities = {}
         for sid, kind in kinds.items():
@@ -274,28 +278,29 @@ class FusionCore:
             entry: dict[str, Any] = {"sensor_id": sid, "present": present}
             if kind == "audio":
                 entry["coverage"] = round(audio_cov.get(sid, 0.0), 3)
-            if trained and head is not None:
-                idx = MODALITY_ORDER.index(kind)
-                entry["certainty"] = round(float(head.certainty[idx]), 4)
-                entry["weight"] = round(float(head.weights[idx]), 4)
+            if fused is not None:
+                idx = MODALITIES.index(kind)
+                entry["certainty"] = round(float(fused.certainty[idx]), 4)
+                entry["weight"] = round(float(fused.weights[idx]), 4)
             modalities[kind] = entry
         labels: list[dict] = []
         scores = None
         consistency = None
-        if trained and head is not None:
-            classes = self.runtime.classes
-            scores = {c: round(float(p), 4) for c, p in zip(classes, head.probabilities)}
-            labels = [{"label": c, "score": scores[c]} for c in classes
-                      if scores[c] >= self.runtime.thresholds.get(c, 0.5)]
+        if fused is not None:
+            probabilities = dict(zip(runtime.classes, fused.probabilities.tolist()))
+            scores = {c: round(p, 4) for c, p in probabilities.items()}
+            # The threshold applies to the probability itself, not to its rounded display.
+            labels = [{"label": c, "score": scores[c]} for c, p in probabilities.items()
+                      if p >= runtime.thresholds[c]]
             labels.sort(key=lambda d: -d["score"])
-            consistency = round(float(head.consistency), 4)
+            consistency = round(float(fused.consistency), 4)
         # Alerts for security consumers: a dead sensor, and modalities that stopped agreeing
         # (a swapped or replayed feed, a sensor knocked out of alignment, a stale clock).
         alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if not st.alive and (
             st.last_seen_ns is not None or self._now_ns - self._t_first_ns > st.liveness_ns)]
-        threshold = getattr(self.runtime, "consistency_threshold", None) if trained else None
+        threshold = runtime.consistency_threshold if fused is not None else None
         n_present = sum(1 for entry in modalities.values() if entry["present"])
-        if threshold is not None and consistency is not None and n_present >= 2 and consistency < threshold:
+        if threshold is not None and n_present >= 2 and float(fused.consistency) < threshold:
             alerts.append("modalities_disagree")
         member_list = []
         for sid, m in members.items():
@@ -315,8 +320,8 @@ class FusionCore:
             "t_ref_ns": int(sset.t_ref_ns),
             "labels": labels,
             "scores": scores,
-            "model": None if self.runtime is None else {
-                "name": self.runtime.name, "trained": trained, "provider": self.runtime.provider},
+            "model": None if runtime is None else {
+                "name": runtime.name, "trained": runtime.trained, "provider": runtime.provider},
             "modalities": modalities,
             "members": member_list,
             "missing": missing,

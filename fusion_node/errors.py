@@ -9,7 +9,7 @@ path (a malformed message, a NaN, a late timestamp) is never raised: it becomes 
     FusionError                 base of everything raised on purpose
     ├── ConfigError             a rig config or command-line value is invalid; names the key
     ├── SensorError             a sensor backend cannot open or read its source; names the sensor
-    └── ModelError              (fusion_node.inference) a model manifest or ONNX file is unusable
+    └── ModelError              (fusion_node.manifest) a model manifest or ONNX file is unusable
 
 Every message names the file, sensor, topic or key at fault and says what to do about it.
 """

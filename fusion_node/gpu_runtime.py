@@ -1,13 +1,13 @@
 """GPU inference for the node: IO binding with device buffers, CUDA graphs, TensorRT, fallback checks.
 
-:class:`GpuRuntime` offers the calls the core makes on a runtime (``preprocess``, ``encode``,
-``fuse`` and the same properties as :class:`fusion_node.inference.ModelRuntime`) but runs each
-model through an IO binding whose input and output buffers are allocated on the GPU once: a call
-copies its inputs into those fixed buffers (``OrtValue.update_inplace``), runs, and copies the
-small outputs back. Fixed device addresses are what CUDA graphs need, so on the CUDA provider
-each model's kernel launches are captured once and replayed (``enable_cuda_graph``); on TensorRT
-the engine is built with fp16 allowed, cached on disk with its timing cache, and replayed as a
-CUDA graph too (``trt_cuda_graph_enable``).
+:class:`GpuRuntime` implements :class:`fusion_node.runtime.Runtime` (the manifest-driven part,
+input checks included, is :class:`fusion_node.runtime.BundleRuntime`, shared with the plain
+runtime) but runs each model through an IO binding whose input and output buffers are allocated
+on the GPU once: a call copies its inputs into those fixed buffers (``OrtValue.update_inplace``),
+runs, and copies the small outputs back. Fixed device addresses are what CUDA graphs need, so on
+the CUDA provider each model's kernel launches are captured once and replayed
+(``enable_cuda_graph``); on TensorRT the engine is built with fp16 allowed, cached on disk with
+its timing cache, and replayed as a CUDA graph too (``trt_cuda_graph_enable``).
 
 Every session is created with ``session.disable_cpu_ep_fallback``: a model with a node the GPU
 provider cannot run fails loudly instead of silently bouncing tensors between host and device
@@ -16,11 +16,11 @@ nodes, from an onnxruntime profile of one run; :class:`GpuRuntime` then retries 
 without CUDA graph and with the fallback allowed, and says so in ``notes``.
 
 Batching across rigs: :meth:`GpuRuntime.encode_batch` runs one encoder on up to B sets at once
-when a batch-B copy of the bundle (``models.batched.export_batched``) is given; without it, it
-runs them one by one.
+when it is given a batch-B copy of the bundle (made ahead of time by ``models.batched``, checked
+by :func:`fusion_node.manifest.load_batched`); without it, it runs them one by one.
 
-This module imports nothing GPU-specific at import time and works out whether a GPU is usable
-with :func:`gpu_available`; tests that need one skip without it.
+Importing this module touches no GPU; :func:`gpu_problem` says whether one is usable (tests that
+need one skip without it), and :class:`GpuRuntime` raises :class:`ModelError` when none is.
 """
 
 from __future__ import annotations
@@ -32,28 +32,26 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from .inference import HEAD_OUTPUTS, MODALITIES, HeadOutput, Manifest, ModelError, ModelSpec, _sigmoid, \
-    load_manifest, session_options
-from .preprocess import PREPROCESSORS
+from .manifest import BatchedModels, Manifest, ModelError, ModelSpec, load_batched
+from .providers import CPU, CUDA, TENSORRT, default_trt_cache_dir, session_options
+from .runtime import BundleRuntime
 
 __all__ = ["gpu_available", "gpu_problem", "cpu_fallback_nodes", "GpuRuntime", "provider_options"]
 
 log = logging.getLogger(__name__)
 
-_PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_PROVIDER = {"cuda": CUDA, "tensorrt": TENSORRT}
 
 
 def gpu_problem(device_id: int = 0) -> str | None:
     """None if onnxruntime can allocate on CUDA device ``device_id``, else why not."""
     if not (shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()):
         return "no NVIDIA GPU or driver on this machine"
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if CUDA not in ort.get_available_providers():
         return "this onnxruntime build has no CUDA provider"
     try:
         ort.OrtValue.ortvalue_from_numpy(np.zeros(1, np.float32), "cuda", device_id)
@@ -63,6 +61,7 @@ def gpu_problem(device_id: int = 0) -> str | None:
 
 
 def gpu_available(device_id: int = 0) -> bool:
+    """Whether onnxruntime can use CUDA device ``device_id`` here."""
     return gpu_problem(device_id) is None
 
 
@@ -74,17 +73,15 @@ def provider_options(provider: str, *, device_id: int = 0, cuda_graph: bool = Tr
     cuda = {"device_id": device_id, "enable_cuda_graph": "1" if cuda_graph else "0",
             "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
     if provider == "cuda":
-        return [("CUDAExecutionProvider", cuda), ("CPUExecutionProvider", {})]
-    cache = Path(trt_cache_dir) if trt_cache_dir else \
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusion_node" / "tensorrt"
+        return [(CUDA, cuda), (CPU, {})]
+    cache = Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     trt = {"device_id": device_id, "trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True,
            "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
            "trt_timing_cache_path": str(cache), "trt_cuda_graph_enable": bool(cuda_graph),
            "trt_builder_optimization_level": 3}
     # CUDA takes whatever TensorRT does not build (a fallback check then tells whether that happened).
-    return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", {**cuda, "enable_cuda_graph": "0"}),
-            ("CPUExecutionProvider", {})]
+    return [(TENSORRT, trt), (CUDA, {**cuda, "enable_cuda_graph": "0"}), (CPU, {})]
 
 
 def cpu_fallback_nodes(model: str | os.PathLike, providers: Sequence, feed: Mapping[str, np.ndarray] | None = None
@@ -94,8 +91,6 @@ def cpu_fallback_nodes(model: str | os.PathLike, providers: Sequence, feed: Mapp
     Runs the model once with onnxruntime's profiler and reads which provider executed each node
     (with ``providers = [CPU]`` that is every node; with a GPU first, the fallbacks).
     """
-    import onnxruntime as ort
-
     so = session_options(1)
     tmp = Path(tempfile.mkdtemp(prefix="fz-prof-"))
     so.enable_profiling = True
@@ -115,7 +110,7 @@ def cpu_fallback_nodes(model: str | os.PathLike, providers: Sequence, feed: Mapp
         if ev.get("cat") == "Node" and "provider" in args:
             name = ev["name"].removesuffix("_kernel_time").removesuffix("_fence_before").removesuffix("_fence_after")
             seen[name] = {"name": name, "op": args.get("op_name", ""), "provider": args["provider"]}
-    return [n for n in seen.values() if n["provider"] == "CPUExecutionProvider"]
+    return [n for n in seen.values() if n["provider"] == CPU]
 
 
 class _Bound:
@@ -123,8 +118,6 @@ class _Bound:
 
     def __init__(self, spec: ModelSpec, path: Path, batch: int, providers: list, device_id: int,
                  allow_fallback: bool, warmup_runs: int):
-        import onnxruntime as ort
-
         self.spec = spec
         self.batch = batch
         so = session_options(1)
@@ -152,24 +145,27 @@ class _Bound:
         return [self.outputs[t.name].numpy() for t in self.spec.outputs]
 
 
-class GpuRuntime:
-    """The node's runtime on a GPU: ``preprocess``/``encode``/``fuse`` like ModelRuntime, IO-bound.
+class GpuRuntime(BundleRuntime):
+    """The node's runtime on a GPU: the :class:`~fusion_node.runtime.Runtime` calls, IO-bound.
 
     ``GpuRuntime(manifest, provider="cuda"|"tensorrt", cuda_graph=True, fp16=True, batched=None)``;
-    ``batched`` is a ``batched.json`` from :func:`models.batched.export_batched` for
-    :meth:`encode_batch`. Raises :class:`ModelError` when no GPU is usable.
+    ``batched`` is a :class:`~fusion_node.manifest.BatchedModels` or the path of its
+    ``batched.json``, for :meth:`encode_batch`. Raises :class:`ModelError` when no GPU is usable
+    or the batched copy does not belong to the bundle.
     """
 
     def __init__(self, manifest: Manifest | str | os.PathLike, provider: str = "cuda", *, device_id: int = 0,
                  cuda_graph: bool = True, fp16: bool = True, trt_cache_dir: str | os.PathLike | None = None,
-                 batched: str | os.PathLike | None = None, warmup_runs: int = 3):
+                 batched: BatchedModels | str | os.PathLike | None = None, warmup_runs: int = 3):
+        if provider not in _PROVIDER:
+            raise ValueError(f"provider must be 'cuda' or 'tensorrt', got {provider!r}")
         problem = gpu_problem(device_id)
         if problem is not None:
             raise ModelError(f"GPU runtime unavailable: {problem}")
-        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        super().__init__(manifest)
+        if batched is not None and not isinstance(batched, BatchedModels):
+            batched = load_batched(batched, self.manifest)
         self.requested_provider = provider
-        self.preprocessors = {m: PREPROCESSORS[m].from_dict(dict(s.preprocess))
-                              for m, s in self.manifest.encoders.items()}
         self.notes: list[str] = []
         self.fallback_nodes: dict[str, list[dict]] = {}
         self._models: dict[str, _Bound] = {}
@@ -179,17 +175,14 @@ class GpuRuntime:
         for key, spec in self.manifest.models.items():
             self._models[key] = self._bind(key, spec, spec.path, 1, provider, cuda_graph, opts, warmup_runs)
         if batched is not None:
-            from models.batched import load_batched
-
-            meta = load_batched(batched, self.manifest)
-            self.batch = int(meta["batch"])
-            for key in MODALITIES:
-                spec = self.manifest.encoders[key]
-                self._batched[key] = self._bind(key, spec, meta["paths"][key], self.batch, provider, cuda_graph, opts,
+            self.batch = batched.batch
+            for key, spec in self.manifest.encoders.items():
+                self._batched[key] = self._bind(key, spec, batched.paths[key], self.batch, provider, cuda_graph, opts,
                                                 warmup_runs)
         used = {b.provider for b in self._models.values()}
-        self.provider = next(iter(used)) if len(used) == 1 else "mixed"
-        self.provider_note = "; ".join(self.notes) or f"{provider}: IO binding" + (", CUDA graphs" if cuda_graph else "")
+        self._provider = next(iter(used)) if len(used) == 1 else "mixed"
+        self._provider_note = "; ".join(self.notes) or f"{provider}: IO binding" + (
+            ", CUDA graphs" if cuda_graph else "")
 
     def _bind(self, key: str, spec: ModelSpec, path: Path, batch: int, provider: str, cuda_graph: bool, opts: dict,
               warmup_runs: int) -> _Bound:
@@ -198,82 +191,36 @@ class GpuRuntime:
             return _Bound(spec, path, batch, providers, opts["device_id"], False, warmup_runs)
         except Exception as exc:  # noqa: BLE001 - a node the GPU cannot run, or graph capture refused
             nodes = cpu_fallback_nodes(path, provider_options(provider, cuda_graph=False, **opts))
-            self.fallback_nodes[key] = nodes
-            self.notes.append(f"{key}: {len(nodes)} node(s) on CPU ({', '.join(n['op'] for n in nodes[:5])}); "
+            label = key if batch == 1 else f"{key}@batch{batch}"  # the batched copy is another model
+            self.fallback_nodes[label] = nodes
+            self.notes.append(f"{label}: {len(nodes)} node(s) on CPU ({', '.join(n['op'] for n in nodes[:5])}); "
                               f"no CUDA graph for it ({' '.join(str(exc).split())[:120]})")
             log.warning("GPU runtime: %s", self.notes[-1])
             return _Bound(spec, path, batch, provider_options(provider, cuda_graph=False, **opts), opts["device_id"],
                           True, warmup_runs)
 
-    # -- the ModelRuntime surface the core uses ------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def trained(self) -> bool:
-        return self.manifest.trained
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.manifest.classes
-
-    @property
-    def thresholds(self) -> Mapping[str, float]:
-        return self.manifest.thresholds
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.manifest.embedding_dim
-
-    @property
-    def audio_window_s(self) -> float:
-        return self.preprocessors["audio"].window_s
-
-    def preprocess(self, modality: str, *raw: np.ndarray) -> tuple[np.ndarray, ...]:
-        out = self.preprocessors[modality](raw[0])
-        return out if isinstance(out, tuple) else (out,)
-
-    def encode(self, modality: str, *arrays: np.ndarray) -> np.ndarray:
-        spec = self.manifest.encoders[modality]
-        return self._models[modality].run({t.name: a for t, a in zip(spec.inputs, arrays)})[0]
+    def _run(self, key: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._models[key].run(feed)
 
     def encode_batch(self, modality: str, batch: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
         """Embeddings ``(1, D)`` for several sets' inputs; one run per ``self.batch`` sets when batched."""
-        if modality not in self._batched or len(batch) == 1:
-            return [self.encode(modality, *args) for args in batch]
+        if modality not in self._batched or len(batch) <= 1:
+            return super().encode_batch(modality, batch)
+        feeds = [self._encoder_feed(modality, arrays) for arrays in batch]  # every set checked first
         spec = self.manifest.encoders[modality]
-        out: list[np.ndarray] = []
         model = self._batched[modality]
-        for start in range(0, len(batch), self.batch):
-            chunk = batch[start:start + self.batch]
+        out: list[np.ndarray] = []
+        for start in range(0, len(feeds), self.batch):
+            chunk = feeds[start:start + self.batch]
             feed = {}
-            for j, t in enumerate(spec.inputs):
+            for t in spec.inputs:
                 stacked = np.zeros((self.batch, *t.shape[1:]), np.float32)  # padded to the fixed batch
-                for b, args in enumerate(chunk):
-                    stacked[b] = args[j][0]
+                for b, one in enumerate(chunk):
+                    stacked[b] = one[t.name][0]
                 feed[t.name] = stacked
             emb = model.run(feed)[0]
             out += [emb[b:b + 1].copy() for b in range(len(chunk))]
         return out
-
-    def fuse(self, embeddings: Mapping[str, np.ndarray | None]) -> HeadOutput:
-        dim = self.manifest.embedding_dim
-        present = np.zeros((1, len(MODALITIES)), np.float32)
-        feed = {}
-        for k, m in enumerate(MODALITIES):
-            e = embeddings.get(m)
-            if e is None:
-                feed[m] = np.zeros((1, dim), np.float32)
-            else:
-                feed[m] = np.asarray(e, np.float32).reshape(1, dim)
-                present[0, k] = 1.0
-        feed["present"] = present
-        logits, certainty, weights, consistency = self._models["head"].run(feed)
-        assert len(HEAD_OUTPUTS) == 4
-        return HeadOutput(probabilities=_sigmoid(logits[0]), certainty=certainty[0], weights=weights[0],
-                          consistency=float(consistency[0, 0]), logits=logits[0], present=present[0])
 
     def __repr__(self) -> str:
         return f"GpuRuntime({self.name!r}, provider={self.provider!r}, batch={self.batch}, notes={self.notes})"

@@ -37,9 +37,11 @@ import zmq
 
 from .config import RigConfig
 from .core import FusionCore
+from .cpu_runtime import ModelRuntime
 from .gpu_runtime import GpuRuntime
-from .inference import ModelError, ModelRuntime, load_manifest
+from .manifest import ModelError, load_manifest
 from .rig import load_rig
+from .runtime import Runtime
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
 
@@ -54,7 +56,7 @@ RECV_BUDGET = 4096
 MAX_LEASES = 4096
 
 
-def load_runtime(cfg: RigConfig):
+def load_runtime(cfg: RigConfig) -> Runtime | None:
     """The model runtime named by the config, or None to run synchronisation only.
 
     With a GPU provider and ``node.io_binding`` the node runs the IO-binding runtime
@@ -92,8 +94,8 @@ class RigRouter:
 class FusionNode:
     """Owns the sockets of one node serving one or more rigs, and the loop that drives their cores."""
 
-    def __init__(self, cfg: RigConfig | Sequence[RigConfig], runtime=None, *, context: zmq.Context | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns):
+    def __init__(self, cfg: RigConfig | Sequence[RigConfig], runtime: Runtime | None = None, *,
+                 context: zmq.Context | None = None, clock: Callable[[], int] = time.monotonic_ns):
         self.cfgs: list[RigConfig] = [cfg] if isinstance(cfg, RigConfig) else list(cfg)
         if not self.cfgs:
             raise ValueError("a node serves at least one rig")

@@ -328,7 +328,7 @@ class AudioPreprocess:
         return f"AudioPreprocess({params})"
 
 
-# Modality -> preprocess class, in the order of fusion_node.inference.MODALITIES.
+# Modality -> preprocess class, in the order of fusion_node.vocabulary.MODALITIES.
 PREPROCESSORS: dict[str, type] = {
     "camera": CameraPreprocess,
     "radar": RadarPreprocess,

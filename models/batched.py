@@ -10,8 +10,9 @@ onnxruntime (CPU), and records the result in ``batched.json``::
      "files": {"camera": "camera.onnx", ...}, "sha256": {file: hex}, "parity_max_abs_diff": {file: x}}
 
 ``dynamic=True`` writes a symbolic batch dimension ``"N"`` instead (any batch size; TensorRT then
-needs an optimisation profile, so fixed N is the default). ``fusion_node.gpu_runtime`` loads
-such a directory with :func:`load_batched`.
+needs an optimisation profile, so fixed N is the default). The node reads such a directory with
+:func:`fusion_node.manifest.load_batched` (which checks it against the bundle) and hands it to
+``fusion_node.gpu_runtime.GpuRuntime``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["export_batched", "load_batched", "BATCHED_NAME"]
+from fusion_node.manifest import BATCHED_NAME, PARITY_TOLERANCE, file_sha256, load_manifest
 
-BATCHED_NAME = "batched.json"
-PARITY_TOLERANCE = 1e-4
+__all__ = ["export_batched"]
 
 
 def _set_batch(model, batch: int | None) -> None:
@@ -47,10 +47,9 @@ def export_batched(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
 
     Raises ValueError if a copy does not reproduce the batch-1 model within 1e-4.
     """
+    # onnx is part of the training extra, not of the node's install.
     import onnx
     import onnxruntime as ort
-
-    from fusion_node.inference import file_sha256, load_manifest
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
@@ -91,22 +90,3 @@ def export_batched(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
     path.write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
-
-def load_batched(path: str | os.PathLike, manifest) -> dict:
-    """Read ``batched.json`` and check it was made from ``manifest`` and that its files are intact.
-
-    Returns the metadata with ``paths`` (model key -> Path) added; raises ValueError otherwise.
-    """
-    from fusion_node.inference import file_sha256
-
-    path = Path(path)
-    meta = json.loads(path.read_text())
-    if dict(meta.get("source_sha256", {})) != dict(manifest.sha256):
-        raise ValueError(f"{path}: made from another bundle than {manifest.path}; re-run export_batched")
-    paths = {}
-    for key, file in meta["files"].items():
-        p = path.parent / file
-        if not p.is_file() or file_sha256(p) != meta["sha256"][file]:
-            raise ValueError(f"{path}: {file} is missing or modified; re-run export_batched")
-        paths[key] = p
-    return {**meta, "paths": paths}

@@ -1,6 +1,6 @@
 """``fusion eval``: the exported models, run exactly as the node runs them, on held-out data.
 
-Evaluation loads a model manifest into :class:`fusion_node.inference.ModelRuntime` (onnxruntime,
+Evaluation loads a model manifest into :class:`fusion_node.cpu_runtime.ModelRuntime` (onnxruntime,
 the node's preprocessing), so what is measured is what ships. Data: simulated windows from the
 held-out half of the simulator's real assets and seeds never used in training, under normal and
 adverse conditions, plus the held-out parts of the real recordings.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_node.cpu_runtime import ModelRuntime
+from fusion_node.manifest import load_manifest
 from models.dataset import PREPROCESS, Windows, load_or_generate, real_windows
 from sensors.sim import CLASSES
 
@@ -70,8 +72,6 @@ class _OnnxEvaluator:
     """Per-window embeddings and head outputs from the exported models, as the node computes them."""
 
     def __init__(self, manifest: Path, provider: str = "cpu"):
-        from fusion_node.inference import ModelRuntime, load_manifest
-
         self.rt = ModelRuntime(load_manifest(manifest), provider=provider)
         self.thresholds = np.array([self.rt.thresholds.get(c, 0.5) for c in CLASSES])
 

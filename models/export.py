@@ -74,7 +74,7 @@ import torch
 from onnx import external_data_helper
 from torch import nn
 
-from fusion_node.inference import file_sha256
+from fusion_node.manifest import FORMAT_VERSION, PARITY_TOLERANCE, file_sha256
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from models.architectures import (
     DEFAULT_CLASSES,
@@ -96,7 +96,6 @@ __all__ = [
     "export_untrained_bundle",
 ]
 
-FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ENCODER_INPUT_NAMES: dict[str, tuple[str, ...]] = {
     "camera": ("image",),
@@ -325,7 +324,7 @@ def export_bundle(
     consistency_threshold: float | None = None,
     opset: int = 17,
     exporter: str = "torchscript",
-    parity_tol: float = 1e-4,
+    parity_tol: float = PARITY_TOLERANCE,
 ) -> Path:
     """Export the three encoders and the head to ``out_dir``; returns the ``manifest.json`` path.
 
@@ -411,7 +410,7 @@ def export_bundle(
         manifest["sha256"] = {f: file_sha256(tmp / f) for f in files}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         # Manifest last: a reader that finds a manifest finds the files it describes (the sha256
-        # check in fusion_node.inference catches a reader racing an in-progress re-export).
+        # check in fusion_node.manifest catches a reader racing an in-progress re-export).
         for f in files + [MANIFEST_NAME]:
             os.replace(tmp / f, out_dir / f)
     finally:

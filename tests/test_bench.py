@@ -25,7 +25,11 @@ def _check_result(res: dict, rigs: int) -> None:
     for stage in STAGES:
         s = res["stages_ms"][stage]
         assert s["n"] > 0 and s["p50"] is not None and s["p99"] is not None, stage
-    assert isinstance(res["drops"], int) and res["drops"] >= 0
+    # A drop is an expected frame with no event: the count agrees with its own detail and with the
+    # misses the latency histogram counted as infinitely late.
+    detail = res["drops_detail"]
+    assert res["drops"] == detail["missed"] == detail["frames_expected"] - detail["events_in_window"]
+    assert res["e2e_with_misses_ms"]["misses"] == res["drops"]
     assert res["rigs"] == rigs
     assert "max_rigs_realtime" in res
     assert res["baselines"]["ort_step_ms"] > 0 and res["baselines"]["torch_step_ms"] > 0
@@ -71,8 +75,10 @@ def test_fusion_bench_finds_max_rigs(tmp_path):
                            "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert isinstance(res["max_rigs_realtime"], int)
-    assert [t["rigs"] for t in res["max_rigs_search"]["trials"]][:1] == [1]
+    trials = res["max_rigs_search"]["trials"]
+    assert [t["rigs"] for t in trials][:1] == [1]
+    # The answer is the largest rig count whose trial ran in real time (0 if none did).
+    assert res["max_rigs_realtime"] == max((t["rigs"] for t in trials if t["realtime"]), default=0) <= 4
 
 
 def _fake(limit_ok: int):

@@ -158,9 +158,12 @@ def test_clock_mapping_with_drift():
     assert arr.tolist() == [10_001_000_000, 110_006_000_000]
 
 
-def test_transform_extrinsics_round_trip():
+def test_transform_extrinsics_round_trip(tmp_path):
     T = Transform.from_rvec([0.1, -0.2, 0.3], [1.0, 2.0, 3.0])
     ext = T.to_extrinsics()
     assert Transform.from_extrinsics(ext).angle_to_deg(T) < 1e-9
     assert np.allclose(Transform.from_extrinsics(ext).t, T.t)
-    assert isinstance(Rig(rig="r", sensors=[{"id": "radar0", "kind": "radar", "extrinsics": ext}]), Rig)
+    # The same pose survives a rig file: saved, loaded back, it is still T.
+    path = save_rig(Rig(rig="r", sensors=[{"id": "radar0", "kind": "radar", "extrinsics": ext}]), tmp_path / "r.yaml")
+    back = Transform.from_extrinsics(load_rig(path).sensor("radar0", kind="radar").extrinsics)
+    assert back.angle_to_deg(T) < 1e-9 and np.allclose(back.t, T.t, atol=1e-12)

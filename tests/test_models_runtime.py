@@ -1,7 +1,9 @@
-"""Models end to end: torch export -> ONNX bundle -> manifest validation -> onnxruntime runtime.
+"""Models end to end: torch export -> ONNX bundle -> manifest validation -> providers -> the plain runtime.
 
 Everything here is real: the bundle is exported from torch once per module, and the runtime
-runs real onnxruntime sessions. Preprocessing is checked against values computed by hand.
+runs real onnxruntime sessions. Preprocessing is checked against values computed by hand. What
+every runtime must do (shapes, missing modalities, bad inputs) is tested once for all of them in
+``test_runtime_contract.py``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fusion_node import inference
-from fusion_node.inference import (
-    MODALITIES,
-    HeadOutput,
-    ModelError,
-    ModelRuntime,
-    load_manifest,
-    resolve_providers,
-    session_options,
-)
+from fusion_node.cpu_runtime import ModelRuntime
+from fusion_node.manifest import HEAD_INPUTS, HEAD_OUTPUTS, ModelError, file_sha256, load_manifest
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
+from fusion_node.providers import resolve_providers, session_options
+from fusion_node.vocabulary import MODALITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = "CPUExecutionProvider"
@@ -69,26 +65,20 @@ def _edit_manifest(path: Path, edit) -> None:
     path.write_text(json.dumps(data))
 
 
-def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
-    v = rng.standard_normal((1, dim)).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
 # --------------------------------------------------------------------------- the no-torch rule
 
 
 def test_fusion_node_never_imports_torch():
-    code = ("import sys; import fusion_node.preprocess, fusion_node.inference; "
+    code = ("import sys; import fusion_node.node, fusion_node.gpu_runtime; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
 def test_modality_order_matches_architectures():
-    from models.architectures import HEAD_INPUTS, HEAD_OUTPUTS
-    from models.architectures import MODALITIES as TORCH_MODALITIES
+    from models import architectures
 
-    assert MODALITIES == TORCH_MODALITIES
-    assert inference.HEAD_INPUTS == HEAD_INPUTS and inference.HEAD_OUTPUTS == HEAD_OUTPUTS
+    assert MODALITIES == architectures.MODALITIES
+    assert HEAD_INPUTS == architectures.HEAD_INPUTS and HEAD_OUTPUTS == architectures.HEAD_OUTPUTS
 
 
 # --------------------------------------------------------------------------- export + manifest
@@ -224,7 +214,7 @@ def test_onnx_file_disagreeing_with_manifest(bundle_copy):
     # Swap in the radar model as the camera model and fix up the sha so only the I/O check sees it.
     d = bundle_copy.parent
     shutil.copy(d / "radar.onnx", d / "camera.onnx")
-    sha = inference.file_sha256(d / "camera.onnx")
+    sha = file_sha256(d / "camera.onnx")
     _edit_manifest(bundle_copy, lambda m: m["sha256"].update({"camera.onnx": sha}))
     with pytest.raises(ModelError, match=r"camera\.onnx' has inputs"):
         ModelRuntime(bundle_copy, provider="cpu", warmup_runs=0)
@@ -245,7 +235,7 @@ def test_session_options_for_streaming():
 
 
 def test_resolve_providers(monkeypatch, tmp_path):
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
     assert resolve_providers("cpu") == [(CPU, {})]
     assert [p for p, _ in resolve_providers("cuda")] == [CUDA, CPU]
     trt = resolve_providers("tensorrt", trt_cache_dir=tmp_path / "trt", trt_fp16=False)
@@ -253,7 +243,7 @@ def test_resolve_providers(monkeypatch, tmp_path):
     assert trt[0][1]["trt_engine_cache_path"] == str(tmp_path / "trt") and trt[0][1]["trt_fp16_enable"] is False
     assert (tmp_path / "trt").is_dir()
     assert [p for p, _ in resolve_providers("AUTO", trt_cache_dir=tmp_path)] == [TRT, CUDA, CPU]
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CPU])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
     assert [p for p, _ in resolve_providers("auto")] == [CPU]
     with pytest.raises(ValueError, match="provider must be one of"):
         resolve_providers("gpu")
@@ -267,7 +257,7 @@ def test_cpu_runtime(runtime):
 
 
 def test_cuda_request_falls_back_to_cpu_with_note(bundle, caplog):
-    caplog.set_level(logging.WARNING, logger="fusion_node.inference")
+    caplog.set_level(logging.WARNING, logger="fusion_node.cpu_runtime")
     rt = ModelRuntime(bundle, provider="cuda")
     if rt.provider == CUDA:  # a machine with a working GPU stack
         assert rt.provider_note == "cuda: using CUDA"
@@ -276,7 +266,7 @@ def test_cuda_request_falls_back_to_cpu_with_note(bundle, caplog):
     assert rt.provider_note.startswith("CUDA requested but unavailable") and rt.provider_note.endswith("using CPU")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and rt.provider_note in warnings[0].getMessage()  # once, not once per session
-    out = rt.fuse({"camera": rt.encode("camera", rt.preprocess_camera(np.zeros((8, 8, 3), np.uint8)))})
+    out = rt.fuse({"camera": rt.encode("camera", *rt.preprocess("camera", np.zeros((8, 8, 3), np.uint8)))})
     assert np.isfinite(out.probabilities).all()
 
 
@@ -289,20 +279,20 @@ def test_provider_exception_falls_back(bundle, monkeypatch):
             raise RuntimeError("simulated CUDA failure\nsecond line")
         return real(path, sess_options=sess_options, providers=providers, **kw)
 
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(inference.ort, "InferenceSession", flaky)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", flaky)
     rt = ModelRuntime(bundle, provider="cuda", warmup_runs=1)
     assert rt.provider == CPU
     assert "CUDA: simulated CUDA failure second line" in rt.provider_note
 
 
 def test_provider_notes_follow_the_build(bundle, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="fusion_node.inference")
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CUDA, CPU])
+    caplog.set_level(logging.INFO, logger="fusion_node.cpu_runtime")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     rt = ModelRuntime(bundle, provider="tensorrt", warmup_runs=0)
     assert rt.provider_note.startswith("TensorRT requested but unavailable (TensorRT: not in this onnxruntime build")
     # A CPU-only build asked for "auto" is not a failure: an info line, no warning.
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: [CPU])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU])
     caplog.clear()
     rt = ModelRuntime(bundle, provider="auto", warmup_runs=0)
     assert rt.provider == CPU and rt.provider_note == "auto: this onnxruntime build offers no GPU provider; using CPU"
@@ -323,62 +313,9 @@ def test_encode_every_modality(runtime):
         emb = runtime.encode(m, *runtime.preprocess(m, raw[m]))
         assert emb.shape == (1, 64) and emb.dtype == np.float32
         assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
-    # The thin wrappers are the same preprocessing.
-    np.testing.assert_array_equal(runtime.preprocess_camera(raw["camera"]),
-                                  runtime.preprocess("camera", raw["camera"])[0])
     # An empty radar frame still encodes to a finite vector.
-    empty = runtime.encode("radar", *runtime.preprocess_radar(np.zeros((0, 6), np.float32)))
+    empty = runtime.encode("radar", *runtime.preprocess("radar", np.zeros((0, 6), np.float32)))
     assert np.isfinite(empty).all()
-
-
-def test_fuse_missing_modality_gets_zero_weight(runtime):
-    rng = np.random.default_rng(1)
-    out = runtime.fuse({"camera": _unit(rng, 64), "radar": None, "audio": _unit(rng, 64)})
-    assert isinstance(out, HeadOutput)
-    assert out.weights[1] == 0.0 and out.certainty[1] == 0.0
-    assert out.weights.sum() == pytest.approx(1.0, abs=1e-6) and (out.weights[[0, 2]] > 0).all()
-    assert out.present.tolist() == [1.0, 0.0, 1.0]
-    assert out.probabilities.shape == (len(runtime.classes),)
-    assert ((out.probabilities > 0) & (out.probabilities < 1)).all()
-    assert -1.0 - 1e-5 <= out.consistency <= 1.0 + 1e-5
-    # A missing key is the same as None; a 1-D embedding is accepted.
-    only = runtime.fuse({"audio": _unit(rng, 64)[0]})
-    assert only.weights.tolist() == [0.0, 0.0, 1.0] and only.consistency == 1.0
-
-
-def test_fuse_all_missing_is_finite(runtime):
-    out = runtime.fuse({})
-    for arr in (out.probabilities, out.certainty, out.weights, out.logits):
-        assert np.isfinite(arr).all()
-    assert out.weights.tolist() == [0.0, 0.0, 0.0] and out.certainty.tolist() == [0.0, 0.0, 0.0]
-    assert out.consistency == 1.0
-
-
-def test_fuse_consistency_tracks_agreement(runtime):
-    e = _unit(np.random.default_rng(2), 64)
-    agree = runtime.fuse({"camera": e, "radar": e, "audio": e})
-    assert agree.consistency == pytest.approx(1.0, abs=1e-5)
-    disagree = runtime.fuse({"camera": e, "radar": -e})
-    assert disagree.consistency == pytest.approx(-1.0, abs=1e-5)
-
-
-def test_invalid_runtime_inputs(runtime):
-    with pytest.raises(ValueError, match=r"camera: input 'image' must be float32 with shape \(1, 3, 96, 96\)"):
-        runtime.encode("camera", np.zeros((1, 3, 64, 64), np.float32))
-    with pytest.raises(ValueError, match=r"camera: .*got float64"):
-        runtime.encode("camera", np.zeros((1, 3, 96, 96)))
-    with pytest.raises(ValueError, match=r"radar: expected 2 input array\(s\)"):
-        runtime.encode("radar", np.zeros((1, 64, 5), np.float32))
-    with pytest.raises(ValueError, match="unknown modality"):
-        runtime.encode("lidar", np.zeros(1, np.float32))
-    with pytest.raises(ValueError, match="unknown modalities"):
-        runtime.fuse({"lidar": None})
-    with pytest.raises(ValueError, match=r"radar embedding must be float32 with shape \(1, 64\)"):
-        runtime.fuse({"radar": np.zeros((1, 32), np.float32)})
-    with pytest.raises(ValueError, match="NaN"):
-        runtime.fuse({"audio": np.full((1, 64), np.nan, np.float32)})
-    with pytest.raises(ValueError, match="uint8"):
-        runtime.preprocess("camera", np.zeros((8, 8, 3), np.float32))
 
 
 # --------------------------------------------------------------------------- preprocessing

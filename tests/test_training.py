@@ -84,7 +84,8 @@ def test_eval_writes_every_required_key_and_a_report(tiny_run, tmp_path):
 
 
 def test_shipped_models_are_trained_and_classify_held_out_scenes(tmp_path):
-    from fusion_node.inference import ModelRuntime, load_manifest
+    from fusion_node.cpu_runtime import ModelRuntime
+    from fusion_node.manifest import load_manifest
     from models.evaluate import evaluate
 
     manifest = load_manifest(DEFAULT)
