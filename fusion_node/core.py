@@ -80,6 +80,9 @@ class FusionCore:
             s.id: SensorState(s.id, s.kind, s.clock_offset_ns, s.liveness_timeout_ns, deque(maxlen=s.buffer_len))
             for s in cfg.sensors
         }
+        # Buffers are drained audio first so windows are ready when frames release sets; the
+        # order is fixed by the config, so it is settled once here rather than sorted every step.
+        self._drain_order = sorted(self.sensors.values(), key=lambda s: s.kind != "audio")
         if cfg.node.rig_file:
             self._apply_rig_file(cfg.node.rig_file)
         self.assembler = SetAssembler(cfg)
@@ -200,8 +203,8 @@ class FusionCore:
             if len(st.buffer) == st.buffer.maxlen:
                 st.dropped += 1  # the oldest falls out: the node is behind, fresh data wins
             st.buffer.append(member)
-        # Buffers are drained in capture order per sensor; audio first so windows are ready.
-        for st in sorted(self.sensors.values(), key=lambda s: s.kind != "audio"):
+        # Buffers are drained in capture order per sensor, sensors in ``_drain_order``.
+        for st in self._drain_order:
             while st.buffer:
                 member = st.buffer.popleft()
                 if st.kind == "audio":
