@@ -80,9 +80,6 @@ class FusionCore:
             s.id: SensorState(s.id, s.kind, s.clock_offset_ns, s.liveness_timeout_ns, deque(maxlen=s.buffer_len))
             for s in cfg.sensors
         }
-        # Buffers are drained audio first so windows are ready when frames release sets; the
-        # order is fixed by the config, so it is settled once here rather than sorted every step.
-        self._drain_order = sorted(self.sensors.values(), key=lambda s: s.kind != "audio")
         if cfg.node.rig_file:
             self._apply_rig_file(cfg.node.rig_file)
         self.assembler = SetAssembler(cfg)
@@ -102,6 +99,9 @@ class FusionCore:
         self._event_seq = 0
         self._t_first_ns: int | None = None  # first step: a sensor never heard from is failed only
         self._now_ns = 0  # once its liveness timeout has passed since then
+        # Buffers are drained audio first so windows are ready when frames release sets; the
+        # order is fixed by the config, so it is settled once here rather than sorted every step.
+        self._drain_order = sorted(self.sensors.values(), key=lambda s: s.kind != "audio")
 
     def _apply_rig_file(self, path: str) -> None:
         """Clock offsets and drifts from the rig calibration file replace the config's offsets."""
