@@ -3,7 +3,9 @@
 Run with ``pytest bench --benchmark-enable`` (``make bench``); under plain ``pytest`` the
 benchmark fixture runs each body once, as a smoke test. Wire decode (inline and shared-memory
 camera frames, radar, audio), synchronisation (one camera frame through the core's admission
-and the reference policy), preprocessing per modality, each encoder and the fusion head.
+and the reference policy), the audio ring (chunk writes, a window cut across the wrap-around),
+the reference policy alone (add and poll at full history), preprocessing per modality (the
+camera also without the runtime, at two frame sizes), each encoder and the fusion head.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import time
 import numpy as np
 import pytest
 
+from fusion_node.assembly import Member, ReferencePolicy
+from fusion_node.audio_ring import AudioRing
 from fusion_node.config import config_from_dict
 from fusion_node.core import FusionCore
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.node import limit_threads
+from fusion_node.preprocess import CameraPreprocess
 from fusion_node.shm import ShmReader, ShmRingWriter, ring_name
+from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode, encode
 
 from .models import prepare, sample_inputs
@@ -90,6 +96,63 @@ def test_sync_add_camera_frame(benchmark, raw):
 
     benchmark(step)
     assert core.sensors["cam0"].accepted >= 1
+
+
+RING_RATE = WIRE_AUDIO_RATE_HZ
+CHUNK = RING_RATE // 50  # 20 ms, as the sensors send
+CHUNK_NS = 20_000_000
+
+
+def test_audio_ring_write_20ms(benchmark, raw):
+    ring = AudioRing(RING_RATE, 4.0)
+    chunk = raw["audio"][:CHUNK]
+    state = {"t": 0}
+
+    def write():
+        state["t"] += CHUNK_NS
+        return ring.write(state["t"], chunk)
+
+    assert benchmark(write) is None
+    assert ring.gaps == 0
+
+
+def test_audio_ring_window_1s_wrapped(benchmark, raw):
+    """The model's one-second window, cut where it straddles the end of the ring's storage."""
+    ring = AudioRing(RING_RATE, 4.0)
+    signal = raw["audio"]
+    for i in range(225):  # 4.5 s into a 4 s ring: the newest second wraps around
+        ring.write(i * CHUNK_NS, signal[(i * CHUNK) % (len(signal) - CHUNK):][:CHUNK])
+    assert (ring._written - RING_RATE) % ring.capacity > ring._written % ring.capacity  # wraps
+    win = benchmark(ring.window, ring.end_ns, 1.0)
+    assert win.coverage == 1.0 and len(win.samples) == RING_RATE
+
+
+def test_reference_policy_add_poll(benchmark):
+    """One radar (20 Hz) and one camera (30 Hz) message added and a poll, with full histories."""
+    policy = ReferencePolicy("cam0", ["radar0", "radar1"], [], tolerance_ns=40_000_000,
+                             deadline_ns=200_000_000, max_pending=8)
+    state = {"t": 0, "seq": 0}
+
+    def cycle():
+        state["seq"] += 1
+        t = state["t"] = state["t"] + 33_333_333
+        for sid in ("radar0", "radar1"):
+            policy.add(Member(sid, "radar", None, t - 50_000_000 + state["seq"] % 3, t))
+        policy.add(Member("cam0", "camera", None, t, t))
+        return policy.poll(t)
+
+    for _ in range(100):  # histories full (64 each), intervals known
+        cycle()
+    benchmark(cycle)
+    assert policy.counters["released_complete"] > 0
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1280, 720)])
+def test_camera_preprocess(benchmark, size):
+    pp = CameraPreprocess((96, 96))
+    img = camera_frames(*size, count=1)[0]
+    out = benchmark(pp, img)
+    assert out.shape == (1, 3, 96, 96) and out.flags.c_contiguous
 
 
 @pytest.mark.parametrize("modality", ["camera", "radar", "audio"])

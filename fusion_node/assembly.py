@@ -58,6 +58,8 @@ class ReferencePolicy:
     whose deadline (reference time + ``deadline_ns``) has passed.
     """
 
+    MIN_INTERVALS = 4  # intervals seen before the shortest one is trusted to predict the next message
+
     def __init__(self, driver: str, others: list[str], audio_ids: list[str], *, tolerance_ns: int,
                  deadline_ns: int, max_pending: int, history: int = 64, wait_for_audio: bool = True):
         self.driver = driver
@@ -69,10 +71,15 @@ class ReferencePolicy:
         self.wait_for_audio = wait_for_audio
         self._pending: deque[Member] = deque()
         self._hist: dict[str, list[Member]] = {s: [] for s in self.others}
+        # The history's times, kept sorted alongside it: every add and every lookup bisects
+        # this list instead of rebuilding it from the members.
+        self._keys: dict[str, list[int]] = {s: [] for s in self.others}
         self._hist_len = history
         # Recent inter-message intervals per sensor: a lower bound on when the next message
-        # can be stamped lets a set be released before that message arrives.
+        # can be stamped lets a set be released before that message arrives. Their minimum is
+        # kept up to date on add (None until there are enough), since every poll reads it.
         self._intervals: dict[str, deque[int]] = {s: deque(maxlen=16) for s in self.others}
+        self._min_interval: dict[str, int | None] = {s: None for s in self.others}
         self.audio_end_ns: dict[str, int | None] = {a: None for a in self.audio_ids}
         self.dead: set[str] = set()
         self.counters: Counter = Counter()
@@ -87,13 +94,18 @@ class ReferencePolicy:
                 self._pending.popleft()
                 self.counters["reference_dropped"] += 1
             return
-        hist = self._hist[member.sensor_id]
-        if hist and member.t_rig_ns > hist[-1].t_rig_ns:
-            self._intervals[member.sensor_id].append(member.t_rig_ns - hist[-1].t_rig_ns)
-        keys = [m.t_rig_ns for m in hist]
-        hist.insert(bisect.bisect_right(keys, member.t_rig_ns), member)
+        sid = member.sensor_id
+        hist, keys = self._hist[sid], self._keys[sid]
+        t = member.t_rig_ns
+        if keys and t > keys[-1]:
+            intervals = self._intervals[sid]
+            intervals.append(t - keys[-1])
+            self._min_interval[sid] = min(intervals) if len(intervals) >= self.MIN_INTERVALS else None
+        i = bisect.bisect_right(keys, t)
+        keys.insert(i, t)
+        hist.insert(i, member)
         if len(hist) > self._hist_len:
-            del hist[0]
+            del hist[0], keys[0]
 
     def rebase(self, sensor_id: str) -> None:
         """Forget a sensor's history after its clock jumped (restart, looped file)."""
@@ -101,30 +113,31 @@ class ReferencePolicy:
             self._pending.clear()
         elif sensor_id in self._hist:
             self._hist[sensor_id].clear()
+            self._keys[sensor_id].clear()
             self._intervals[sensor_id].clear()
+            self._min_interval[sensor_id] = None
         elif sensor_id in self.audio_end_ns:
             self.audio_end_ns[sensor_id] = None
 
     def _nearest(self, sensor_id: str, t_ref: int) -> tuple[Member | None, bool]:
         """Nearest message within tolerance, and whether it can no longer improve."""
-        hist = self._hist[sensor_id]
-        keys = [m.t_rig_ns for m in hist]
+        hist, keys = self._hist[sensor_id], self._keys[sensor_id]
         i = bisect.bisect_left(keys, t_ref)
         best = None
         for j in (i - 1, i):
-            if 0 <= j < len(hist) and abs(hist[j].t_rig_ns - t_ref) <= self.tolerance_ns:
-                if best is None or abs(hist[j].t_rig_ns - t_ref) < abs(best.t_rig_ns - t_ref):
+            if 0 <= j < len(keys) and abs(keys[j] - t_ref) <= self.tolerance_ns:
+                if best is None or abs(keys[j] - t_ref) < abs(best.t_rig_ns - t_ref):
                     best = hist[j]
         # Messages arrive in time order per sensor, so once one at or after t_ref has arrived
         # nothing later can be nearer.
-        if i < len(hist):
+        if i < len(keys):
             return best, True
         # Otherwise the next message comes no earlier than the newest plus the shortest recent
         # interval (less 10% for jitter): if even that is farther than what we hold, stop waiting.
-        intervals = self._intervals[sensor_id]
-        if not hist or len(intervals) < 4:
+        min_interval = self._min_interval[sensor_id]
+        if not keys or min_interval is None:
             return best, False
-        earliest_next = hist[-1].t_rig_ns + int(0.9 * min(intervals))
+        earliest_next = keys[-1] + int(0.9 * min_interval)
         if best is not None:
             return best, earliest_next - t_ref >= abs(best.t_rig_ns - t_ref)
         return best, earliest_next > t_ref + self.tolerance_ns
@@ -161,6 +174,7 @@ class _MessageFiltersAdapter:
                  max_pending: int, wait_for_audio: bool = True):
         self.policy = policy
         self.frame_ids = frame_ids
+        self._topic = {sid: i for i, sid in enumerate(frame_ids)}
         self.audio_ids = audio_ids
         self.deadline_ns = deadline_ns
         self.max_pending = max_pending
@@ -174,7 +188,7 @@ class _MessageFiltersAdapter:
         return self._ready[0].t_ref_ns + self.deadline_ns if self._ready else None
 
     def add(self, member: Member) -> None:
-        for group in self.policy.add(self.frame_ids.index(member.sensor_id), member.t_rig_ns, member):
+        for group in self.policy.add(self._topic[member.sensor_id], member.t_rig_ns, member):
             t_ref = max(m.t_rig_ns for m in group)
             ready = max(m.t_recv_ns for m in group)
             self._ready.append(SyncSet(t_ref, {m.sensor_id: m for m in group}, [], 0, ready, list(self.audio_ids)))

@@ -43,19 +43,30 @@ class AudioRing:
     def _ns(self, n_samples: int) -> int:
         return int(round(n_samples * 1e9 / self.sample_rate_hz))
 
-    def _append(self, samples: np.ndarray, valid: bool) -> None:
-        n = len(samples)
+    def _spans(self, lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
+        """Where running sample indices ``[lo, hi)`` (at most ``capacity`` of them) lie in storage.
+
+        One ``(start, stop, offset)`` slice, or two when the range wraps past the end of the
+        storage; ``offset`` is the slice's position from ``lo``. Plain slices keep reads and
+        writes to one copy, with no index arrays.
+        """
+        start = lo % self.capacity
+        n = hi - lo
+        first = min(n, self.capacity - start)
+        if first == n:
+            return ((start, start + n, 0),)
+        return ((start, self.capacity, 0), (0, n - first, first))
+
+    def _append(self, samples: np.ndarray | None, n: int) -> None:
+        """Append ``n`` captured samples, or ``n`` samples of silence marked invalid when ``samples`` is None."""
         if n >= self.capacity:
-            samples = samples[-self.capacity:]
+            if samples is not None:
+                samples = samples[n - self.capacity:]
             self._written += n - self.capacity
             n = self.capacity
-        start = self._written % self.capacity
-        first = min(n, self.capacity - start)
-        self._samples[start:start + first] = samples[:first]
-        self._valid[start:start + first] = valid
-        if first < n:
-            self._samples[: n - first] = samples[first:]
-            self._valid[: n - first] = valid
+        for a, b, off in self._spans(self._written, self._written + n):
+            self._samples[a:b] = 0.0 if samples is None else samples[off:off + b - a]
+            self._valid[a:b] = samples is not None
         self._written += n
 
     def write(self, t_start_ns: int, samples: np.ndarray) -> str | None:
@@ -64,9 +75,7 @@ class AudioRing:
         if self.end_ns is not None:
             delta = t_start_ns - self.end_ns
             if delta > self.jitter_tolerance_ns:
-                missing = int(round(delta * self.sample_rate_hz / 1e9))
-                self._append(np.zeros(min(missing, self.capacity), dtype=np.float32), valid=False)
-                self._written += max(0, missing - self.capacity)
+                self._append(None, int(round(delta * self.sample_rate_hz / 1e9)))
                 self.gaps += 1
                 self.end_ns = t_start_ns
                 event = "gap"
@@ -78,7 +87,8 @@ class AudioRing:
                 event = "rebase"
         if self.end_ns is None:
             self.end_ns = t_start_ns
-        self._append(np.asarray(samples, dtype=np.float32), valid=True)
+        samples = np.asarray(samples, dtype=np.float32)
+        self._append(samples, len(samples))
         self.end_ns += self._ns(len(samples))
         return event
 
@@ -95,7 +105,10 @@ class AudioRing:
         hi = min(stop, self._written)
         if hi <= lo:
             return AudioWindow(out, 0.0, t_end_ns)
-        idx = np.arange(lo, hi) % self.capacity
-        valid = self._valid[idx]
-        out[lo - start: hi - start] = np.where(valid, self._samples[idx], 0.0)
-        return AudioWindow(out, float(valid.sum()) / n, t_end_ns)
+        covered = 0
+        for a, b, off in self._spans(lo, hi):
+            valid = self._valid[a:b]
+            # Copy only what was captured: gap fill and pre-rebase audio stay zero in ``out``.
+            np.copyto(out[lo - start + off: lo - start + off + b - a], self._samples[a:b], where=valid)
+            covered += int(np.count_nonzero(valid))
+        return AudioWindow(out, covered / n, t_end_ns)

@@ -101,6 +101,9 @@ class FusionCore:
         self._event_seq = 0
         self._t_first_ns: int | None = None  # first step: a sensor never heard from is failed only
         self._now_ns = 0  # once its liveness timeout has passed since then
+        # Buffers are drained audio first so windows are ready when frames release sets; the
+        # order is fixed by the config, so it is settled once here rather than sorted every step.
+        self._drain_order = sorted(self.sensors.values(), key=lambda s: s.kind != "audio")
 
     def _apply_clocks(self, rig: Rig) -> None:
         """Each sensor's clock offset and drift against the rig clock, from the rig calibration file."""
@@ -199,8 +202,8 @@ class FusionCore:
             if len(st.buffer) == st.buffer.maxlen:
                 st.dropped += 1  # the oldest falls out: the node is behind, fresh data wins
             st.buffer.append(member)
-        # Buffers are drained in capture order per sensor; audio first so windows are ready.
-        for st in sorted(self.sensors.values(), key=lambda s: s.kind != "audio"):
+        # Buffers are drained in capture order per sensor, sensors in ``_drain_order``.
+        for st in self._drain_order:
             while st.buffer:
                 member = st.buffer.popleft()
                 if st.kind == "audio":

@@ -62,10 +62,13 @@ def _float_tuple(cls_name: str, name: str, value: Any, n: int, *, positive: bool
 class CameraPreprocess:
     """BGR uint8 image -> normalised RGB float32 tensor ``(1, 3, H, W)``.
 
-    Steps: BGR -> RGB, resize to ``size_hw`` with ``cv2.INTER_AREA`` (an area average, which
-    does not alias when shrinking a large camera frame), scale to [0, 1], subtract ``mean_rgb``
-    and divide by ``std_rgb`` per channel. The aspect ratio is not preserved: the encoder is
-    trained on the same squash, so both sides agree.
+    Steps: resize to ``size_hw`` with ``cv2.INTER_AREA`` (an area average, which does not alias
+    when shrinking a large camera frame), BGR -> RGB, scale to [0, 1], subtract ``mean_rgb`` and
+    divide by ``std_rgb`` per channel. The aspect ratio is not preserved: the encoder is trained
+    on the same squash, so both sides agree. Resizing first touches the full frame once; the
+    channel swap then costs nothing, being the order in which the small image is read into the
+    output. The area resize treats each channel alike, so the result is the same, to the bit, as
+    swapping first.
     """
 
     KEYS = ("size_hw", "mean_rgb", "std_rgb")
@@ -85,9 +88,11 @@ class CameraPreprocess:
         )
         self.mean_rgb = _float_tuple(name, "mean_rgb", mean_rgb, 3)
         self.std_rgb = _float_tuple(name, "std_rgb", std_rgb, 3, positive=True)
-        # Fold the /255 scale and the normalisation into one multiply-add per pixel.
-        self._scale = (1.0 / (255.0 * np.asarray(self.std_rgb, dtype=np.float32))).astype(np.float32)
-        self._offset = (-np.asarray(self.mean_rgb, dtype=np.float32) / np.asarray(self.std_rgb, dtype=np.float32))
+        # Fold the /255 scale and the normalisation into one multiply-add per pixel; shaped
+        # (3, 1, 1) to broadcast over a channel-first (3, H, W) image.
+        self._scale = (1.0 / (255.0 * np.asarray(self.std_rgb, dtype=np.float32))).astype(np.float32)[:, None, None]
+        self._offset = (-np.asarray(self.mean_rgb, dtype=np.float32)
+                        / np.asarray(self.std_rgb, dtype=np.float32))[:, None, None]
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -102,11 +107,15 @@ class CameraPreprocess:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.shape[0] == 0 or image_bgr.shape[1] == 0:
             raise ValueError(f"camera image must have shape (H, W, 3) with H, W > 0, got {image_bgr.shape}")
         h, w = self.size_hw
-        rgb = cv2.cvtColor(np.ascontiguousarray(image_bgr), cv2.COLOR_BGR2RGB)
-        if rgb.shape[:2] != (h, w):
-            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)  # cv2 takes (width, height)
-        out = rgb.astype(np.float32) * self._scale + self._offset  # (H, W, 3), broadcast per channel
-        return np.ascontiguousarray(out.transpose(2, 0, 1)[None], dtype=np.float32)
+        small = image_bgr
+        if small.shape[:2] != (h, w):
+            small = cv2.resize(np.ascontiguousarray(small), (w, h), interpolation=cv2.INTER_AREA)  # (width, height)
+        out = np.empty(self.output_shape, dtype=np.float32)
+        # (H, W, BGR) read as (RGB, H, W): the channel swap and the layout change happen in the
+        # one pass that converts to float and scales, written straight into the output.
+        np.multiply(small.transpose(2, 0, 1)[::-1], self._scale, out=out[0])
+        out[0] += self._offset
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Parameters as JSON-ready values (the manifest's ``preprocess`` block)."""
@@ -166,11 +175,11 @@ class RadarPreprocess:
         # Stable sort on -snr: strongest first, and equal SNRs keep their input order, so both the
         # selection (when N > max_points) and the layout are deterministic.
         order = np.argsort(-pts[:, self._SNR_COLUMN], kind="stable")[: self.max_points]
-        pts = pts[order]
-        n = len(pts)
+        n = len(order)
         out = np.zeros((1, self.max_points, self.OUT_FEATURES), dtype=np.float32)
         mask = np.zeros((1, self.max_points), dtype=np.float32)
-        out[0, :n] = pts.astype(np.float32) * self._inv_scale
+        # Cast to float32, then scale, straight into the padded output (no float32 copy first).
+        np.multiply(pts[order], self._inv_scale, out=out[0, :n], dtype=np.float32)
         mask[0, :n] = 1.0
         return out, mask
 
@@ -300,10 +309,12 @@ class AudioPreprocess:
         # (T, n_fft) strided view of overlapping frames, no copy until the window multiply.
         frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop][: self.num_frames]
         spec = np.fft.rfft(frames * self._window, axis=1)
-        power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)  # (T, n_bins)
-        mel = power @ self._filterbank_t  # (T, n_mels)
-        logmel = np.log(mel + np.float32(self.LOG_FLOOR))
-        return np.ascontiguousarray(logmel.T[None, None], dtype=np.float32)
+        power = spec.real * spec.real  # (T, n_bins); float32 as numpy >= 2 transforms float32 in single precision
+        power += spec.imag * spec.imag
+        mel = power.astype(np.float32, copy=False) @ self._filterbank_t  # (T, n_mels), a fresh array
+        mel += np.float32(self.LOG_FLOOR)
+        np.log(mel, out=mel)
+        return np.ascontiguousarray(mel.T[None, None], dtype=np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         """Parameters as JSON-ready values (the manifest's ``preprocess`` block)."""

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -332,6 +333,50 @@ def test_camera_normalises_a_constant_image():
         np.testing.assert_allclose(out[0, c], expected, rtol=0, atol=1e-5)
 
 
+def _sample_video_frames(every: int = 15, per_file: int = 4) -> list[np.ndarray]:
+    frames = []
+    for path in sorted((ROOT / "sensors" / "samples" / "video").glob("*.mp4")):
+        cap = cv2.VideoCapture(str(path))
+        for i in range(every * per_file):
+            ok, frame = cap.read()
+            assert ok, f"{path.name}: could not read frame {i}"
+            if i % every == 0:
+                frames.append(frame)
+        cap.release()
+    return frames
+
+
+def _swap_then_resize(pp: CameraPreprocess, image_bgr: np.ndarray) -> np.ndarray:
+    """The camera preprocessing with the colour conversion first, on the full frame."""
+    h, w = pp.size_hw
+    rgb = cv2.cvtColor(np.ascontiguousarray(image_bgr), cv2.COLOR_BGR2RGB)
+    if rgb.shape[:2] != (h, w):
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    out = (rgb.astype(np.float32) * (1.0 / (255.0 * np.asarray(pp.std_rgb, np.float32)))
+           - np.asarray(pp.mean_rgb, np.float32) / np.asarray(pp.std_rgb, np.float32))
+    return np.ascontiguousarray(out.transpose(2, 0, 1)[None])
+
+
+def test_camera_resize_before_colour_conversion_changes_nothing_on_real_frames():
+    """Converting the small image instead of the full frame gives the same tensor to the bit
+    (shrinking, enlarging, already at size, a strided view) and so the same embedding from the
+    shipped camera encoder."""
+    frames = _sample_video_frames()
+    shipped = ModelRuntime(ROOT / "models" / "default" / "manifest.json", provider="cpu")
+    pp = shipped.preprocessors["camera"]
+    for frame in frames:
+        for p in (pp, CameraPreprocess(size_hw=(40, 60)), CameraPreprocess(size_hw=(600, 900))):
+            for image in (frame, frame[::-1, ::2], cv2.resize(frame, p.size_hw[::-1])):
+                got = p(image)
+                assert got.shape == p.output_shape and got.flags.c_contiguous
+                np.testing.assert_array_equal(got, _swap_then_resize(p, image))
+    embed = [shipped.encode("camera", pp(f)) for f in frames]
+    reference = [shipped.encode("camera", _swap_then_resize(pp, f)) for f in frames]
+    np.testing.assert_allclose(np.concatenate(embed), np.concatenate(reference), rtol=0, atol=1e-6)
+    # Different frames give different embeddings: the comparison above is not of constants.
+    assert np.abs(embed[0] - embed[-1]).max() > 1e-3
+
+
 def test_camera_rejects_bad_images():
     pp = CameraPreprocess(size_hw=(32, 48))
     assert pp(np.zeros((10, 20, 3), np.uint8)).shape == (1, 3, 32, 48)
@@ -355,6 +400,9 @@ def test_radar_keeps_highest_snr_points():
     # Every kept row is its input row scaled (noise_db dropped).
     top = pts[np.argsort(-pts[:, 4])[:64], :5] / np.asarray(pp.scale, np.float32)
     np.testing.assert_allclose(out[0], top, rtol=1e-6)
+    # Float64 points are cast to float32 before scaling: the same tensors as the float32 points.
+    for a, b in zip(pp(pts.astype(np.float64)), (out, mask)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_radar_pads_and_handles_empty_frames():
@@ -388,6 +436,7 @@ def test_logmel_of_a_tone_peaks_at_its_mel_band(freq_hz):
     assert pp.num_frames == 1 + (16000 - 512) // 160 == 97
     band = int(out[0, 0].mean(axis=1).argmax())
     assert band == int(np.abs(pp.mel_centres_hz - freq_hz).argmin())
+    np.testing.assert_array_equal(pp(_tone(freq_hz, 1.0).astype(np.float64)), out)  # cast to float32 first
 
 
 def test_logmel_window_alignment():
