@@ -13,7 +13,6 @@ node's session options, torch with ``torch.set_num_threads(1)``), as the node ru
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_node import paths
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.gpu_runtime import GpuRuntime, gpu_problem
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
@@ -32,14 +32,20 @@ __all__ = ["cache_dir", "prepare", "fused_step_baseline", "gpu_step_baseline", "
 
 
 def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "fusion-node" / "bench"
+    """Where the benchmark keeps the models it exports (inside the project's one cache folder)."""
+    return paths.cache_dir("bench")
 
 
 def _modules(seed: int, embed_dim: int):
     import torch
 
-    from models.architectures import DEFAULT_CLASSES, AudioEncoder, CameraEncoder, FusionHead, RadarEncoder
+    from models.architectures import (
+        DEFAULT_CLASSES,
+        AudioEncoder,
+        CameraEncoder,
+        FusionHead,
+        RadarEncoder,
+    )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))

@@ -26,6 +26,8 @@ from typing import Any
 
 import onnxruntime as ort
 
+from .paths import cache_dir
+
 __all__ = [
     "PROVIDER_CHOICES",
     "TENSORRT",
@@ -60,8 +62,7 @@ def short_name(provider: str) -> str:
 
 def default_trt_cache_dir() -> Path:
     """Where TensorRT engines and timing caches are kept between node starts."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fusion_node" / "tensorrt"
+    return cache_dir("tensorrt")
 
 
 def resolve_providers(
