@@ -160,12 +160,20 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
     rng = np.random.default_rng(7)
     sent_bad: Counter = Counter()  # reason -> malformed messages sent that should be counted under it
     events_with_radar = 0
+
+    def count(topic, body):
+        nonlocal events_with_radar
+        events_with_radar += topic == "fused" and "radar0" not in body["missing"]
+
+    # Start once the camera and the microphone stream (their processes may start slowly), so
+    # that every radar frame has camera frames to be fused with.
+    _wait_event(sub, lambda t, b: t == "stats" and b["sensors"]["cam0"]["alive"] and b["sensors"]["mic0"]["alive"],
+                what="camera and audio streaming")
     t_next = time.monotonic_ns()
     for seq, frame in enumerate(frames[:40]):
         while time.monotonic_ns() < t_next:  # pace at the capture's 10 Hz, draining events meanwhile
             if sub.poll(5):
-                topic, ev = decode_map(sub.recv_multipart())
-                events_with_radar += topic == "fused" and "radar0" not in ev["missing"]
+                count(*decode_map(sub.recv_multipart()))
         t_next += 100_000_000
         now = time.monotonic_ns()
         msg = RadarPoints("radar0", seq, now, now, np.asarray(frame.points), frame.frame_number,
@@ -173,11 +181,12 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
         valid = [bytes(f) for f in encode(msg)]
         pub.send_multipart(valid)
         for _ in range(150):
-            reason, frames = _garbage(rng, valid)
-            pub.send_multipart(frames)
+            reason, bad = _garbage(rng, valid)
+            pub.send_multipart(bad)
             sent_bad[reason] += 1
 
     def all_counted(topic, body):
+        count(topic, body)  # events delivered late still count
         if topic != "stats":
             return False
         radar = body["sensors"]["radar0"]

@@ -24,6 +24,7 @@ from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.gpu_runtime import GpuRuntime, gpu_problem
 from fusion_node.runtime import HeadOutput, Runtime
 from fusion_node.vocabulary import CLASSES, MODALITIES
+from models.batched import export_batched
 
 from .fake_runtime import FakeRuntime
 
@@ -76,9 +77,6 @@ def cpu_runtime() -> ModelRuntime:
 def gpu_runtime(tmp_path_factory) -> GpuRuntime:
     if GPU is not None:
         pytest.skip(f"no usable GPU: {GPU}")
-    # models.batched needs onnx (training extra); the node only reads what it wrote.
-    from models.batched import export_batched
-
     batched = export_batched(DEFAULT, tmp_path_factory.mktemp("batched"), GPU_BATCH)
     return GpuRuntime(DEFAULT, provider="cuda", batched=batched)
 
