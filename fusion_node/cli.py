@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 from .errors import ConfigError, FusionError
@@ -83,7 +84,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sensors import audio, camera, radar, sim
+    from sensors import audio, camera, radar
+    from sensors.sim import live as sim
 
     from . import demo
 
@@ -153,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except FusionError as exc:
         print(f"fusion: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The command is over. A stop request (the launcher's SIGINT) that arrives while the
+        # interpreter shuts down would otherwise meet the default action, which Python restores
+        # for its own handlers at exit, and turn a clean exit into death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
