@@ -39,7 +39,7 @@ from ..samples import DEFAULT_CAMERA, SAMPLES_DIR
 from ..ti_mmwave import read_capture
 from .world import RigGeometry
 
-__all__ = ["Assets", "load_assets", "real_sources", "split_part", "TRAIN_FRACTION", "WHOLE_CLIP_S",
+__all__ = ["Assets", "load_assets", "real_sources", "real_tag", "split_part", "MOVING_DOPPLER_MPS", "TRAIN_FRACTION", "WHOLE_CLIP_S",
            "SAMPLE_SOUNDS", "REAL_SOUNDS", "REAL_PERSON_VIDEO", "REAL_CAR_VIDEO", "REAL_RADAR"]
 
 TRAIN_FRACTION = 0.7
