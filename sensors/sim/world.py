@@ -276,7 +276,7 @@ def demo_street_scene() -> Scene:
         background=1,
         targets=[
             Target("person", x0=-3.5, y0=4.5, vx=1.3, vy=0.0, colour=(40, 60, 160), sound_offset_s=0.0),
-            Target("vehicle", x0=16.0, y0=12.0, vx=-5.5, vy=0.3, colour=(30, 30, 200)),
+            Target("vehicle", x0=16.0, y0=12.0, vx=-5.5, vy=0.0, colour=(30, 30, 200)),
             Target("person", x0=1.5, y0=3.0, vx=0.2, vy=3.8, colour=(30, 160, 30), sound_offset_s=1.0),
             Target("person", x0=-2.2, y0=3.2, vx=0.0, vy=0.05, colour=(120, 80, 40), speaking=True,
                    sound_offset_s=2.0),
