@@ -25,8 +25,8 @@ from fusion_node.errors import ConfigError
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
 from sensors.audio import load_audio_file
-from sensors.sim.assets import (MOVING_DOPPLER_MPS, REAL_CAR_VIDEO, REAL_PERSON_VIDEO, REAL_RADAR, REAL_SOUNDS, SAMPLE_SOUNDS,
-                                WHOLE_CLIP_S, load_assets, real_tag, split_part)
+from sensors.sim.assets import (MOVING_DOPPLER_MPS, REAL_CAR_VIDEO, REAL_PERSON_VIDEO, REAL_RADAR, REAL_SOUNDS,
+                                SAMPLE_SOUNDS, WHOLE_CLIP_S, load_assets, real_tag, split_part)
 from sensors.sim.render import render_audio, render_camera, render_radar
 from sensors.sim.world import RigGeometry, sample_scene, scene_labels
 from sensors.ti_mmwave import read_capture

@@ -39,8 +39,8 @@ from ..samples import DEFAULT_CAMERA, SAMPLES_DIR
 from ..ti_mmwave import read_capture
 from .world import RigGeometry
 
-__all__ = ["Assets", "load_assets", "real_sources", "real_tag", "split_part", "MOVING_DOPPLER_MPS", "TRAIN_FRACTION", "WHOLE_CLIP_S",
-           "SAMPLE_SOUNDS", "REAL_SOUNDS", "REAL_PERSON_VIDEO", "REAL_CAR_VIDEO", "REAL_RADAR"]
+__all__ = ["Assets", "load_assets", "real_sources", "real_tag", "split_part", "MOVING_DOPPLER_MPS", "TRAIN_FRACTION",
+           "WHOLE_CLIP_S", "SAMPLE_SOUNDS", "REAL_SOUNDS", "REAL_PERSON_VIDEO", "REAL_CAR_VIDEO", "REAL_RADAR"]
 
 TRAIN_FRACTION = 0.7
 WHOLE_CLIP_S = 5.0  # sound clips shorter than this are one event: not split between train and eval
