@@ -6,7 +6,6 @@
   for a known radar-to-camera transform, with pixel noise and gross outliers;
 * :func:`simulate_recording`: a short rig recording (video, TI radar capture, audio) of targets
   moving in bursts, each sensor's clock shifted by a known offset;
-* :func:`write_ti_capture`: frames of points written in the TI out-of-box-demo UART format.
 
 ``python -m calibration.synthetic --out DIR`` writes a complete example data set (the one the
 walkthrough in ``docs/calibration.md`` runs on) together with ``truth.json``.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import cv2
 import numpy as np
 
 from fusion_node.rig import Clock, Provenance, Rig, SensorCalibration, now_iso, save_rig
+from sensors.ti_writer import write_capture
 
 from .projection import RADAR_AXES_IN_CAMERA, CameraModel, Transform
 
@@ -35,7 +34,6 @@ __all__ = [
     "checkerboard_views",
     "write_checkerboard_folder",
     "simulate_correspondences",
-    "write_ti_capture",
     "Scene",
     "simulate_recording",
     "truth_rig",
@@ -244,40 +242,6 @@ def simulate_correspondences(camera: CameraModel = TRUE_CAMERA, T_cam_radar: Tra
     return points, pixels, is_outlier
 
 
-# --- TI out-of-box-demo capture writer ---------------------------------------------------------
-
-_MAGIC = bytes((0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07))
-
-
-def _ti_frame(frame_number: int, points: np.ndarray) -> bytes:
-    """One TI mmWave SDK 3.x out-of-box-demo frame: detected points (TLV 1) and side info (TLV 7)."""
-    pts = np.asarray(points, dtype=np.float64)
-    n = pts.shape[0]
-    xyzv = pts[:, :4].astype("<f4").tobytes()
-    snr = pts[:, 4] if pts.shape[1] > 4 else np.full(n, 20.0)
-    noise = pts[:, 5] if pts.shape[1] > 5 else np.full(n, 10.0)
-    side = np.stack([np.round(snr * 10), np.round(noise * 10)], axis=1).astype("<i2").tobytes()
-    tlvs = b""
-    num_tlvs = 0
-    if n:
-        tlvs += struct.pack("<2I", 1, len(xyzv)) + xyzv + struct.pack("<2I", 7, len(side)) + side
-        num_tlvs = 2
-    total = 40 + len(tlvs)
-    total += (-total) % 32
-    header = _MAGIC + struct.pack("<8I", 0x03050004, total, 0x000A6843, frame_number, 0, n, num_tlvs, 0)
-    return (header + tlvs).ljust(total, b"\x00")
-
-
-def write_ti_capture(path: str | Path, frames: list[np.ndarray], first_frame_number: int = 1) -> Path:
-    """Write frames of points (each (N, 4..6): x_m, y_m, z_m, doppler_mps[, snr_db, noise_db]) as a .dat capture."""
-    path = Path(path)
-    with path.open("wb") as fh:
-        for k, pts in enumerate(frames):
-            arr = np.asarray(pts, dtype=np.float64)
-            fh.write(_ti_frame(first_frame_number + k, arr.reshape(0, 4) if arr.size == 0 else arr))
-    return path
-
-
 # --- a simulated rig recording ------------------------------------------------------------------
 
 
@@ -442,7 +406,7 @@ def simulate_recording(out_dir: str | Path, duration_s: float = 20.0, *, camera:
     n_radar = int((duration_s - max(0.0, -radar_offset_s) - 0.1) / radar_period_s)
     for j in range(max(1, n_radar)):
         frames.append(scene.radar_points(j * radar_period_s + radar_offset_s, rng))
-    radar = write_ti_capture(out / "radar.dat", frames, first_frame_number=1000)
+    radar = write_capture(out / "radar.dat", frames, first_frame_number=1000)
     n_audio = int((duration_s - max(0.0, -audio_offset_s)) * audio_rate_hz)
     t_audio = np.arange(n_audio) / audio_rate_hz + audio_offset_s
     audio = out / "audio.wav"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 import zmq
@@ -16,7 +17,8 @@ import zmq
 from bench.cli import add_parser as add_bench_parser
 from calibration.cli import add_parser as add_calibrate_parser
 from models.cli import add_parsers as add_model_parsers
-from sensors import audio, camera, radar, sim
+from sensors import audio, camera, radar
+from sensors.sim import live as sim
 
 from . import demo
 from .config import config_schema, load_rigs
@@ -143,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     except FusionError as exc:
         print(f"fusion: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The command is over. A stop request (the launcher's SIGINT) that arrives while the
+        # interpreter shuts down would otherwise meet the default action, which Python restores
+        # for its own handlers at exit, and turn a clean exit into death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``fusion demo``: sensor processes, the node and a subscriber, on the bundled recordings.
+"""``fusion demo``: sensor processes, the node and a subscriber, on the bundled street inputs.
 
 The demo writes a rig config for the run (ipc endpoints in a private temporary folder), starts
 the node and waits for its ready line, starts one process per sensor (each waits for the node to
@@ -6,8 +6,11 @@ subscribe before playing, so no recording's start is lost), prints fused events 
 and at the end (recordings finished or ``--duration`` reached) stops the children cleanly and
 prints a summary: events, rates, drops, rejects and latency percentiles.
 
-The bundled recordings were not captured together: the demo replays separate recordings side by
-side, and says so.
+The bundled inputs tell one street story but were not captured together: the camera is a real
+street video, the sound a mix of real street recordings, and the radar a **simulated** TI capture
+of a scripted street (``sensors/samples/SOURCES.md``). The demo says which input is which, and
+that they are a side-by-side replay. ``--sim`` runs the simulator instead, whose three sensors
+observe one world.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 import yaml
 import zmq
 
+from sensors.samples import DEMO_INPUTS
+
 from .errors import FusionError
 from .stats import percentiles
 from .supervisor import Child, python_module
@@ -41,14 +46,15 @@ UNTRAINED_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sensors.samples import DEFAULT_AUDIO, DEFAULT_CAMERA, DEFAULT_RADAR
-
-    p.add_argument("--camera", default=str(DEFAULT_CAMERA), metavar="SRC",
-                   help="camera source: video file, device index or URL (default: bundled person video)")
-    p.add_argument("--radar", default=str(DEFAULT_RADAR), metavar="SRC",
-                   help="radar source: .dat capture or serial:DEVICE (default: bundled TI capture)")
-    p.add_argument("--audio", default=str(DEFAULT_AUDIO), metavar="SRC",
-                   help="audio source: WAV/OGG/FLAC file or mic[:DEVICE] (default: bundled speech clip)")
+    """The options of ``fusion demo``."""
+    p.add_argument("--camera", default=str(DEMO_INPUTS["camera"].path), metavar="SRC",
+                   help="camera source: video file, device index or URL (default: bundled real street video)")
+    p.add_argument("--radar", default=str(DEMO_INPUTS["radar"].path), metavar="SRC",
+                   help="radar source: .dat capture or serial:DEVICE (default: bundled SIMULATED TI capture of "
+                        "a scripted street)")
+    p.add_argument("--audio", default=str(DEMO_INPUTS["audio"].path), metavar="SRC",
+                   help="audio source: WAV/OGG/FLAC file or mic[:DEVICE] (default: bundled mix of real street "
+                        "sounds)")
     p.add_argument("--sim", action="store_true",
                    help="use the built-in tri-modal simulator (one world, three sensors that agree) instead of "
                         "the recordings")
@@ -196,8 +202,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fusion demo: simulated world (seed {args.seed}): camera, radar and audio of one scene",
                   flush=True)
         else:
-            print("fusion demo: the bundled recordings were captured separately; this is a side-by-side replay "
-                  "of independent camera, radar and audio recordings", flush=True)
+            _print_inputs(args, argv)
         sub.setsockopt(zmq.SUBSCRIBE, b"fused")
         sub.connect(ready["publish_endpoint"])
         for sid, a in argv.items():
@@ -255,6 +260,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failures or not events else 0
+
+
+def _print_inputs(args: argparse.Namespace, argv: dict) -> None:
+    """Say which inputs are real recordings, which simulated, and that they were not recorded together."""
+    for kind, sid in (("camera", "cam0"), ("radar", "radar0"), ("audio", "mic0")):
+        if sid not in argv:
+            continue
+        src = getattr(args, kind)
+        bundled = DEMO_INPUTS[kind]
+        if Path(src) == bundled.path:
+            what = f"{'real recordings' if bundled.real else 'SIMULATED'}: {bundled.description}"
+        else:
+            what = "given on the command line"
+        print(f"fusion demo: {kind:6s} {Path(src).name if Path(src).exists() else src} ({what})", flush=True)
+    print("fusion demo: these inputs were not recorded together; this is a side-by-side replay of independent "
+          "camera, radar and audio inputs", flush=True)
 
 
 def _summary(events: list[dict], final: dict, failures: list[str], wall_s: float) -> None:

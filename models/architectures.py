@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusion_node.vocabulary import CLASSES, MODALITIES
+
 __all__ = [
     "DEFAULT_CLASSES",
     "MODALITIES",
@@ -39,12 +41,10 @@ __all__ = [
     "AlignmentModel",
 ]
 
-DEFAULT_CLASSES: tuple[str, ...] = ("person", "vehicle", "dog", "glass_break", "speech", "alarm")
+# The head's classes unless an export names others (the vocabulary's event classes).
+DEFAULT_CLASSES: tuple[str, ...] = CLASSES
 
-# Order of the modalities everywhere a per-modality vector appears (present, certainty, weights).
-MODALITIES: tuple[str, ...] = ("camera", "radar", "audio")
-
-HEAD_INPUTS: tuple[str, ...] = ("camera", "radar", "audio", "present")
+HEAD_INPUTS: tuple[str, ...] = (*MODALITIES, "present")
 HEAD_OUTPUTS: tuple[str, ...] = ("logits", "certainty", "weights", "consistency")
 
 # Floor under norms and denominators: keeps an all-zero embedding (a missing modality) or an

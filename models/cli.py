@@ -1,4 +1,10 @@
-"""``fusion train``, ``fusion export`` and ``fusion eval``: the model lifecycle on the command line."""
+"""``fusion train``, ``fusion export`` and ``fusion eval``: the model lifecycle on the command line.
+
+The training stack (torch) is imported only by the commands that need it, so that the rest of
+``fusion`` runs without it. Third-party recordings for training and evaluation come from a
+folder given with ``--real-clips``; next to a development checkout it defaults to the shared
+development data (``../shared/data`` beside the repository), which is never shipped.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,46 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["add_parsers"]
+from fusion_node.errors import ConfigError
+from fusion_node.vocabulary import CLASSES
+from models.dataset import DATA_VERSION, PREPROCESS, load_or_generate, windows_from_recordings
+from models.evaluate import evaluate, write_report
+
+__all__ = ["add_parsers", "default_real_clips"]
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
+# Development data beside a checkout of the repository (<repo>/../shared/data); absent in an install.
+DEV_REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def default_real_clips() -> Path | None:
+    """The development data folder when it exists beside the repository, else None."""
+    return DEV_REAL_CLIPS if DEV_REAL_CLIPS.is_dir() else None
+
+
+def _real_clips(value: str | None) -> Path | None:
+    """The --real-clips option: a folder, 'none', or unset (the development data if present)."""
+    if value is None:
+        return default_real_clips()
+    if value == "none":
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"--real-clips {value}: no such folder")
+    return path.resolve()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from models.train import TrainConfig, train
+    from models.train import TrainConfig, train  # torch
 
+    real = _real_clips(args.real_clips)
     cfg = TrainConfig(seed=args.seed, samples=args.samples, align_epochs=args.align_epochs,
                       fuse_epochs=args.fuse_epochs, distill=args.distill, batch=args.batch,
                       cache_dir=str(args.cache_dir), align_weight=args.align_weight, init_from=args.init_from,
-                      lr=args.lr)
+                      lr=args.lr, real_clips=None if real is None else str(real))
+    print(f"fusion train: third-party recordings: {real or 'none (only what ships)'}", flush=True)
     recordings = None
     if args.recordings:
-        from models.dataset import windows_from_recordings
-
         recordings = windows_from_recordings(Path(args.recordings))
         print(f"fusion train: {len(recordings)} windows from {args.recordings} (alignment only: no labels)")
     models = train(cfg, Path(args.out), resume=args.resume, recordings=recordings,
@@ -32,12 +62,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _export(models, cfg, out: Path) -> Path:
-    from models.dataset import DATA_VERSION, PREPROCESS, load_or_generate
-    from models.export import export_bundle
-    from models.train import choose_consistency_threshold, choose_thresholds
-    from sensors.sim import CLASSES
+    from models.export import export_bundle  # torch
+    from models.train import choose_consistency_threshold, choose_thresholds  # torch
 
-    val = load_or_generate(Path(cfg.cache_dir), cfg.val_samples, cfg.seed + 1, "train")
+    val = load_or_generate(Path(cfg.cache_dir), cfg.val_samples, cfg.seed + 1, "train",
+                           real_dir=Path(cfg.real_clips) if cfg.real_clips else None)
     thresholds = choose_thresholds(models, val)
     consistency_threshold = choose_consistency_threshold(models, val)
     manifest = export_bundle(out, {"camera": models.camera, "radar": models.radar, "audio": models.audio},
@@ -53,8 +82,7 @@ def _export(models, cfg, out: Path) -> Path:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from fusion_node.errors import ConfigError
-    from models.train import TrainConfig, _latest, build_models
+    from models.train import TrainConfig, _latest, build_models  # torch
 
     ckpt = Path(args.checkpoint)
     found = _latest(ckpt, "fuse")
@@ -71,10 +99,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from models.evaluate import evaluate, write_report
-
+    real = _real_clips(args.real_clips)
     metrics, extra = evaluate(Path(args.models), n_eval=args.windows, n_adverse=args.adverse_windows,
-                              cache_dir=Path(args.cache_dir), provider=args.provider)
+                              cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real)
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -91,11 +118,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         t = metrics["tamper"]
         print(f"tampering (swapped feeds) detected {t['detection_rate']:.3f}, false alarms {t['false_alarm_rate']:.3f}")
     real = metrics["real"]
-    print(f"real recordings correct: {real['correct']}/{real['total']} "
-          f"(never seen in training: {real['unseen_correct']}/{real['unseen_total']})")
+    if real["folder"] is None:
+        print("real recordings: not evaluated (no --real-clips folder, and no development data beside the "
+              "repository)")
+    else:
+        print(f"real recordings in {real['folder']} correct: {real['correct']}/{real['total']} "
+              f"(never seen in training: {real['unseen_correct']}/{real['unseen_total']})"
+              f"{'; not found: ' + ', '.join(real['missing']) if real['missing'] else ''}")
     if not args.json:
         print(text)
     return 0
+
+
+_REAL_HELP = ("a folder of third-party recordings laid out as the development data (audio/, video/, radar/, "
+              "registry/audio/), read in place and never shipped; 'none' for only what ships "
+              "(default: ../shared/data beside the repository when it exists)")
 
 
 def add_parsers(sub) -> None:
@@ -119,6 +156,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--recordings", default=None, metavar="DIR",
                    help="also align on your own synchronised recordings: DIR holds sets of video + radar "
                         ".dat + audio files with the same stem, captured together")
+    t.add_argument("--real-clips", default=None, metavar="DIR",
+                   help="mix these third-party recordings into the simulator's training assets: " + _REAL_HELP)
     t.add_argument("--export", default=None, metavar="DIR", help="export the trained models to DIR afterwards")
     t.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     t.set_defaults(func=_cmd_train)
@@ -138,6 +177,9 @@ def add_parsers(sub) -> None:
     v.add_argument("--windows", type=int, default=1000, help="held-out windows (default 1000)")
     v.add_argument("--adverse-windows", type=int, default=250, help="windows per adverse condition (default 250)")
     v.add_argument("--provider", default="cpu", choices=["auto", "tensorrt", "cuda", "cpu"])
+    v.add_argument("--real-clips", default=None, metavar="DIR",
+                   help="evaluate on the held-out parts of these real recordings (and use them in the simulated "
+                        "scenes): " + _REAL_HELP)
     v.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     v.set_defaults(func=_cmd_eval)
 

@@ -6,8 +6,10 @@ node runs (:mod:`fusion_node.preprocess`), so the models see exactly what they w
 Camera images are stored as the resized uint8 picture (the normalisation is a fixed affine map
 applied per batch), audio as float16 log-mel; a dataset of 20 000 windows takes under 1 GB.
 
-Generation is deterministic given (seed, split, adverse) and parallel over worker processes;
-``DATA_VERSION`` changes whenever what a seed produces changes.
+Generation is deterministic given (seed, split, adverse, real recordings) and parallel over
+worker processes; ``DATA_VERSION`` changes whenever what a seed produces changes. Third-party
+recordings (``real_dir``, the ``--real-clips`` folder) are read from where they lie and never
+copied into the package.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fusion_node.errors import ConfigError
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
-from sensors.sim import CLASSES, RigGeometry, load_assets, render_audio, render_camera, render_radar, \
-    sample_scene, scene_labels
+from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
+from sensors.audio import load_audio_file
+from sensors.sim.assets import (MOVING_DOPPLER_MPS, REAL_CAR_VIDEO, REAL_PERSON_VIDEO, REAL_RADAR, REAL_SOUNDS,
+                                SAMPLE_SOUNDS, WHOLE_CLIP_S, load_assets, real_tag, split_part)
+from sensors.sim.render import render_audio, render_camera, render_radar
+from sensors.sim.world import RigGeometry, sample_scene, scene_labels
+from sensors.ti_mmwave import read_capture
 
-__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "real_windows",
+__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "REAL_CLIPS", "generate", "load_or_generate", "real_windows",
            "windows_from_recordings"]
 
-DATA_VERSION = "sim-v2"
+DATA_VERSION = "sim-v3"
 
 PREPROCESS = {
     "camera": CameraPreprocess(size_hw=(96, 96)),
@@ -75,9 +83,9 @@ def camera_uint8(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def _chunk(args: tuple) -> Windows:
-    seed, start, count, split, adverse, real_prob = args
+    seed, start, count, split, adverse, real_prob, real_dir = args
     geometry = RigGeometry()
-    assets = load_assets(split, geometry)
+    assets = load_assets(split, geometry, real_dir)
     rng = np.random.default_rng([seed, start])
     n_mels, frames = PREPROCESS["audio"].output_shape[2:]
     out = Windows(np.zeros((count, 96, 96, 3), np.uint8), np.zeros((count, 64, 5), np.float32),
@@ -96,12 +104,15 @@ def _chunk(args: tuple) -> Windows:
 
 
 def generate(n: int, seed: int, split: str = "train", adverse: str | None = None, real_prob: float = 0.0,
-             workers: int | None = None, progress: bool = True) -> Windows:
-    """``n`` windows; identical for identical arguments whatever the number of workers."""
+             workers: int | None = None, progress: bool = True, real_dir: Path | None = None) -> Windows:
+    """``n`` windows; identical for identical arguments whatever the number of workers.
+
+    ``real_dir``: a folder of third-party recordings mixed into the simulator's assets.
+    """
     from tqdm import tqdm
 
     chunk = 250
-    jobs = [(seed, s, min(chunk, n - s), split, adverse, real_prob) for s in range(0, n, chunk)]
+    jobs = [(seed, s, min(chunk, n - s), split, adverse, real_prob, real_dir) for s in range(0, n, chunk)]
     workers = workers or min(len(jobs), max(1, mp.cpu_count()))
     desc = f"simulating {split}{'/' + adverse if adverse else ''}"
     if workers == 1:
@@ -114,64 +125,86 @@ def generate(n: int, seed: int, split: str = "train", adverse: str | None = None
 
 
 def load_or_generate(cache_dir: Path, n: int, seed: int, split: str = "train", adverse: str | None = None,
-                     real_prob: float = 0.0, progress: bool = True) -> Windows:
+                     real_prob: float = 0.0, progress: bool = True, real_dir: Path | None = None) -> Windows:
     """Generate once and keep the result in ``cache_dir`` (keyed by every argument and DATA_VERSION)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{DATA_VERSION}-{split}-{adverse or 'normal'}-n{n}-s{seed}-r{real_prob}.npz"
+    path = cache_dir / (f"{DATA_VERSION}-{split}-{adverse or 'normal'}-n{n}-s{seed}-r{real_prob}-"
+                        f"{real_tag(real_dir)}.npz")
     if path.exists():
         return Windows.load(path)
-    data = generate(n, seed, split, adverse, real_prob, progress=progress)
+    data = generate(n, seed, split, adverse, real_prob, progress=progress, real_dir=real_dir)
     tmp = path.with_suffix(".tmp.npz")
     data.save(tmp)
     tmp.rename(path)
     return data
 
 
-def real_windows(split: str = "eval") -> dict[str, tuple[str, str, list, bool]]:
-    """Real recordings cut into single-modality inputs: name -> (modality, class, inputs, seen).
+# Third-party recordings that real-clip evaluation looks for in the --real-clips folder (paths
+# relative to it) and the class each one shows or sounds like.
+REAL_CLIPS = {
+    "audio/speech_librispeech_198-209-0000.ogg": ("audio", "speech"),
+    "audio/speech_librispeech_5703-47212-0000.ogg": ("audio", "speech"),
+    "audio/dog_bark_1_gcompris_LA.ogg": ("audio", "dog"),
+    "audio/glass_break02_ufoai.ogg": ("audio", "glass_break"),
+    "audio/car_horn_modern_opensfx35_CC-BY-3.0.wav": ("audio", "alarm"),
+    "audio/level_crossing_bell_opensfx14_CC0.wav": ("audio", "alarm"),
+    "audio/engine_truck_start_pullaway_opensfx25_CC0.wav": ("audio", "vehicle"),
+    "audio/footsteps_gravel1_ufoai.ogg": ("audio", "person"),
+    "audio/footsteps_wood1_ufoai.ogg": ("audio", "person"),
+    "registry/audio/speech_en_asterisk_allison_demo-echotest.wav": ("audio", "speech"),
+    "registry/audio/dog_bark_bigsoundbank_ovos.mp3": ("audio", "dog"),
+    "registry/audio/glass_break_minetest_break_glass.2.ogg": ("audio", "glass_break"),
+    "registry/audio/siren_scorched3d_policecar.wav": ("audio", "alarm"),
+    "registry/audio/vehicle_supertuxkart_car_accel.ogg": ("audio", "vehicle"),
+    "registry/audio/footsteps_0ad_Footstep_Gravel_Walking.ogg": ("audio", "person"),
+    REAL_PERSON_VIDEO: ("camera", "person"),
+    REAL_CAR_VIDEO: ("camera", "vehicle"),
+    REAL_RADAR: ("radar", "person"),
+}
 
-    Only the ``split`` part of each recording is used (the last 30 % for "eval"), so these are
-    windows the training never saw, except for sound clips shorter than the simulator's
-    ``WHOLE_CLIP_S``: those single events are used whole by training too (``seen`` is True).
+
+def _simulator_sounds() -> set[str]:
+    """File names of every sound clip the simulator may train on."""
+    return {Path(f).name for fs in (*SAMPLE_SOUNDS.values(), *REAL_SOUNDS.values()) for f in fs}
+
+
+def real_windows(real_dir: Path, split: str = "eval") -> tuple[dict[str, tuple[str, str, list, bool]], list[str]]:
+    """Third-party recordings in ``real_dir`` cut into single-modality inputs.
+
+    Returns ({relative path: (modality, class, inputs, seen)}, [relative paths not found]). A
+    recording the simulator trains on contributes only its ``split`` part (the last 30 % for
+    "eval"), so these are windows training never saw, except for sound clips shorter than
+    ``WHOLE_CLIP_S``: those single events are used whole by training too (``seen`` is True). A
+    recording the simulator never uses is taken whole.
     """
-    from sensors.audio import load_audio_file
-    from sensors.samples import SAMPLES_DIR
-    from sensors.ti_mmwave import read_capture
-
-    from sensors.sim import TRAIN_FRACTION, WHOLE_CLIP_S
-
+    real_dir = Path(real_dir)
+    found = {rel: spec for rel, spec in REAL_CLIPS.items() if (real_dir / rel).is_file()}
+    missing = [rel for rel in REAL_CLIPS if rel not in found]
+    trained_on = _simulator_sounds()
+    win = WIRE_AUDIO_RATE_HZ  # one-second windows
     out: dict[str, tuple[str, str, list, bool]] = {}
-    expected_audio = {
-        "speech_librispeech_198-209-0000.ogg": "speech",
-        "speech_librispeech_5703-47212-0000.ogg": "speech",
-        "dog_bark_1_gcompris_LA.ogg": "dog",
-        "glass_break02_ufoai.ogg": "glass_break",
-        "car_horn_modern_opensfx35_CC-BY-3.0.wav": "alarm",
-        "level_crossing_bell_opensfx14_CC0.wav": "alarm",
-        "engine_truck_start_pullaway_opensfx25_CC0.wav": "vehicle",
-        "footsteps_gravel1_ufoai.ogg": "person",
-        "footsteps_wood1_ufoai.ogg": "person",
-    }
-    for name, label in expected_audio.items():
-        x = load_audio_file(SAMPLES_DIR / "audio" / name)
-        seen = len(x) < WHOLE_CLIP_S * 16000
-        cut = int(len(x) * TRAIN_FRACTION)
-        part = x if seen else (x[cut:] if split == "eval" else x[:cut])
+    for rel, (modality, label) in found.items():
+        if modality != "audio":
+            continue
+        x = load_audio_file(real_dir / rel)
+        used = Path(rel).name in trained_on
+        seen = used and len(x) < WHOLE_CLIP_S * win
+        part = x[split_part(len(x), split)] if used and not seen else x
         part = part / (np.abs(part).max() + 1e-9) * 0.3
         # Windows of 1 s every 0.5 s; a part shorter than 1 s is one left-padded window.
-        starts = range(0, max(1, len(part) - 16000 + 1), 8000)
-        out[f"audio/{name}"] = ("audio", label, [PREPROCESS["audio"](part[s:s + 16000])[0] for s in starts], seen)
-    assets = load_assets(split)
-    out["video/one-by-one-person-detection.mp4"] = (
-        "camera", "person", [camera_uint8(f) for f in assets.person_frames], False)
-    out["video/car-detection.mp4"] = ("camera", "vehicle", [camera_uint8(f) for f in assets.car_frames], False)
-    frames = read_capture(SAMPLES_DIR / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat")
-    cut = int(len(frames) * TRAIN_FRACTION)
-    part = frames[cut:] if split == "eval" else frames[:cut]
-    moving = [f.points for f in part if (np.abs(f.points[:, 3]) > 0.1).sum() >= 2]
-    out["radar/ti_iwr6843_oob_automated_doors_2019-12-04.dat"] = (
-        "radar", "person", [PREPROCESS["radar"](p) for p in moving], False)
-    return out
+        starts = range(0, max(1, len(part) - win + 1), win // 2)
+        out[rel] = ("audio", label, [PREPROCESS["audio"](part[s:s + win])[0] for s in starts], seen)
+    assets = load_assets(split, RigGeometry(), real_dir)
+    if REAL_PERSON_VIDEO in found:
+        out[REAL_PERSON_VIDEO] = ("camera", "person", [camera_uint8(f) for f in assets.person_frames], False)
+    if REAL_CAR_VIDEO in found:
+        out[REAL_CAR_VIDEO] = ("camera", "vehicle", [camera_uint8(f) for f in assets.car_frames], False)
+    if REAL_RADAR in found:
+        frames = read_capture(real_dir / REAL_RADAR)
+        part = frames[split_part(len(frames), split)]
+        moving = [f.points for f in part if (np.abs(f.points[:, 3]) > MOVING_DOPPLER_MPS).sum() >= 2]
+        out[REAL_RADAR] = ("radar", "person", [PREPROCESS["radar"](p) for p in moving], False)
+    return out, missing
 
 
 def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: float = 0.5) -> Windows:
@@ -182,10 +215,6 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
     ``step_s`` of video gives one window: that frame, the radar frame nearest in time and the
     second of audio ending at it. Labels are unknown (-1): these windows only train alignment.
     """
-    from fusion_node.errors import ConfigError
-    from sensors.audio import load_audio_file
-    from sensors.ti_mmwave import read_capture
-
     folder = Path(folder)
     videos = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".mov")]
     parts = []
@@ -211,11 +240,12 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
                 continue
             next_t += step_s
             k = int(round(t / radar_period_s))
-            end = int(t * 16000)
+            end = int(t * WIRE_AUDIO_RATE_HZ)
             if k >= len(frames) or end > len(samples):
                 break
             pts, mask = PREPROCESS["radar"](frames[k].points)
-            rows.append((camera_uint8(img), pts[0], mask[0], PREPROCESS["audio"](samples[end - 16000:end])[0]))
+            rows.append((camera_uint8(img), pts[0], mask[0],
+                         PREPROCESS["audio"](samples[end - WIRE_AUDIO_RATE_HZ:end])[0]))
         cap.release()
         if rows:
             n = len(rows)

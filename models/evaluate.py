@@ -2,13 +2,14 @@
 
 Evaluation loads a model manifest into :class:`fusion_node.cpu_runtime.ModelRuntime` (onnxruntime,
 the node's preprocessing), so what is measured is what ships. Data: simulated windows from the
-held-out half of the simulator's real assets and seeds never used in training, under normal and
-adverse conditions, plus the held-out parts of the real recordings.
+held-out part of the simulator's real assets and seeds never used in training, under normal and
+adverse conditions, plus, when a folder of third-party recordings is given (``--real-clips``),
+the held-out parts of those recordings, read from that folder.
 
 The JSON holds ``retrieval_r1.{camera_radar,camera_audio}`` (recall@1 among 100 candidate
 windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
 ``f1.adverse.{fused,best_single}`` and per condition, ``f1.missing.{camera,radar,audio}``, and
-``real.clips`` (per real recording, expected and predicted classes). The report is an HTML page
+``real.clips`` (per real recording, expected and predicted classes; empty without a folder). The report is an HTML page
 with a confusion matrix and retrieval curves as inline SVG.
 """
 
@@ -22,31 +23,13 @@ import numpy as np
 
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.manifest import load_manifest
-from models.dataset import PREPROCESS, Windows, load_or_generate, real_windows
-from sensors.sim import CLASSES
+from fusion_node.vocabulary import CLASSES, MODALITIES
+from models.dataset import Windows, load_or_generate, real_windows
 
-__all__ = ["predict_probs", "macro_f1", "recall_at_k", "evaluate", "write_report"]
+__all__ = ["macro_f1", "recall_at_k", "evaluate", "write_report"]
 
 ADVERSE = ("night", "occlusion", "clutter", "noise")
-MODALITIES = ("camera", "radar", "audio")
 EVAL_SEED = 7_000_001  # never used by training
-
-
-def predict_probs(models, data: Windows, present: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Class probabilities from torch models (used during training for thresholds)."""
-    import torch
-
-    from models.train import _tensors, embed_all
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(data), batch):
-            idx = np.arange(s, min(len(data), s + batch))
-            emb = embed_all(models, _tensors(data, idx))
-            p = torch.from_numpy(present[idx])
-            inputs = [emb[m] * p[:, i:i + 1] for i, m in enumerate(MODALITIES)]
-            out.append(torch.sigmoid(models.head(*inputs, p)[0]).numpy())
-    return np.concatenate(out)
 
 
 def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
@@ -99,10 +82,14 @@ class _OnnxEvaluator:
 
 
 def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),
-             provider: str = "cpu") -> tuple[dict, dict]:
-    """Compute every metric; returns (metrics JSON, extra arrays for the report)."""
+             provider: str = "cpu", real_clips: Path | None = None) -> tuple[dict, dict]:
+    """Compute every metric; returns (metrics JSON, extra arrays for the report).
+
+    ``real_clips``: a folder of third-party recordings (laid out as the development data), mixed
+    into the simulated scenes' assets and evaluated clip by clip; None evaluates on what ships.
+    """
     ev = _OnnxEvaluator(manifest, provider)
-    normal = load_or_generate(cache_dir, n_eval, EVAL_SEED, "eval")
+    normal = load_or_generate(cache_dir, n_eval, EVAL_SEED, "eval", real_dir=real_clips)
     emb = ev.embed(normal, "held-out scenes")
     metrics: dict = {"manifest": str(manifest), "model": ev.rt.name, "provider": ev.rt.provider,
                      "eval_windows": len(normal), "adverse_windows_per_condition": n_adverse}
@@ -135,7 +122,8 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
 
     adverse = {}
     for cond in ADVERSE:
-        data = load_or_generate(cache_dir, n_adverse, EVAL_SEED + 1 + ADVERSE.index(cond), "eval", adverse=cond)
+        data = load_or_generate(cache_dir, n_adverse, EVAL_SEED + 1 + ADVERSE.index(cond), "eval", adverse=cond,
+                                real_dir=real_clips)
         aemb = ev.embed(data, f"adverse: {cond}")
         fused = ev.f1(data.labels, ev.probs(aemb, (True, True, True)))
         single = {m: ev.f1(data.labels, ev.probs(aemb, tuple(i == j for i in range(3))))
@@ -151,7 +139,8 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
 
     # Real recordings: each through its own encoder, alone, as a single-sensor rig would see it.
     clips = {}
-    for name, (modality, expected, inputs, seen) in real_windows("eval").items():
+    found, missing = real_windows(real_clips, "eval") if real_clips is not None else ({}, [])
+    for name, (modality, expected, inputs, seen) in found.items():
         votes = np.zeros(len(CLASSES))
         for x in inputs:
             if modality == "camera":
@@ -169,7 +158,8 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
         clips[name] = {"modality": modality, "expected": expected, "predicted": predicted, "top": top,
                        "windows": len(inputs), "correct": expected in predicted, "seen_in_training": seen}
     unseen = [c for c in clips.values() if not c["seen_in_training"]]
-    metrics["real"] = {"clips": clips, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips),
+    metrics["real"] = {"folder": None if real_clips is None else str(real_clips), "clips": clips,
+                       "missing": missing, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips),
                        "unseen_correct": sum(c["correct"] for c in unseen), "unseen_total": len(unseen)}
 
     # Tampering: camera of one window with the radar and audio of another (a swapped or replayed

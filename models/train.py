@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusion_node.vocabulary import CLASSES, MODALITIES
 from models.architectures import AlignmentModel, AudioEncoder, CameraEncoder, FusionHead, RadarEncoder
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
-from sensors.sim import CLASSES
 
-__all__ = ["TrainConfig", "Models", "train", "camera_tensor", "build_models", "embed_all"]
+__all__ = ["TrainConfig", "Models", "train", "camera_tensor", "build_models", "embed_all", "predict_probs"]
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainConfig:
     distill: bool = False
     cache_dir: str = ".cache/datasets"
     init_from: str | None = None  # start from another run's final weights (fine-tuning)
+    real_clips: str | None = None  # a folder of third-party recordings mixed into the simulator's assets
     extra: dict = field(default_factory=dict)
 
 
@@ -132,7 +133,7 @@ def _fusion_loss(models: Models, emb: dict[str, torch.Tensor], labels: torch.Ten
                  teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
     zeros = torch.zeros_like(emb["camera"])
     inputs = [emb[m] * present[:, i:i + 1] + zeros * (1 - present[:, i:i + 1])
-              for i, m in enumerate(("camera", "radar", "audio"))]
+              for i, m in enumerate(MODALITIES)]
     # Windows from a user's own recordings carry no labels (-1): alignment only.
     known = (labels >= 0).all(1)
     if not known.any():
@@ -149,8 +150,8 @@ def _fusion_loss(models: Models, emb: dict[str, torch.Tensor], labels: torch.Ten
     # Certainty target: how well each modality alone explains the labels (exp of its BCE).
     one = torch.eye(3)
     targets = []
-    for i, m in enumerate(("camera", "radar", "audio")):
-        solo = [emb[k] if k == m else zeros for k in ("camera", "radar", "audio")]
+    for i, m in enumerate(MODALITIES):
+        solo = [emb[k] if k == m else zeros for k in MODALITIES]
         solo_logits = models.head(*solo, one[i].expand(len(labels), 3))[0]
         bce = F.binary_cross_entropy_with_logits(solo_logits, labels, reduction="none").mean(1)
         targets.append(torch.exp(-bce).detach())
@@ -163,6 +164,19 @@ def _fusion_loss(models: Models, emb: dict[str, torch.Tensor], labels: torch.Ten
 def embed_all(models: Models, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"camera": models.camera(batch["image"]), "radar": models.radar(batch["points"], batch["mask"]),
             "audio": models.audio(batch["logmel"])}
+
+
+def predict_probs(models, data: Windows, present: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Class probabilities of the torch models with the modalities ``present`` (N, 3) (for thresholds)."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(data), batch):
+            idx = np.arange(s, min(len(data), s + batch))
+            emb = embed_all(models, _tensors(data, idx))
+            p = torch.from_numpy(present[idx])
+            inputs = [emb[m] * p[:, i:i + 1] for i, m in enumerate(MODALITIES)]
+            out.append(torch.sigmoid(models.head(*inputs, p)[0]).numpy())
+    return np.concatenate(out)
 
 
 def _checkpoint_path(out: Path, stage: str, epoch: int) -> Path:
@@ -265,8 +279,6 @@ def choose_thresholds(models: Models, val: Windows) -> dict[str, float]:
     threshold tuned only on complete sets would sit below what a lone sensor outputs for a class
     it cannot observe (an alarm seen by radar alone), and report that prior as a detection.
     """
-    from models.evaluate import predict_probs
-
     patterns = [(1, 1, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
     probs = np.concatenate([predict_probs(models, val, np.tile(np.array(p, np.float32), (len(val), 1)))
                             for p in patterns])
@@ -293,7 +305,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     cache = Path(cfg.cache_dir)
-    data = load_or_generate(cache, cfg.samples, cfg.seed, "train", real_prob=cfg.real_prob)
+    real_dir = Path(cfg.real_clips) if cfg.real_clips else None
+    data = load_or_generate(cache, cfg.samples, cfg.seed, "train", real_prob=cfg.real_prob, real_dir=real_dir)
     if recordings is not None:
         data = Windows.concat([data, recordings])
     teacher = None

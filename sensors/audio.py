@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from fusion_node.errors import SensorError
+from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ as RATE_HZ
 from fusion_node.wire import AudioChunk
 
 from .publisher import SensorPublisher, install_stop_handler, sleep_until
 from .samples import DEFAULT_AUDIO
 
 __all__ = ["load_audio_file", "to_mono_16k", "add_arguments", "run", "RATE_HZ"]
-
-RATE_HZ = 16000
 
 
 def to_mono_16k(samples: np.ndarray, rate_hz: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """TI mmWave SDK 3.x out-of-box demo: data-UART frame parser and CLI-port config helpers.
 
 The radar streams binary frames over its data UART (magic word, 40-byte header, TLV records; see
-``sensors/samples/radar/FORMAT.md``). :class:`TIStreamParser` turns an arbitrarily chunked byte
+``docs/ti_mmwave.md``). :class:`TIStreamParser` turns an arbitrarily chunked byte
 stream into :class:`RadarFrame` objects. It never raises on bad input: garbage, truncated frames,
 absurd headers and non-finite points become counted rejections in ``parser.counters`` and the
 parser resynchronises on the next magic word.
@@ -22,9 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from fusion_node.errors import SensorError
+from fusion_node.vocabulary import RADAR_POINT_FIELDS
 
 __all__ = [
-    "POINT_FIELDS",
+    "MAGIC",
+    "HEADER_LEN",
+    "HEADER_STRUCT",
+    "TLV_HEADER_STRUCT",
+    "TLV_TYPES",
+    "STATS_FIELDS",
     "RadarFrame",
     "TIStreamParser",
     "iter_capture",
@@ -47,8 +53,6 @@ MAX_PACKET_LEN = 1 << 20
 MAX_TLVS = 32
 MAX_POINTS = 10_000
 
-POINT_FIELDS = ("x_m", "y_m", "z_m", "doppler_mps", "snr_db", "noise_db")
-
 STATS_FIELDS = (
     "interFrameProcessingTime",
     "transmitOutTime",
@@ -58,25 +62,45 @@ STATS_FIELDS = (
     "interFrameCPULoad",
 )
 
-_HEADER = struct.Struct("<8I")  # fields after the magic word
-_TLV_HEADER = struct.Struct("<2I")
+# Header fields after the magic word: version, totalPacketLen, platform, frameNumber,
+# timeCpuCycles, numDetectedObj, numTLVs, subFrameNumber.
+HEADER_STRUCT = struct.Struct("<8I")
+TLV_HEADER_STRUCT = struct.Struct("<2I")  # type, payload length
 
 TLV_POINTS = 1
 TLV_RANGE_PROFILE = 2
+TLV_NOISE_PROFILE = 3
+TLV_AZIMUTH_STATIC_HEATMAP = 4
+TLV_RANGE_DOPPLER_HEATMAP = 5
 TLV_STATS = 6
 TLV_SIDE_INFO = 7
-# Documented by TI but not decoded here; skipping them is expected, not a sign of corruption.
-_DOCUMENTED_UNDECODED = frozenset({3, 4, 5, 8, 9})
+TLV_AZIMUTH_ELEVATION_STATIC_HEATMAP = 8
+TLV_TEMPERATURE_STATS = 9
+# Every record type the out-of-box demo defines, by number.
+TLV_TYPES = {
+    TLV_POINTS: "detected points",
+    TLV_RANGE_PROFILE: "range profile",
+    TLV_NOISE_PROFILE: "noise profile",
+    TLV_AZIMUTH_STATIC_HEATMAP: "azimuth static heatmap",
+    TLV_RANGE_DOPPLER_HEATMAP: "range-Doppler heatmap",
+    TLV_STATS: "statistics",
+    TLV_SIDE_INFO: "side info of detected points",
+    TLV_AZIMUTH_ELEVATION_STATIC_HEATMAP: "azimuth/elevation static heatmap",
+    TLV_TEMPERATURE_STATS: "temperature statistics",
+}
+# Documented but not decoded here; skipping them is expected, not a sign of corruption.
+_DOCUMENTED_UNDECODED = frozenset(TLV_TYPES) - {TLV_POINTS, TLV_RANGE_PROFILE, TLV_STATS, TLV_SIDE_INFO}
 
-_POINT_DTYPE = np.dtype("<f4")
-_SIDE_DTYPE = np.dtype("<i2")
-_PROFILE_DTYPE = np.dtype("<u2")
-_STATS_STRUCT = struct.Struct("<6I")
+POINT_DTYPE = np.dtype("<f4")  # x, y, z, doppler per detected point
+SIDE_INFO_DTYPE = np.dtype("<i2")  # snr, noise per detected point
+SIDE_INFO_UNIT_DB = 0.1  # side info counts tenths of a decibel
+PROFILE_DTYPE = np.dtype("<u2")
+STATS_STRUCT = struct.Struct("<6I")
 
 
 @dataclass(frozen=True, eq=False)
 class RadarFrame:
-    """One decoded out-of-box-demo frame; ``points`` columns are :data:`POINT_FIELDS`.
+    """One decoded out-of-box-demo frame; ``points`` columns are ``RADAR_POINT_FIELDS``.
 
     When the frame carries no side-info TLV (7) the snr/noise columns are 0.0 and
     ``has_side_info`` is False; NaN would trip the downstream non-finite checks.
@@ -166,7 +190,7 @@ def _decode_frame(buf: bytes | bytearray, header: tuple[int, ...]) -> tuple[Rada
     for _ in range(n_tlvs):
         if off + TLV_HEADER_LEN > end:
             raise _Reject("rejected_truncated")
-        tlv_type, tlv_len = _TLV_HEADER.unpack_from(mv, off)
+        tlv_type, tlv_len = TLV_HEADER_STRUCT.unpack_from(mv, off)
         off += TLV_HEADER_LEN
         if tlv_len > end - off:
             raise _Reject("rejected_truncated")
@@ -178,19 +202,19 @@ def _decode_frame(buf: bytes | bytearray, header: tuple[int, ...]) -> tuple[Rada
         if tlv_type == TLV_POINTS:
             if tlv_len != n_obj * 16:
                 raise _Reject("rejected_bad_tlv")
-            xyzd = np.frombuffer(payload, dtype=_POINT_DTYPE).reshape(n_obj, 4)
+            xyzd = np.frombuffer(payload, dtype=POINT_DTYPE).reshape(n_obj, 4)
         elif tlv_type == TLV_SIDE_INFO:
             if tlv_len != n_obj * 4:
                 raise _Reject("rejected_bad_tlv")
-            side = np.frombuffer(payload, dtype=_SIDE_DTYPE).reshape(n_obj, 2)
+            side = np.frombuffer(payload, dtype=SIDE_INFO_DTYPE).reshape(n_obj, 2)
         elif tlv_type == TLV_RANGE_PROFILE:
             if tlv_len % 2:
                 raise _Reject("rejected_bad_tlv")
-            profile = _readonly(np.frombuffer(payload, dtype=_PROFILE_DTYPE).astype(np.uint16))
+            profile = _readonly(np.frombuffer(payload, dtype=PROFILE_DTYPE).astype(np.uint16))
         elif tlv_type == TLV_STATS:
-            if tlv_len != _STATS_STRUCT.size:
+            if tlv_len != STATS_STRUCT.size:
                 raise _Reject("rejected_bad_tlv")
-            stats = dict(zip(STATS_FIELDS, _STATS_STRUCT.unpack(payload)))
+            stats = dict(zip(STATS_FIELDS, STATS_STRUCT.unpack(payload)))
         elif tlv_type in _DOCUMENTED_UNDECODED:
             skipped += 1
         else:
@@ -200,14 +224,14 @@ def _decode_frame(buf: bytes | bytearray, header: tuple[int, ...]) -> tuple[Rada
         if n_obj:
             # Points announced in the header but never delivered: the frame is inconsistent.
             raise _Reject("rejected_bad_tlv")
-        xyzd = np.empty((0, 4), dtype=_POINT_DTYPE)
+        xyzd = np.empty((0, 4), dtype=POINT_DTYPE)
     if not np.isfinite(xyzd).all():
         raise _Reject("rejected_non_finite")
 
-    points = np.zeros((n_obj, len(POINT_FIELDS)), dtype=np.float32)
+    points = np.zeros((n_obj, len(RADAR_POINT_FIELDS)), dtype=np.float32)
     points[:, :4] = xyzd
     if side is not None:
-        points[:, 4:] = side.astype(np.float32) * np.float32(0.1)
+        points[:, 4:] = side.astype(np.float32) * np.float32(SIDE_INFO_UNIT_DB)
     frame = RadarFrame(
         frame_number=frame_number,
         subframe_number=subframe,
@@ -298,7 +322,7 @@ class TIStreamParser:
             # into it was cut short, and trusting its length would swallow the frames after it.
             limit = HEADER_LEN
             if avail >= HEADER_LEN:
-                header = _HEADER.unpack_from(buf, pos + len(MAGIC))
+                header = HEADER_STRUCT.unpack_from(buf, pos + len(MAGIC))
                 if not self._header_ok(header):
                     if buf.find(MAGIC, pos + 1, pos + HEADER_LEN + len(MAGIC) - 1) >= 0:
                         self._reject("rejected_truncated")

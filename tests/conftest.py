@@ -1,4 +1,11 @@
-"""Shared fixtures: private ipc endpoints, real subprocesses of the fusion command, sample paths."""
+"""Shared fixtures: private ipc endpoints, real subprocesses of the fusion command, sample paths.
+
+Development data that may not ship (third-party recordings from source repositories) lies in
+``../shared/data`` beside the repository; tests that need it call :func:`shared_file` or use the
+``shared_data`` fixture and skip, with the reason, when it is absent. ``FUSION_TEST_SHARED_DIR``
+points the tests at another copy of ``../shared`` (an empty folder runs them as on a machine
+without it); the product itself never reads it.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,25 @@ import zmq
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sensors" / "samples"
+SHARED_DATA = Path(os.environ.get("FUSION_TEST_SHARED_DIR") or ROOT.parent / "shared") / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of the development data (``../shared/data/<relative>``); skips the test when absent."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"needs {relative} from the development data in {SHARED_DATA} (third-party recordings "
+                    f"that are not shipped), which is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The development data folder (``../shared/data``); skips the test when absent."""
+    if not (SHARED_DATA / "SOURCES.md").is_file():
+        pytest.skip(f"needs the development data in {SHARED_DATA} (third-party recordings that are not "
+                    f"shipped), which is absent")
+    return SHARED_DATA
 
 
 @pytest.fixture

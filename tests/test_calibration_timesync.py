@@ -1,4 +1,8 @@
-"""Clock offsets from data: known offsets injected into simulated streams, and the unrelated bundled recordings."""
+"""Clock offsets from data: known offsets injected into simulated streams, and unrelated real recordings.
+
+The unrelated recordings are third-party captures from the development data (``../shared/data``):
+those tests skip, with the reason, when it is absent.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +20,15 @@ from fusion_node.rig import load_rig, save_rig
 from calibration.synthetic import simulate_recording, truth_rig
 from calibration.timesync import (ActivitySignal, audio_file_activity, estimate_offset, radar_capture_activity,
                                   video_activity)
+from sensors.samples import DEFAULT_AUDIO, DEFAULT_CAMERA
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sensors" / "samples"
-PERSON_VIDEO = SAMPLES / "video" / "one-by-one-person-detection.mp4"
-DOORS_RADAR = SAMPLES / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat"
-SPEECH = SAMPLES / "audio" / "speech_librispeech_198-209-0000.ogg"
+from .conftest import ROOT, shared_file
+
+PERSON_VIDEO = "video/one-by-one-person-detection.mp4"
+CAR_VIDEO = "video/car-detection.mp4"
+DOORS_RADAR = "radar/ti_iwr6843_oob_automated_doors_2019-12-04.dat"
+SPEECH = "audio/speech_librispeech_198-209-0000.ogg"
+SPEECH2 = "audio/speech_librispeech_5703-47212-0000.ogg"
 
 RADAR_OFFSET_S = -0.065
 AUDIO_OFFSET_S = 0.040
@@ -119,13 +125,14 @@ def test_reference_with_its_own_offset(simulated, tmp_path):
     assert abs(offset / 1e9 - (1.0 + AUDIO_OFFSET_S)) < 0.005
 
 
-def test_bundled_recordings_were_not_captured_together(tmp_path):
-    """The bundled video, radar capture and speech were recorded apart: the estimator must say it cannot tell."""
+def test_real_recordings_made_apart_have_no_trustworthy_offset(tmp_path):
+    """A video, a radar capture and speech recorded apart: the estimator must say it cannot tell."""
     rig_path = tmp_path / "rig.yaml"
     shutil.copy(ROOT / "examples" / "rig_calibration.yaml", rig_path)
     before = rig_path.read_text()
-    proc = fusion("calibrate", "time", "--video", str(PERSON_VIDEO), "--radar", str(DOORS_RADAR), "--audio",
-                  str(SPEECH), "--reference", "cam0", "--rig", str(rig_path), "--max-seconds", "40")
+    proc = fusion("calibrate", "time", "--video", str(shared_file(PERSON_VIDEO)), "--radar",
+                  str(shared_file(DOORS_RADAR)), "--audio", str(shared_file(SPEECH)), "--reference", "cam0",
+                  "--rig", str(rig_path), "--max-seconds", "40")
     assert proc.returncode == 1
     assert "no trustworthy offset for radar0" in proc.stderr and "mic0" in proc.stderr
     assert "--accept-low-confidence" in proc.stderr
@@ -136,12 +143,12 @@ def test_bundled_recordings_were_not_captured_together(tmp_path):
     assert report["written"] == []
 
 
-def test_bundled_pairs_all_low_confidence():
-    video = video_activity(PERSON_VIDEO, name="cam0", max_seconds=40, progress=False)
-    radar = radar_capture_activity(DOORS_RADAR, 0.1, name="radar0")
-    audio = audio_file_activity(SPEECH, name="mic0")
-    cars = video_activity(SAMPLES / "video" / "car-detection.mp4", name="cam1", progress=False)
-    speech2 = audio_file_activity(SAMPLES / "audio" / "speech_librispeech_5703-47212-0000.ogg", name="mic1")
+def test_unrelated_real_pairs_all_low_confidence():
+    video = video_activity(shared_file(PERSON_VIDEO), name="cam0", max_seconds=40, progress=False)
+    radar = radar_capture_activity(shared_file(DOORS_RADAR), 0.1, name="radar0")
+    audio = audio_file_activity(shared_file(SPEECH), name="mic0")
+    cars = video_activity(shared_file(CAR_VIDEO), name="cam1", progress=False)
+    speech2 = audio_file_activity(shared_file(SPEECH2), name="mic1")
     pairs = ((video, radar), (video, audio), (radar, audio), (audio, video), (cars, radar), (cars, speech2),
              (video, cars), (radar, speech2))
     for ref, other in pairs:
@@ -151,8 +158,8 @@ def test_bundled_pairs_all_low_confidence():
 
 
 def test_too_little_overlap_is_an_error():
-    video = video_activity(PERSON_VIDEO, name="cam0", max_seconds=20, progress=False)
-    bark = audio_file_activity(SAMPLES / "audio" / "dog_bark_1_gcompris_LA.ogg", name="mic0")
+    video = video_activity(DEFAULT_CAMERA, name="cam0", progress=False)  # the bundled 10 s street video
+    bark = audio_file_activity(ROOT / "sensors" / "samples" / "audio" / "dog_bark_1_gcompris_LA.ogg", name="mic0")
     with pytest.raises(CalibrationError, match="overlap by at most .* at least 5 s of common recording"):
         estimate_offset(video, bark)
 
@@ -160,11 +167,11 @@ def test_too_little_overlap_is_an_error():
 def test_command_option_errors(tmp_path):
     rig_path = tmp_path / "rig.yaml"
     shutil.copy(ROOT / "examples" / "rig_calibration.yaml", rig_path)
-    proc = fusion("calibrate", "time", "--video", str(PERSON_VIDEO), "--reference", "cam0", "--rig", str(rig_path))
+    proc = fusion("calibrate", "time", "--video", str(DEFAULT_CAMERA), "--reference", "cam0", "--rig", str(rig_path))
     assert proc.returncode == 2 and "at least two of --video, --radar, --audio" in proc.stderr
-    proc = fusion("calibrate", "time", "--video", str(PERSON_VIDEO), "--audio", str(SPEECH), "--reference", "radar0",
-                  "--rig", str(rig_path))
+    proc = fusion("calibrate", "time", "--video", str(DEFAULT_CAMERA), "--audio", str(DEFAULT_AUDIO), "--reference",
+                  "radar0", "--rig", str(rig_path))
     assert proc.returncode == 2 and "--reference radar0: not one of the sensors given data" in proc.stderr
-    proc = fusion("calibrate", "time", "--video", str(tmp_path / "nope.mp4"), "--audio", str(SPEECH),
+    proc = fusion("calibrate", "time", "--video", str(tmp_path / "nope.mp4"), "--audio", str(DEFAULT_AUDIO),
                   "--reference", "cam0", "--rig", str(rig_path))
     assert proc.returncode == 2 and "nope.mp4: no such file" in proc.stderr

@@ -19,12 +19,13 @@ import yaml
 import zmq
 
 from fusion_node.wire import RadarPoints, decode_map, encode
+from sensors.samples import DEFAULT_CAMERA, DEFAULT_RADAR
 from sensors.ti_mmwave import read_capture
 
 from .conftest import ROOT, SAMPLES
 
-VIDEO = SAMPLES / "video" / "one-by-one-person-detection.mp4"
-RADAR = SAMPLES / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat"
+VIDEO = DEFAULT_CAMERA  # the bundled street video (real)
+RADAR = DEFAULT_RADAR  # the bundled TI capture (simulated)
 AUDIO = SAMPLES / "audio" / "engine_truck_start_pullaway_opensfx25_CC0.wav"
 
 
@@ -84,9 +85,13 @@ def test_demo_runs_the_bundled_recordings_end_to_end(tmp_path, untrained_models)
         cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "fusion demo summary" in proc.stdout
-    assert "side-by-side replay" in proc.stdout
+    # Which input is real and which simulated, and that they were not recorded together.
+    assert re.search(r"camera +street_bikes\S+\.mp4 \(real recordings", proc.stdout), proc.stdout[:2000]
+    assert re.search(r"radar +demo_street_simulated\.dat \(SIMULATED", proc.stdout)
+    assert re.search(r"audio +demo_street_mix\.flac \(real recordings", proc.stdout)
+    assert "not recorded together" in proc.stdout and "side-by-side replay" in proc.stdout
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(events) >= 20  # 10 fps video for ~4 s
+    assert len(events) >= 50  # 25 fps video for ~4 s
     full = [e for e in events if not e["missing"]]
     assert full, "no set had every modality"
     ev = full[-1]
@@ -147,9 +152,9 @@ def _garbage(rng, valid_frames):
 
 def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, zctx):
     node, sub = _node_and_subscriber(ipc_dir, spawn, zctx)
-    _sensor(spawn, "camera", "cam0", ipc_dir, VIDEO)
+    _sensor(spawn, "camera", "cam0", ipc_dir, VIDEO, "--fps", "10")  # one camera frame per radar frame
     _sensor(spawn, "audio", "mic0", ipc_dir, AUDIO)
-    # This test is the radar: it publishes the real capture's frames at 10 Hz with bursts of
+    # This test is the radar: it publishes the bundled capture's frames at 10 Hz with bursts of
     # malformed messages between them, on the same socket.
     pub = zctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.SNDHWM, 100_000)
@@ -202,6 +207,21 @@ def test_flood_of_malformed_messages_does_not_stop_valid_events(ipc_dir, spawn, 
     assert len(sent_bad) == 7  # every kind of damage was sent
     assert radar["accepted"] == 40 and radar["dropped"] == 0 and radar["seq_gaps"] == 0
     assert events_with_radar >= 20
+
+
+def test_demo_sim_runs_the_simulator_through_the_pipeline_and_exits_0(tmp_path, untrained_models):
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusion_node", "demo", "--sim", "--duration", "3", "--quiet", "--events-out", str(out),
+         "--models", str(untrained_models)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "FAILED" not in proc.stdout and "simulated world" in proc.stdout
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(events) >= 20  # 10 Hz camera for 3 s
+    complete = [e for e in events if not e["missing"]]
+    assert len(complete) >= len(events) // 2, [e["missing"] for e in events]
+    assert {m["topic"] for m in complete[-1]["members"]} == {"camera", "radar"}
 
 
 def test_demo_reports_a_sensor_that_died_with_its_error(tmp_path):

@@ -9,7 +9,10 @@ import time
 import numpy as np
 import zmq
 
+from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode
+from sensors.samples import DEFAULT_CAMERA, DEFAULT_RADAR
+from sensors.ti_mmwave import read_capture
 
 from .conftest import ROOT, SAMPLES
 
@@ -28,21 +31,23 @@ def _collect(zctx, endpoint, topic, until, timeout=30.0):
     return got
 
 
-def test_radar_replay_publishes_every_frame_of_the_real_capture(ipc_dir, spawn, zctx):
+def test_radar_replay_publishes_every_frame_of_the_bundled_capture(ipc_dir, spawn, zctx):
+    frames = read_capture(DEFAULT_RADAR)  # the sensor's default source
+    assert len(frames) == 100
     ep = f"ipc://{ipc_dir}/radar"
     proc = spawn("sensor", "radar", "--endpoint", ep, "--frame-period-ms", "5", "--wait-subscriber", "20")
-    msgs = _collect(zctx, ep, b"radar", lambda g: len(g) == 101)
+    msgs = _collect(zctx, ep, b"radar", lambda g: len(g) == len(frames))
     assert proc.p.wait(30) == 0
     assert all(isinstance(m, RadarPoints) for m in msgs)
-    assert [m.frame_number for m in msgs] == list(range(209, 310))
-    assert sum(len(m.points) for m in msgs) == 825
-    assert [m.seq for m in msgs] == list(range(101))
+    assert [m.frame_number for m in msgs] == [f.frame_number for f in frames]
+    assert all(np.array_equal(m.points, f.points) for m, f in zip(msgs, frames))
+    assert [m.seq for m in msgs] == list(range(len(frames)))
     stamps = np.diff([m.t_capture_ns for m in msgs])
     assert np.all(stamps == 5_000_000)  # scheduled capture times: exactly the frame period
 
 
 def test_camera_file_playback_raw_and_jpeg(ipc_dir, spawn, zctx):
-    video = SAMPLES / "video" / "car-detection.mp4"
+    video = DEFAULT_CAMERA
     for extra in ([], ["--jpeg", "80", "--resize", "320x180"]):
         ep = f"ipc://{ipc_dir}/cam{len(extra)}"
         proc = spawn("sensor", "camera", "--source", str(video), "--endpoint", ep, "--max-frames", "5",
@@ -50,7 +55,7 @@ def test_camera_file_playback_raw_and_jpeg(ipc_dir, spawn, zctx):
         msgs = _collect(zctx, ep, b"camera", lambda g: len(g) == 5)
         assert proc.p.wait(30) == 0
         assert all(isinstance(m, CameraFrame) for m in msgs)
-        assert msgs[0].image.shape == ((432, 768, 3) if not extra else (180, 320, 3))
+        assert msgs[0].image.shape == ((272, 640, 3) if not extra else (180, 320, 3))
         assert msgs[0].encoding == ("bgr8" if not extra else "jpeg")
         assert msgs[0].image.std() > 10  # a real picture, not a blank frame
 
@@ -62,7 +67,8 @@ def test_audio_file_is_resampled_to_16k_in_20ms_chunks(ipc_dir, spawn, zctx):
                  "--wait-subscriber", "20")
     msgs = _collect(zctx, ep, b"audio", lambda g: len(g) == 25)
     assert proc.p.wait(30) == 0
-    assert all(isinstance(m, AudioChunk) and m.sample_rate_hz == 16000 and len(m.samples) == 320 for m in msgs)
+    assert all(isinstance(m, AudioChunk) and m.sample_rate_hz == WIRE_AUDIO_RATE_HZ and len(m.samples) == 320
+               for m in msgs)
     assert np.all(np.diff([m.t_capture_ns for m in msgs]) == 20_000_000)
     assert max(np.abs(m.samples).max() for m in msgs) > 0.05
 

@@ -1,19 +1,31 @@
-"""The simulator: deterministic, geometrically consistent across modalities, and a real sensor backend."""
+"""The simulator: deterministic, geometrically consistent across modalities, and a real sensor backend.
+
+Also the demo's project-made inputs: the simulated TI capture and the street sound mix are what
+``python -m sensors.sim.make_demo`` makes from the scripted street.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from fusion_node.rig import load_rig
+from fusion_node.vocabulary import CLASSES, SPEED_OF_SOUND_MPS, WIRE_AUDIO_RATE_HZ
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode
-from sensors.sim import _variation
-from sensors.sim import (CLASSES, SPEED_OF_SOUND_MPS, RigGeometry, Scene, SoundEvent, Target, load_assets,
-                         render_audio, render_camera, render_radar, sample_scene, scene_labels)
+from sensors.audio import load_audio_file
+from sensors.samples import DEFAULT_AUDIO, DEFAULT_RADAR, DEMO_INPUTS
+from sensors.sim import make_demo
+from sensors.sim.assets import REAL_SOUNDS, load_assets
+from sensors.sim.render import _variation, render_audio, render_camera, render_radar
+from sensors.sim.world import (DEMO_DURATION_S, RigGeometry, Scene, SoundEvent, Target, demo_street_scene,
+                               sample_scene, scene_labels)
+from sensors.ti_mmwave import read_capture
+
+from .conftest import ROOT
 
 GEOMETRY = RigGeometry()
 
@@ -55,8 +67,8 @@ def test_sound_arrives_after_the_propagation_delay(assets):
     quiet = render_audio(Scene(seed=2, background=3), 1.0, 1.0, assets)
     clip = assets.clips["glass_break"][0]
     speed, gain = _variation(scene, f"glass_break{ev.t_start}")  # this scene's playback of the clip
-    clip_onset = np.flatnonzero(np.abs(clip) > 1e-3)[0] / 16000 / speed  # the recording's own lead-in
-    onset = np.flatnonzero(np.abs(audio - quiet) > 0.9e-3 * gain * 2.0 / 34.3)[0] / 16000
+    clip_onset = np.flatnonzero(np.abs(clip) > 1e-3)[0] / WIRE_AUDIO_RATE_HZ / speed  # the recording's own lead-in
+    onset = np.flatnonzero(np.abs(audio - quiet) > 0.9e-3 * gain * 2.0 / 34.3)[0] / WIRE_AUDIO_RATE_HZ
     assert abs(onset - (0.2 + 34.3 / SPEED_OF_SOUND_MPS + clip_onset)) < 0.002
 
 
@@ -86,9 +98,24 @@ def test_adverse_conditions_change_the_signals(assets):
     assert sample_scene(rng, 5.0, adverse="noise", assets=assets).noise_snr_db == 0.0
 
 
-def test_real_recordings_are_split_between_train_and_eval():
-    train, ev = load_assets("train"), load_assets("eval")
+def test_shipped_assets_split_long_clips_and_need_nothing_else(assets):
+    ev = load_assets("eval", GEOMETRY)
+    assert assets.real_files == () and ev.real_files == ()
+    assert not assets.person_frames and not assets.car_frames and not assets.radar_walkers
+    assert len(assets.backgrounds) >= 2 and assets.backgrounds[0].shape == (180, 320, 3)
+    assert len(assets.radar_static) > 50 and np.all(assets.radar_static[:, 3] == 0)  # static returns
+    n_speech = [len(c) for c in assets.clips["speech"]], [len(c) for c in ev.clips["speech"]]
+    assert all(a > b for a, b in zip(*n_speech))  # speech clips are long: cut 70 % / 30 %
+    assert [len(c) for c in assets.clips["dog"]] == [len(c) for c in ev.clips["dog"]]  # one bark: used whole
+
+
+def test_real_recordings_are_split_between_train_and_eval(shared_data):
+    train, ev = load_assets("train", GEOMETRY, shared_data), load_assets("eval", GEOMETRY, shared_data)
+    assert len(train.real_files) == 5 and train.real_files == ev.real_files
     assert train.person_frames and ev.person_frames and train.radar_walkers and ev.radar_walkers
+    assert len(train.person_frames) > len(ev.person_frames) and len(train.car_frames) > len(ev.car_frames)
+    shipped = len(load_assets("train", GEOMETRY).clips["speech"])
+    assert len(train.clips["speech"]) == shipped + len(REAL_SOUNDS["speech"])
     n_speech = [len(c) for c in train.clips["speech"]], [len(c) for c in ev.clips["speech"]]
     assert all(a > b for a, b in zip(*n_speech))  # 70 % / 30 %
 
@@ -118,8 +145,50 @@ def test_sim_backend_publishes_three_agreeing_streams(ipc_dir, spawn, zctx):
 
 
 def test_geometry_comes_from_a_rig_calibration_file():
-    from fusion_node.rig import load_rig
-
-    g = RigGeometry.from_rig(load_rig(Path(__file__).resolve().parents[1] / "examples" / "rig_calibration.yaml"))
+    g = RigGeometry.from_rig(load_rig(ROOT / "examples" / "rig_calibration.yaml"))
     assert (g.width_px, g.height_px) == (768, 432)
     assert abs(g.fx - 600.0) < 1e-6 and abs(g.radar_below_camera_m - 0.06) < 1e-9
+
+
+# -- the demo's project-made inputs --------------------------------------------------------------
+
+
+def test_demo_radar_capture_is_the_simulated_street():
+    """The committed capture is the simulator's rendering of the scripted street, as make_demo writes it."""
+    frames = read_capture(DEFAULT_RADAR)
+    fresh = make_demo.demo_radar_frames(GEOMETRY)
+    assert len(frames) == len(fresh) == int(DEMO_DURATION_S * make_demo.RADAR_HZ)
+    assert [f.frame_number for f in frames] == list(range(1, len(frames) + 1))
+    for f, pts in zip(frames, fresh):
+        assert f.has_side_info and f.stats is not None
+        np.testing.assert_allclose(f.points[:, :4], pts[:, :4], atol=1e-4)
+        np.testing.assert_allclose(f.points[:, 4:], pts[:, 4:], atol=0.051)
+    assert not DEMO_INPUTS["radar"].real and "simulator" in DEMO_INPUTS["radar"].description
+    # The scripted car passes 12 m out: its returns carry its radial velocity while it crosses.
+    car = demo_street_scene().targets[1]
+    for t in (2.0, 3.0, 4.0):
+        x, y = car.position(t)
+        pts = frames[int(t * make_demo.RADAR_HZ)].points
+        near = pts[np.hypot(pts[:, 0] - x, pts[:, 1] - y) < 2.5]
+        radial = (car.vx * near[:, 0] + car.vy * near[:, 1]) / np.hypot(near[:, 0], near[:, 1])
+        assert len(near) >= 5 and abs(np.median(near[:, 3] - radial)) < 0.3, t
+
+
+def test_demo_sound_mix_follows_the_street_timeline():
+    mix = make_demo.demo_audio_mix()
+    shipped = load_audio_file(DEFAULT_AUDIO)
+    assert len(shipped) == len(mix) == int(DEMO_DURATION_S * WIRE_AUDIO_RATE_HZ)
+    # The committed file is this mix, as 16-bit samples.
+    np.testing.assert_allclose(shipped, mix, atol=1.5 / 32768)
+    level = np.sqrt(np.mean(mix.reshape(-1, WIRE_AUDIO_RATE_HZ // 10) ** 2, axis=1))  # per 100 ms
+    for p in make_demo.MIX:
+        k = int(p.start_s * 10) + 1
+        assert level[k] > 0.02, p.clip  # sound where each clip was placed
+    assert level.max() > 0.1 and np.abs(mix).max() <= 0.9 + 1e-6
+
+
+def test_make_demo_writes_both_files(tmp_path, capsys):
+    assert make_demo.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "radar" / DEFAULT_RADAR.name).read_bytes() == make_demo.demo_radar_capture()
+    assert len(load_audio_file(tmp_path / "audio" / DEFAULT_AUDIO.name)) == int(DEMO_DURATION_S * WIRE_AUDIO_RATE_HZ)
+    assert "simulated TI frames" in capsys.readouterr().out

@@ -1,21 +1,30 @@
-"""Tests of sensors.ti_mmwave against the real IWR6843 out-of-box-demo capture.
+"""Tests of the TI mmWave out-of-box-demo parser (``sensors.ti_mmwave``) and writer (``sensors.ti_writer``).
 
-Every damaged stream is built from the real capture (truncated, garbage-laced, corrupted
+Every test of the stream parser runs on two captures: the project's own, written by its TI
+writer (frames with and without points, side info, range profile and statistics records,
+padded as the radar pads them), and, when the development data is present, the real IWR6843
+capture from TI's toolbox (101 frames, 825 points; skipped with the reason otherwise). Every
+damaged stream is built from a capture (truncated, garbage-laced, bit-flipped, corrupted
 headers, injected NaN) and must yield exactly the intact frames, with the damage counted.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import random
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fusion_node.vocabulary import RADAR_POINT_FIELDS
 from sensors.ti_mmwave import (
-    POINT_FIELDS,
+    MAGIC,
+    STATS_FIELDS,
+    TLV_TYPES,
     ChirpConfig,
     ChirpConfigError,
     RadarFrame,
@@ -25,10 +34,13 @@ from sensors.ti_mmwave import (
     read_capture,
     send_chirp_config,
 )
+from sensors.ti_writer import PACKET_ALIGN, PLATFORM_IWR6843, SDK_VERSION, encode_capture, encode_frame, write_capture
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sensors/samples/radar/ti_iwr6843_oob_automated_doors_2019-12-04.dat"
-MAGIC = bytes((0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07))
+from .conftest import shared_file
+
+REAL_IWR6843 = "radar/ti_iwr6843_oob_automated_doors_2019-12-04.dat"
+REAL_VITAL_SIGNS = "corpus/radar/ti_vital_signs/ti_iwr1642_vital_signs_dataOutputFromEVM_AN.bin"
+REAL_RADHAR = "corpus/radar/radhar/radhar_iwr1443_train___20_walk_1.txt.gz"
 REJECTIONS = (
     "rejected_truncated",
     "rejected_bad_header",
@@ -36,22 +48,71 @@ REJECTIONS = (
     "rejected_non_finite",
 )
 
+# The project's own capture: frame numbers, and which frames carry no points.
+OWN_FIRST = 1000
+OWN_FRAMES = 64
+OWN_BINS = 256
+
+
+def own_points(seed: int = 0) -> list[np.ndarray]:
+    """Points of the project's capture: every seventh frame empty, up to 24 points in the others."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(OWN_FRAMES):
+        n = 0 if k % 7 == 3 else int(rng.integers(1, 25))
+        out.append(np.column_stack([rng.uniform(-5, 5, n), rng.uniform(0.2, 10, n), rng.uniform(-1, 2, n),
+                                    rng.uniform(-3, 3, n), rng.uniform(5, 40, n), rng.uniform(40, 90, n)]))
+    return out
+
+
+def own_profile(k: int) -> np.ndarray:
+    return ((np.arange(OWN_BINS) * 37 + 11 * k) % 65536).astype(np.uint16)
+
+
+def own_stats(k: int) -> dict[str, int]:
+    return {name: 1000 * (j + 1) + k for j, name in enumerate(STATS_FIELDS)}
+
+
+def own_capture() -> bytes:
+    return b"".join(encode_frame(OWN_FIRST + k, pts, range_profile=own_profile(k), stats=own_stats(k),
+                                 time_cpu_cycles=123_456 * k)
+                    for k, pts in enumerate(own_points()))
+
+
+@dataclass
+class Capture:
+    """A capture under test and what is known about it."""
+
+    name: str
+    raw: bytes
+    n_frames: int
+    n_points: int
+    first_frame_number: int
+
+
+@pytest.fixture(scope="module", params=["own", "ti_iwr6843"])
+def capture(request) -> Capture:
+    if request.param == "own":
+        pts = own_points()
+        return Capture("own", own_capture(), OWN_FRAMES, sum(len(p) for p in pts), OWN_FIRST)
+    return Capture("ti_iwr6843", shared_file(REAL_IWR6843).read_bytes(), 101, 825, 209)
+
 
 @pytest.fixture(scope="module")
-def raw() -> bytes:
-    return SAMPLE.read_bytes()
+def raw(capture: Capture) -> bytes:
+    return capture.raw
 
 
 @pytest.fixture(scope="module")
-def raw_frames(raw: bytes) -> list[bytes]:
+def raw_frames(capture: Capture) -> list[bytes]:
     """The capture split into its frames' bytes, walking the declared lengths."""
-    out, pos = [], 0
+    raw, out, pos = capture.raw, [], 0
     while pos < len(raw):
         assert raw[pos : pos + 8] == MAGIC
         (total,) = struct.unpack_from("<I", raw, pos + 12)
         out.append(raw[pos : pos + total])
         pos += total
-    assert len(out) == 101
+    assert len(out) == capture.n_frames
     return out
 
 
@@ -94,17 +155,22 @@ def first_frame_with_points(raw_frames: list[bytes], start: int = 10) -> int:
     raise AssertionError("capture has no frame with points")
 
 
-# --- the real capture ---------------------------------------------------------------------------
+def frame_number(raw_frame: bytes) -> int:
+    return struct.unpack_from("<I", raw_frame, 20)[0]
+
+
+# --- the captures as they are -------------------------------------------------------------------
 
 
 def test_real_capture_frames():
-    frames = read_capture(SAMPLE)
+    path = shared_file(REAL_IWR6843)
+    frames = read_capture(path)
     assert len(frames) == 101
     assert [f.frame_number for f in frames] == list(range(209, 310))
     assert sum(f.num_points for f in frames) == 825
     for f in frames:
         assert f.points.dtype == np.float32
-        assert f.points.shape == (f.num_points, len(POINT_FIELDS))
+        assert f.points.shape == (f.num_points, len(RADAR_POINT_FIELDS))
         assert np.isfinite(f.points).all()
         assert f.has_side_info == (f.num_points > 0)
         assert not f.points.flags.writeable
@@ -112,18 +178,11 @@ def test_real_capture_frames():
         assert f.subframe_number == 0
         assert f.range_profile is not None and f.range_profile.dtype == np.uint16
         assert f.range_profile.shape == (256,)
-        assert f.stats is not None and set(f.stats) == {
-            "interFrameProcessingTime",
-            "transmitOutTime",
-            "interFrameProcessingMargin",
-            "interChirpProcessingMargin",
-            "activeFrameCPULoad",
-            "interFrameCPULoad",
-        }
+        assert f.stats is not None and set(f.stats) == set(STATS_FIELDS)
     pts = np.concatenate([f.points for f in frames])
     # SNR and noise floor arrive as int16 in 0.1 dB: plausible dB values, not raw counts.
-    snr = pts[:, POINT_FIELDS.index("snr_db")]
-    noise = pts[:, POINT_FIELDS.index("noise_db")]
+    snr = pts[:, RADAR_POINT_FIELDS.index("snr_db")]
+    noise = pts[:, RADAR_POINT_FIELDS.index("noise_db")]
     assert 0 < snr.min() and snr.max() < 100
     assert 0 < noise.min() and noise.max() < 150
     # A door scene seen from a few metres: ranges inside the demo's ~10 m reach.
@@ -131,28 +190,54 @@ def test_real_capture_frames():
     assert rng_m.max() < 20
 
 
-def test_real_capture_counters(raw: bytes):
+def test_own_capture_round_trips_what_was_written():
+    frames = read_capture_bytes(own_capture())
+    written = own_points()
+    assert [f.frame_number for f in frames] == list(range(OWN_FIRST, OWN_FIRST + OWN_FRAMES))
+    for k, (f, pts) in enumerate(zip(frames, written)):
+        assert f.points.shape == (len(pts), len(RADAR_POINT_FIELDS)) and not f.points.flags.writeable
+        np.testing.assert_array_equal(f.points[:, :4], pts[:, :4].astype(np.float32))
+        # snr/noise travel as tenths of a decibel.
+        assert np.abs(f.points[:, 4:] - pts[:, 4:]).max(initial=0) <= 0.05 + 1e-4
+        assert f.has_side_info == (len(pts) > 0)
+        assert f.version == SDK_VERSION and f.platform == PLATFORM_IWR6843
+        assert f.time_cpu_cycles == 123_456 * k and f.subframe_number == 0
+        np.testing.assert_array_equal(f.range_profile, own_profile(k))
+        assert f.stats == own_stats(k)
+
+
+def read_capture_bytes(data: bytes) -> list[RadarFrame]:
+    frames, parser = parse(data)
+    assert rejections(parser) == {} and parser.counters["resync_bytes_skipped"] == 0
+    return frames
+
+
+def test_capture_counters(capture: Capture, raw: bytes):
     frames, parser = parse(raw)
-    assert len(frames) == 101
+    assert len(frames) == capture.n_frames
     c = parser.counters
-    assert c["frames"] == 101 and c["points"] == 825
+    assert c["frames"] == capture.n_frames and c["points"] == capture.n_points
     assert c["resync_bytes_skipped"] == 0
     assert rejections(parser) == {}
     assert c["unknown_tlv"] == 0 and c["skipped_tlv"] == 0
     assert parser.buffered == 0
+    assert [f.frame_number for f in frames] == list(range(capture.first_frame_number,
+                                                          capture.first_frame_number + capture.n_frames))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_random_chunks_match_whole_file(raw: bytes, reference: list[RadarFrame], seed: int):
+def test_random_chunks_match_whole_file(capture: Capture, raw: bytes, reference: list[RadarFrame], seed: int):
     frames, parser = parse(raw, seed=seed)
     assert frames == reference
-    assert parser.counters["frames"] == 101 and rejections(parser) == {}
+    assert parser.counters["frames"] == capture.n_frames and rejections(parser) == {}
 
 
-def test_byte_at_a_time_and_iter_capture(raw: bytes, reference: list[RadarFrame]):
+def test_byte_at_a_time_and_iter_capture(raw: bytes, reference: list[RadarFrame], tmp_path: Path):
     frames, _ = parse(raw, seed=99, max_chunk=1)
     assert frames == reference
-    assert list(iter_capture(SAMPLE, chunk_size=13)) == reference
+    path = tmp_path / "capture.dat"
+    path.write_bytes(raw)
+    assert list(iter_capture(path, chunk_size=13)) == reference
 
 
 def test_frames_are_yielded_as_soon_as_complete(raw_frames: list[bytes]):
@@ -160,8 +245,100 @@ def test_frames_are_yielded_as_soon_as_complete(raw_frames: list[bytes]):
     first = raw_frames[0]
     assert parser.feed(first[:-1]) == []
     got = parser.feed(first[-1:])
-    assert [f.frame_number for f in got] == [209]
+    assert [f.frame_number for f in got] == [frame_number(first)]
     assert parser.buffered == 0
+
+
+# --- the writer: every record type, padding -----------------------------------------------------
+
+
+def test_every_tlv_type_the_format_defines():
+    pts = np.array([[1.0, 4.0, 0.5, -0.75, 21.3, 60.1], [-2.0, 7.5, 1.0, 1.25, 14.0, 55.5]])
+    extra = [(3, own_profile(7)), (4, np.arange(64, dtype="<i2")), (5, np.arange(32, dtype="<u2")),
+             (8, np.arange(16, dtype="<i2")), (9, struct.pack("<I10H", 77, *range(10)))]
+    data = encode_frame(5, pts, range_profile=own_profile(1), stats=own_stats(2), extra_tlvs=extra)
+    assert struct.unpack_from("<I", data, 32)[0] == 9  # numTLVs
+    types, off = [], 40
+    for _ in range(9):
+        t, n = struct.unpack_from("<2I", data, off)
+        types.append(t)
+        off += 8 + n
+    assert sorted(types) == sorted(TLV_TYPES) == list(range(1, 10))
+    assert len(data) % PACKET_ALIGN == 0 and not data[off:].strip(b"\x00")  # zero padding after the records
+    frames, parser = parse(data)
+    assert rejections(parser) == {} and parser.counters["skipped_tlv"] == 5 and parser.counters["unknown_tlv"] == 0
+    (f,) = frames
+    np.testing.assert_allclose(f.points, pts, atol=0.05)
+    np.testing.assert_array_equal(f.range_profile, own_profile(1))
+    assert f.stats == own_stats(2) and f.has_side_info
+
+
+def test_writer_refuses_what_the_format_cannot_hold():
+    with pytest.raises(ValueError, match="not one the format defines"):
+        encode_frame(1, None, extra_tlvs=[(10, b"\x00" * 4)])
+    with pytest.raises(ValueError, match="finite"):
+        encode_frame(1, np.array([[0.0, 1.0, math.nan, 0.0]]))
+    with pytest.raises(ValueError, match=r"\(N, 4..6\)"):
+        encode_frame(1, np.zeros((3, 3)))
+
+
+def test_undefined_tlv_type_is_counted_unknown():
+    data = bytearray(encode_frame(5, None, extra_tlvs=[(9, b"\x01\x02\x03\x04")]))
+    struct.pack_into("<I", data, 40, 42)  # the record's type: one the format does not define
+    frames, parser = parse(bytes(data))
+    assert len(frames) == 1 and parser.counters["unknown_tlv"] == 1 and rejections(parser) == {}
+
+
+@pytest.mark.parametrize("align", [1, 4, PACKET_ALIGN, 64])
+def test_padding_to_any_alignment_reads_the_same(align: int):
+    pts = own_points()
+    data = encode_capture(pts[:12], first_frame_number=7, align=align, stats=own_stats(0))
+    frames, parser = parse(data, seed=align)
+    unpadded, _ = parse(encode_capture(pts[:12], first_frame_number=7, align=1, stats=own_stats(0)))
+    assert frames == unpadded and len(frames) == 12
+    assert rejections(parser) == {} and parser.counters["resync_bytes_skipped"] == 0
+    pos = 0
+    for _ in range(12):
+        (total,) = struct.unpack_from("<I", data, pos + 12)
+        assert total % align == 0
+        pos += total
+    assert pos == len(data)
+
+
+def test_write_capture_and_empty_frames(tmp_path: Path):
+    path = write_capture(tmp_path / "w.dat", [np.zeros((0, 6)), np.array([[0.0, 2.0, 0.0, 0.5]])],
+                         first_frame_number=41)
+    frames = read_capture(path)
+    assert [(f.frame_number, f.num_points, f.has_side_info) for f in frames] == [(41, 0, False), (42, 1, True)]
+    assert frames[1].points[0, 4:].tolist() == [20.0, 10.0]  # side info the points did not carry
+
+
+# --- bit flips ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bit_flips_lose_only_the_frames_they_hit(raw_frames, reference, seed: int):
+    rng = random.Random(seed)
+    data = bytearray(b"".join(raw_frames))
+    starts = np.cumsum([0] + [len(f) for f in raw_frames])
+    hit = set()
+    for _ in range(rng.randint(1, 6)):
+        bit = rng.randrange(len(data) * 8)
+        data[bit // 8] ^= 1 << (bit % 8)
+        hit.add(int(np.searchsorted(starts, bit // 8, side="right")) - 1)
+    for chunking in (None, seed):
+        frames, parser = parse(bytes(data), seed=chunking, max_chunk=900)
+        # Every frame no flip touched comes out unchanged and in order.
+        pos = 0
+        for i, ref in enumerate(reference):
+            if i in hit:
+                continue
+            while pos < len(frames) and frames[pos] != ref:
+                pos += 1
+            assert pos < len(frames), f"untouched frame {i} lost (flips in frames {sorted(hit)})"
+        assert len(frames) <= len(reference)
+        assert len(frames) >= len(reference) - len(hit)
+        assert parser.buffered == 0
 
 
 # --- truncation ---------------------------------------------------------------------------------
@@ -171,19 +348,19 @@ def test_truncated_last_frame(raw: bytes, reference: list[RadarFrame], tmp_path:
     cut = raw[: len(raw) - 300]
     for seed in (None, 7):
         frames, parser = parse(cut, seed=seed)
-        assert frames == reference[:100]
+        assert frames == reference[:-1]
         assert rejections(parser) == {"rejected_truncated": 1}
     path = tmp_path / "cut.dat"
     path.write_bytes(cut)
     parser = TIStreamParser()
-    assert list(iter_capture(path, parser=parser)) == reference[:100]
+    assert list(iter_capture(path, parser=parser)) == reference[:-1]
     assert parser.counters["rejected_truncated"] == 1
 
 
-def test_truncated_frame_is_held_until_flush(raw: bytes):
+def test_truncated_frame_is_held_until_flush(raw: bytes, reference: list[RadarFrame]):
     parser = TIStreamParser()
     frames = parser.feed(raw[:-10])
-    assert len(frames) == 100 and parser.counters["rejected_truncated"] == 0
+    assert len(frames) == len(reference) - 1 and parser.counters["rejected_truncated"] == 0
     assert parser.flush() == []
     assert parser.counters["rejected_truncated"] == 1
     assert parser.buffered == 0
@@ -212,7 +389,7 @@ def test_magic_split_across_chunks_ends_truncated_frame_early(raw_frames, split:
     assert parser.counters["rejected_truncated"] == 0
     parser.feed(raw_frames[6][split:40])  # far less than frame 5's declared length
     assert parser.counters["rejected_truncated"] == 1
-    assert [f.frame_number for f in parser.feed(raw_frames[6][40:])] == [215]
+    assert [f.frame_number for f in parser.feed(raw_frames[6][40:])] == [frame_number(raw_frames[6])]
 
 
 # --- garbage ------------------------------------------------------------------------------------
@@ -244,7 +421,7 @@ def test_garbage_between_frames(raw_frames, reference, seed: int):
     garbage_len += len(tail)
     data = b"".join(pieces)
     # The garbage must not have formed a real magic word anywhere, or the test would be moot.
-    assert data.count(MAGIC) == 101
+    assert data.count(MAGIC) == len(raw_frames)
 
     parser = TIStreamParser()
     frames = parser.feed(data)
@@ -329,14 +506,14 @@ def test_side_info_length_mismatch(raw_frames, reference):
 
 
 @pytest.mark.parametrize("new_type, counter", [(99, "unknown_tlv"), (3, "skipped_tlv")])
-def test_undecoded_tlv_is_skipped(raw_frames, reference, new_type: int, counter: str):
+def test_undecoded_tlv_is_skipped(capture, raw_frames, reference, new_type: int, counter: str):
     i = first_frame_with_points(raw_frames)
     n = struct.unpack_from("<I", raw_frames[i], 28)[0]
     stats_type_at = 40 + (8 + n * 16) + (8 + n * 4) + (8 + 512)
     assert struct.unpack_from("<I", raw_frames[i], stats_type_at)[0] == 6
     patched = _patch_u32(raw_frames[i], stats_type_at, new_type)
     frames, parser = parse(b"".join(raw_frames[:i]) + patched + b"".join(raw_frames[i + 1 :]))
-    assert len(frames) == 101 and rejections(parser) == {}
+    assert len(frames) == capture.n_frames and rejections(parser) == {}
     assert parser.counters[counter] == 1
     assert frames[i].stats is None
     assert np.array_equal(frames[i].points, reference[i].points)
@@ -351,6 +528,32 @@ def test_non_finite_point_rejected(raw_frames, reference, column: int, value: fl
     frames, parser = parse(data, seed=3)
     assert frames == reference[:i] + reference[i + 1 :]
     assert rejections(parser) == {"rejected_non_finite": 1}
+
+
+# --- other streams that are not out-of-box-demo frames ------------------------------------------
+
+
+def test_vital_signs_demo_stream_is_rejected_not_misread():
+    """TI's vital-signs demo uses the same magic word and header, but its header counts 99 objects in a
+    288-byte packet and its records mean other things: nothing of it may come out as points."""
+    raw = shared_file(REAL_VITAL_SIGNS).read_bytes()
+    n_packets = raw.count(MAGIC)
+    assert n_packets == 3096
+    for seed in (None, 5):
+        frames, parser = parse(raw, seed=seed, max_chunk=4000)
+        assert frames == []
+        assert rejections(parser) == {"rejected_bad_header": n_packets}
+        assert parser.counters["resync_bytes_skipped"] == len(raw) and parser.buffered == 0
+    with pytest.raises(ValueError, match="ti_iwr1642_vital_signs.*no valid TI mmWave"):
+        read_capture(shared_file(REAL_VITAL_SIGNS))
+
+
+def test_radhar_text_dump_holds_no_frame():
+    """RadHAR's recordings are ROS text dumps of points, not the UART stream: the parser finds no frame."""
+    text = gzip.decompress(shared_file(REAL_RADHAR).read_bytes())
+    assert text.startswith(b"header:") and MAGIC not in text
+    frames, parser = parse(text, seed=1)
+    assert frames == [] and parser.counters["resync_bytes_skipped"] == len(text) and rejections(parser) == {}
 
 
 # --- capture files ------------------------------------------------------------------------------
