@@ -75,6 +75,12 @@ class SensorConfig(_Strict):
     queue_bound: int | None = Field(None, ge=1, le=10_000,
                                     description="per-sensor buffer length (drop-oldest, counted); "
                                                 "default: the topic's queue bound")
+    shm: bool | None = Field(None, description="take shared-memory payload handles from this sensor (same host "
+                                               "only); default: on for ipc:// endpoints, off otherwise")
+
+    @property
+    def shm_enabled(self) -> bool:
+        return self.endpoint.startswith("ipc://") if self.shm is None else self.shm
 
     @property
     def liveness_timeout_ns(self) -> int:
@@ -134,6 +140,10 @@ class NodeConfig(_Strict):
     stats_interval_s: float = Field(1.0, gt=0, description="period of the stats topic")
     max_age_s: float = Field(5.0, gt=0, description="reject messages captured longer ago than this (rig clock)")
     max_future_s: float = Field(0.5, gt=0, description="reject messages captured further ahead than this")
+    shm_dir: str | None = Field(None, description="folder holding the sensors' shared-memory rings; "
+                                                  "default: /dev/shm, else the temp folder")
+    stall_ms: float = Field(100.0, gt=0, description="a node loop turn (receive, admit, fuse, publish) longer "
+                                                     "than this is counted as a stall in the stats topic")
 
     @field_validator("models", "batched_models")
     @classmethod

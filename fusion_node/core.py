@@ -32,12 +32,14 @@ from .rig import Rig
 from .runtime import HeadOutput, Runtime
 from .stats import LatencyWindow
 from .vocabulary import MODALITIES, WIRE_AUDIO_RATE_HZ
-from .wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage
+from .wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage, decode_jpeg
 
 __all__ = ["FusionCore", "SensorState"]
 
 # An audio window less covered than this is treated as missing rather than fed to the encoder.
 MIN_AUDIO_COVERAGE = 0.5
+# Consecutive, mutually consistent out-of-order messages that re-base a sensor's timeline.
+STEP_CONFIRM = 3
 
 
 @dataclass
@@ -65,6 +67,10 @@ class SensorState:
     clock_epoch_ns: int = 0
     rejected: Counter = field(default_factory=Counter)
     received_at_last_stats: int = 0
+    # Out-of-order messages that agree with each other: STEP_CONFIRM of them in a row are a new
+    # timeline (a clock stepped back, a seq the node was led past), not isolated stale frames.
+    step_candidates: list = field(default_factory=list)
+    resyncs: int = 0
 
 
 class FusionCore:
@@ -122,51 +128,65 @@ class FusionCore:
     # -- admission -----------------------------------------------------------------------
 
     def reject(self, rej: Rejection) -> None:
-        """Count a rejection against its sensor when it names a configured one."""
+        """Count a rejection against the configured sensor it names, else as unattributed."""
         st = self.sensors.get(rej.sensor_id)
-        if st is not None and rej.reason != "unknown_sensor":
+        if st is not None:
             st.rejected[rej.reason] += 1
         else:
             self.unattributed[rej.reason] += 1
 
+    def _refuse(self, st: SensorState, reason: str) -> None:
+        st.rejected[reason] += 1
+
     def _admit(self, now_ns: int, t_recv_ns: int, msg: SensorMessage) -> Member | None:
+        """Admit one decoded message or count why not.
+
+        Every check runs before anything about the sensor changes: a rejected message moves
+        no clock tracking, sequence or timeline, only counters (and the bounded step-candidate
+        list, for out-of-order messages). JPEG frames are decoded here, last, once admitted.
+        """
         st = self.sensors.get(msg.sensor_id)
         if st is None:
             self.unattributed["unknown_sensor"] += 1
             return None
         st.received += 1
         if msg.topic != st.kind:
-            st.rejected["unknown_sensor"] += 1  # a sensor id published on another modality's topic
-            return None
-        t_rig = self.to_rig_ns(st, msg.t_capture_ns)
-        clock = self.clocks[st.sensor_id]
-        if msg.run_id != st.run_id:
-            clock.reset()
-        if clock.observe(msg.t_capture_ns, t_recv_ns) == "jump" and msg.run_id == st.run_id:
-            # The sensor's clock leapt within one run: start its timeline afresh instead of
-            # rejecting everything from now on as out of order, or stalling the synchroniser.
-            st.clock_jumps += 1
-            st.last_t_rig_ns = -1
-            self.assembler.rebase(st.sensor_id)
-        if t_rig < now_ns - self.max_age_ns:
-            st.rejected["timestamp_past"] += 1
-            return None
-        if t_rig > now_ns + self.max_future_ns:
-            st.rejected["timestamp_future"] += 1
-            return None
+            return self._refuse(st, "unknown_sensor")  # a sensor id published on another modality's topic
         if isinstance(msg, AudioChunk) and msg.sample_rate_hz != self.audio_rate_hz:
-            st.rejected["bad_header"] += 1
-            return None
-        if msg.run_id != st.run_id:
+            return self._refuse(st, "bad_header")
+        t_rig = self.to_rig_ns(st, msg.t_capture_ns)
+        if t_rig < now_ns - self.max_age_ns:
+            return self._refuse(st, "timestamp_past")
+        if t_rig > now_ns + self.max_future_ns:
+            return self._refuse(st, "timestamp_future")
+        restart = msg.run_id != st.run_id
+        resync = False
+        if not restart and (msg.seq <= st.last_seq or t_rig <= st.last_t_rig_ns):
+            if not self._confirms_step(st, msg, t_rig, t_recv_ns):
+                return self._refuse(st, "out_of_order")
+            resync = True
+        if isinstance(msg, CameraFrame) and msg.image is None and decode_jpeg(msg) is not None:
+            return self._refuse(st, "bad_payload")
+        # Admitted: from here on the sensor's state follows this message.
+        st.step_candidates.clear()
+        clock = self.clocks[st.sensor_id]
+        if restart:
             if st.run_id is not None:
                 st.restarts += 1
                 self.assembler.rebase(st.sensor_id)
             st.run_id = msg.run_id
             st.last_seq = msg.seq - 1
-            st.last_t_rig_ns = -1
-        elif msg.seq <= st.last_seq or t_rig < st.last_t_rig_ns:
-            st.rejected["out_of_order"] += 1
-            return None
+            clock.reset()
+        elif resync:
+            st.resyncs += 1
+            st.last_seq = msg.seq - 1
+            if t_rig <= st.last_t_rig_ns:
+                self.assembler.rebase(st.sensor_id)  # the timeline went back: forget what came after
+        if clock.observe(msg.t_capture_ns, t_recv_ns) == "jump" and not restart:
+            # The sensor's clock leapt within one run: start its timeline afresh instead of
+            # rejecting everything from now on as out of order, or stalling the synchroniser.
+            st.clock_jumps += 1
+            self.assembler.rebase(st.sensor_id)
         if msg.seq > st.last_seq + 1:
             st.seq_gaps += msg.seq - st.last_seq - 1
         st.last_seq = msg.seq
@@ -174,6 +194,24 @@ class FusionCore:
         st.last_seen_ns = t_recv_ns
         st.accepted += 1
         return Member(st.sensor_id, st.kind, msg, t_rig, t_recv_ns)
+
+    def _confirms_step(self, st: SensorState, msg: SensorMessage, t_rig: int, t_recv_ns: int) -> bool:
+        """Whether this out-of-order message is the STEP_CONFIRM-th in a row of one new timeline.
+
+        Candidates must follow each other (seq and capture time increasing) with capture time
+        advancing like receive time: a sensor whose clock stepped, or the real stream after a
+        message that claimed a far-ahead seq. A lone stale or replayed frame never gets there.
+        """
+        cands = st.step_candidates
+        d = t_recv_ns - msg.t_capture_ns
+        if cands:
+            seq0, t0, d0 = cands[-1]
+            tolerance = self.clocks[st.sensor_id].threshold_ns // 2
+            if not (msg.seq > seq0 and t_rig > t0 and abs(d - d0) <= tolerance):
+                cands.clear()
+        cands.append((msg.seq, t_rig, d))
+        del cands[:-STEP_CONFIRM]
+        return len(cands) >= STEP_CONFIRM
 
     # -- the step --------------------------------------------------------------------------
 
@@ -362,7 +400,7 @@ class FusionCore:
                 "kind": st.kind, "alive": st.alive, "received": st.received, "accepted": st.accepted,
                 "rate_hz": round(recent / interval_s, 2) if interval_s > 0 else 0.0,
                 "dropped": st.dropped, "seq_gaps": st.seq_gaps, "restarts": st.restarts, "deaths": st.deaths,
-                "clock_jumps": st.clock_jumps, "clock": self.clocks[st.sensor_id].summary(),
+                "clock_jumps": st.clock_jumps, "resyncs": st.resyncs, "clock": self.clocks[st.sensor_id].summary(),
                 "rejected": dict(st.rejected), "queue_depth": len(st.buffer),
                 "last_seen_ms": None if st.last_seen_ns is None else round((now_ns - st.last_seen_ns) / 1e6, 1),
             }

@@ -1,16 +1,23 @@
 """The fusion node process: the ZeroMQ loop around one :class:`fusion_node.core.FusionCore` per rig.
 
-One SUB socket connects to every sensor endpoint of every rig the node serves; messages are
-received without copying, decoded and validated, routed to the core of the rig that owns their
-``sensor_id``, and handed to it with their arrival times. Fused events and periodic stats (one
+The node connects to every sensor endpoint of every rig it serves; messages are received without
+copying, decoded and validated, and handed with their arrival times to the core of the rig
+that owns the sensor. Fused events and periodic stats (one
 stats message per rig) go out on one PUB socket under the ``fused`` and ``stats`` topics. The
 node prints one JSON line when ready (its endpoints, rigs, execution provider and model load
 time) and one with the final stats when it stops (SIGINT or SIGTERM).
 
+Each sensor endpoint gets its own SUB socket, subscribed to everything it publishes (nothing is
+filtered unseen: each message is accepted or counted), with ``ZMQ_MAXMSGSIZE`` set to the
+largest legal frame of its topic (:class:`fusion_node.wire.Topic`): a larger frame is never
+buffered, ZeroMQ drops the connection instead, and the node counts the disconnect and connects
+again. A message is attributed to the sensor whose endpoint sent it: one that names another
+sensor is rejected (``unknown_sensor``) and counted against the endpoint's own sensor, so no
+publisher can move another sensor's state.
+
 Large payloads published on ``ipc://`` endpoints arrive as shared-memory handles
-(:mod:`fusion_node.shm`): the decoder maps them without copying, and after a set is fused the
-node checks that no slot it used was overwritten meanwhile; an event computed from an
-overwritten slot is not published and counts as ``shm_overwritten`` for that sensor.
+(:mod:`fusion_node.shm`), taken only from sensors whose config allows it; the reader copies
+each slot out and checks it was not overwritten meanwhile.
 
 Cross-rig batching: all rigs share one model runtime and each loop turn steps every core in
 turn, so the sets released in one turn are the natural batch. The cores fuse one set at a time
@@ -28,12 +35,14 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .config import RigConfig
 from .core import FusionCore
@@ -45,15 +54,18 @@ from .runtime import Runtime
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
 
-__all__ = ["FusionNode", "RigRouter", "load_runtime", "main_loop", "limit_threads"]
+__all__ = ["FusionNode", "load_runtime", "main_loop", "limit_threads"]
 
 log = logging.getLogger("fusion.node")
 
-# Messages taken from the socket per loop turn before fusing: bounds the time one turn can take
+# Messages taken from the sockets per loop turn before fusing: bounds the time one turn can take
 # while a flood (valid or not) is arriving.
 RECV_BUDGET = 4096
-# Shared-memory leases kept for the after-use check (far more than any ring holds slots).
-MAX_LEASES = 4096
+# Messages taken from one sensor's socket before the next gets its turn: a flood on one
+# endpoint cannot starve the others.
+RECV_SLICE = 64
+# A sensor message has 3 frames; parts beyond this are read and dropped, never kept.
+MAX_PARTS = 4
 
 
 def load_runtime(cfg: RigConfig) -> Runtime | None:
@@ -81,14 +93,15 @@ def load_runtime(cfg: RigConfig) -> Runtime | None:
     return runtime
 
 
-class RigRouter:
-    """sensor_id -> index of the rig that owns it (sensor ids are unique across a node's rigs)."""
+@dataclass
+class Inlet:
+    """One sensor endpoint: its SUB socket, the sensors publishing there (id -> rig index), losses."""
 
-    def __init__(self, cfgs: Sequence[RigConfig]):
-        self.index = {s.id: i for i, cfg in enumerate(cfgs) for s in cfg.sensors}
-
-    def __call__(self, sensor_id: str) -> int | None:
-        return self.index.get(sensor_id)
+    endpoint: str
+    sock: zmq.Socket
+    monitor: zmq.Socket
+    sensors: dict[str, int]
+    disconnects: int = 0
 
 
 class FusionNode:
@@ -105,75 +118,122 @@ class FusionNode:
                                  calibration=load_rig(c.calibration_file) if c.calibration_file else None)
                       for c in self.cfgs]
         self.core = self.cores[0]
-        self.route = RigRouter(self.cfgs)
-        # Messages no rig can claim. With one rig they are that rig's (as a single-rig node
-        # always counted them); with several they are the node's, reported in every rig's stats.
+        # Messages no rig can claim (an endpoint shared by several sensors, naming none of them).
+        # With one rig they are that rig's; with several they are the node's, in every rig's stats.
         self.unattributed: Counter = Counter()
-        self.shm = ShmReader()
-        self._leases: OrderedDict[tuple[str, int], object] = OrderedDict()
-        self.shm_overwritten = 0
         sensors = [s for c in self.cfgs for s in c.sensors]
+        self.shm = ShmReader(self.cfg.node.shm_dir, sensors=[s.id for s in sensors if s.shm_enabled])
         self.ctx = context or zmq.Context.instance()
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, sum(TOPICS[s.kind].queue_bound for s in sensors) * 4)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        for kind in sorted({s.kind for s in sensors}):
-            self.sub.setsockopt(zmq.SUBSCRIBE, kind.encode("ascii"))
-        for s in sensors:
-            self.sub.connect(s.endpoint)
+        self.poller = zmq.Poller()
+        self.inlets: list[Inlet] = []
+        by_endpoint: dict[str, dict[str, int]] = {}
+        for idx, c in enumerate(self.cfgs):
+            for s in c.sensors:
+                by_endpoint.setdefault(s.endpoint, {})[s.id] = idx
+        kinds = {s.id: s.kind for s in sensors}
+        for endpoint, members in by_endpoint.items():
+            topics = [TOPICS[kinds[sid]] for sid in members]
+            sub = self.ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.MAXMSGSIZE, max(t.max_frame_bytes for t in topics))
+            sub.setsockopt(zmq.RCVHWM, sum(t.queue_bound for t in topics) * 4)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            sub.connect(endpoint)
+            inlet = Inlet(endpoint, sub, monitor, members)
+            self.inlets.append(inlet)
+            self.poller.register(sub, zmq.POLLIN)
+            self.poller.register(monitor, zmq.POLLIN)
+        self._by_socket = {i.sock: i for i in self.inlets}
+        self._by_monitor = {i.monitor: i for i in self.inlets}
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, TOPICS["fused"].queue_bound * len(self.cfgs))
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.pub.bind(self.cfg.node.publish_endpoint)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats_interval_ns = int(self.cfg.node.stats_interval_s * 1e9)
+        self.stall_ns = int(self.cfg.node.stall_ms * 1e6)
+        self.turns = 0
+        self.stalls = 0
+        self.longest_turn_ns = 0
+        self._turn_start_ns = 0
 
     # -- receive and route ------------------------------------------------------------------
 
     def _receive(self, timeout_ms: int) -> list[list]:
         """Per core, the ``(t_recv_ns, decoded)`` pairs received this turn."""
         batches: list[list] = [[] for _ in self.cores]
-        if not self.sub.poll(timeout_ms, zmq.POLLIN):
-            return batches
-        single = len(self.cores) == 1
-        for _ in range(RECV_BUDGET):
-            try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            t_recv = self.clock()
-            msg = decode(frames, self.shm)
-            idx = self.route(msg.sensor_id)
-            if idx is None:
-                if single:
-                    idx = 0  # the core counts it as unattributed, as it always has
-                else:
-                    self.unattributed[msg.reason if isinstance(msg, Rejection) and msg.reason != "unknown_sensor"
-                                      else "unknown_sensor"] += 1
-                    continue
-            lease = getattr(msg, "shm_lease", None)
-            if lease is not None:
-                self._leases[(msg.sensor_id, msg.seq)] = lease
-                if len(self._leases) > MAX_LEASES:
-                    self._leases.popitem(last=False)
-            batches[idx].append((t_recv, msg))
+        ready = dict(self.poller.poll(timeout_ms))
+        self._turn_start_ns = self.clock()
+        for sock in ready:
+            if sock in self._by_monitor:
+                self._on_monitor(self._by_monitor[sock])
+        inlets = [self._by_socket[sock] for sock in ready if sock in self._by_socket]
+        budget = RECV_BUDGET
+        while inlets and budget > 0:
+            for inlet in list(inlets):
+                for _ in range(min(RECV_SLICE, budget)):
+                    frames = self._recv_message(inlet.sock)
+                    if frames is None:
+                        inlets.remove(inlet)
+                        break
+                    budget -= 1
+                    self._route(inlet, self.clock(), decode(frames, self.shm), batches)
         return batches
 
-    def _intact(self, core: FusionCore, event: dict) -> bool:
-        """False if a shared-memory slot an event's members came from was overwritten while in use."""
-        ok = True
-        for m in event["members"]:
-            lease = self._leases.get((m["sensor_id"], m["seq"]))
-            if lease is not None and not lease.valid():
-                ok = False
-                self.shm_overwritten += 1
-                core.reject(Rejection("shm_overwritten", "slot overwritten while in use", m["topic"], m["sensor_id"]))
-        return ok
+    @staticmethod
+    def _recv_message(sock: zmq.Socket) -> list | None:
+        """One multipart message without copying, its parts past ``MAX_PARTS`` read and dropped."""
+        try:
+            part = sock.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        frames = [part]
+        while part.more:  # the rest of a multipart message is already here: ZeroMQ delivers it whole
+            part = sock.recv(copy=False)
+            if len(frames) < MAX_PARTS:
+                frames.append(part)
+        return frames
+
+    def _route(self, inlet: Inlet, t_recv: int, msg, batches: list[list]) -> None:
+        """Hand a decoded message to the core of the sensor whose endpoint sent it."""
+        idx = inlet.sensors.get(msg.sensor_id)
+        if idx is None:
+            reason = msg.reason if isinstance(msg, Rejection) else "unknown_sensor"
+            detail = msg.detail if isinstance(msg, Rejection) else \
+                f"sensor_id {msg.sensor_id[:64]!r} arrived on the endpoint {inlet.endpoint}"
+            if len(inlet.sensors) == 1:  # attributed to the one sensor that publishes there
+                owner, idx = next(iter(inlet.sensors.items()))
+            elif len(self.cores) == 1:
+                owner, idx = "", 0
+            else:
+                self.unattributed[reason] += 1
+                return
+            msg = Rejection(reason, detail, msg.topic, owner)
+        batches[idx].append((t_recv, msg))
+
+    def _on_monitor(self, inlet: Inlet) -> None:
+        """Count dropped connections and connect again.
+
+        ZeroMQ reconnects by itself after a network error, but not after a protocol error such
+        as a frame over ``ZMQ_MAXMSGSIZE``: without this the sensor would be lost for good.
+        """
+        while True:
+            try:
+                event = recv_monitor_message(inlet.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            inlet.disconnects += 1
+            try:
+                inlet.sock.disconnect(inlet.endpoint)
+            except zmq.ZMQError:
+                pass  # already gone: the protocol error ended the session
+            inlet.sock.connect(inlet.endpoint)
 
     def _publish_events(self, core: FusionCore, events: list[dict]) -> None:
         for ev in events:
-            if self._leases and not self._intact(core, ev):
-                continue
             core.finish_event(ev, self.clock())
             self.pub.send_multipart(encode_map("fused", ev))
 
@@ -185,6 +245,13 @@ class FusionNode:
             merged = Counter(stats["rejected_unattributed"])
             merged.update(self.unattributed)
             stats["rejected_unattributed"] = dict(merged)
+        for inlet in self.inlets:
+            for sid in inlet.sensors:
+                if sid in stats["sensors"]:
+                    stats["sensors"][sid]["disconnects"] = inlet.disconnects
+        stats["loop"] = {"turns": self.turns, "stalls": self.stalls, "stall_ms": self.cfg.node.stall_ms,
+                         "longest_turn_ms": round(self.longest_turn_ns / 1e6, 3)}
+        stats["shm"] = self.shm.summary()
         return stats
 
     def publish_stats(self, now_ns: int, interval_s: float) -> dict:
@@ -219,6 +286,7 @@ class FusionNode:
             now = self.clock()
             for core, batch in zip(self.cores, batches):
                 self._publish_events(core, core.step(now, batch))
+            self._end_turn()
             if now >= next_stats:
                 self.publish_stats(now, (now - last_stats) / 1e9)
                 last_stats = now
@@ -226,10 +294,20 @@ class FusionNode:
         now = self.clock()
         return self.publish_stats(now, max(1e-9, (now - last_stats) / 1e9))
 
+    def _end_turn(self) -> None:
+        """Count the turn, and a stall when receiving, admitting, fusing and publishing took too long."""
+        took = self.clock() - self._turn_start_ns
+        self.turns += 1
+        self.longest_turn_ns = max(self.longest_turn_ns, took)
+        if took > self.stall_ns:
+            self.stalls += 1
+
     def close(self) -> None:
-        self.sub.close(0)
+        for inlet in self.inlets:
+            inlet.sock.disable_monitor()
+            inlet.monitor.close(0)
+            inlet.sock.close(0)
         self.pub.close()
-        self._leases.clear()
         self.shm.close()
 
 

@@ -3,49 +3,56 @@
 A publisher on an ``ipc://`` endpoint writes each large payload (a raw camera frame) once into
 a ring of slots in a file under ``/dev/shm`` that only it writes; the ZeroMQ message carries the
 usual header plus a small handle (``shm``: ring name, slot, generation, size) and an empty
-frame 2. The node maps the ring once and hands the slot's bytes to the decoder as a memoryview:
-no copy on the way in. The handle format is specified in ``docs/wire.md``.
+frame 2, so the frame never crosses a socket. The handle format is specified in
+``docs/wire.md``.
 
 Reclaiming is seqlock style and never waits for readers. Every slot has a 64-bit generation:
 the writer makes it odd while it writes the slot and even (a new value) when the payload is
-complete, and the handle names that even value. A reader checks the generation when it
-resolves a handle (``shm_overwritten`` if the writer has already come round again) and, through
-the :class:`Lease` it gets, once more after it has used the bytes: a changed generation means
-the data may have been overwritten while in use, and the result is discarded and counted. So a
-slow reader loses frames (counted), a dead or stopped reader costs the writer nothing, and a
-dead writer leaves readers with a valid mapping they drop when a new ring replaces it.
+complete, and the handle names that even value. The reader checks the generation, copies the
+slot out with one ``pread`` and checks the generation again: ``shm_overwritten`` if the writer
+came round meanwhile. So a slow reader loses frames (counted), never sees torn data, and a
+dead or stopped reader costs the writer nothing.
+
+The reader never maps a ring. Another process that can write the file could shrink it at any
+moment, and touching a mapped page past the new end of a file is a ``SIGBUS`` that no Python
+code can catch; ``pread`` on a shrunk file just returns fewer bytes, which is counted. Rings are
+opened with ``O_NOFOLLOW`` (no symlinks) and ``O_NONBLOCK`` (a FIFO cannot hang the open), and
+must be regular files of exactly the size their header describes, owned by the reader's user
+and writable by no one else. Every refusal is counted by cause in :attr:`ShmReader.refused`.
 
 The ring holds ``2 x`` the topic's queue bound slots: a frame is lost to overwriting only once
 that many newer frames were written, by which time the node's own bounded queues would have
 dropped it anyway.
 
 Ordering: the generation is stored after the payload with plain 8-byte aligned stores, and
-read before and after the payload with plain loads. x86-64 keeps stores in order and loads in
-order (TSO), which is what the seqlock needs; weakly ordered CPUs (ARM) would need explicit
-barriers that Python does not expose, so there the after-use check is best effort.
+read before and after the payload by the reader's ``pread`` calls. x86-64 keeps stores in order
+(TSO), which is what the seqlock needs; weakly ordered CPUs (ARM) would need explicit barriers
+that Python does not expose, so there the after-copy check is best effort.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
+import stat
 import struct
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 __all__ = [
     "SHM_MIN_BYTES",
     "HandleError",
-    "Lease",
+    "REFUSAL_CAUSES",
     "ShmRingWriter",
     "ShmReader",
-    "shm_dir",
+    "default_shm_dir",
     "shm_wanted",
     "ring_name",
     "remove_stale_rings",
@@ -65,23 +72,48 @@ PAGE = 4096
 NAME_RE = re.compile(r"^fusion-[A-Za-z0-9_.\-]{1,120}$")
 HANDLE_KEYS = ("ring", "slot", "gen", "size")
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map every page at once
-# Rings a reader keeps mapped per sensor (a writer restart or a larger frame makes a new ring).
+# Rings a reader keeps open per sensor (a writer restart or a larger frame makes a new ring).
 MAX_RINGS_PER_SENSOR = 2
+# Sensors a reader that was given no list of sensors keeps rings open for (least recently used
+# first out): what any stream of handles can make it hold stays bounded.
+MAX_SENSORS = 64
+# Bounds on a ring's layout a reader accepts: the largest queue bound of any topic times two
+# is 512 slots; a slot is at most the largest payload of any topic (1 GiB is far above it).
+MAX_RING_SLOTS = 4096
+MAX_SLOT_BYTES = 1 << 30
+
+# Why a handle or ring was refused; counted in ShmReader.refused.
+REFUSAL_CAUSES = (
+    "malformed",  # the handle is not a map of exactly ring, slot, gen and size, or a ring name
+    "foreign_ring",  # the ring is named for another sensor
+    "sensor_not_allowed",  # the reader takes no shared memory from this sensor
+    "missing",  # no such ring
+    "symlink",  # the ring path is a symbolic link
+    "not_regular",  # a directory, FIFO, device or socket
+    "wrong_owner",  # owned by another user than the reader's
+    "writable_by_others",  # group or others may write it
+    "open_failed",  # any other error opening it
+    "not_a_ring",  # magic, version or layout are not a ring's
+    "wrong_size",  # the file's size is not the size its header describes, or it is out of bounds
+    "slot_range",  # slot outside the ring, or a size over the slot size
+    "size_mismatch",  # handle size differs from payload_bytes or from the slot's stored length
+    "generation",  # a generation the writer never committed (odd, zero, or from the future)
+    "truncated",  # the file shrank after it was opened
+    "overwritten",  # the writer reused the slot before or while it was read
+)
 
 
 class HandleError(ValueError):
-    """A handle that cannot be used; ``reason`` is the wire rejection reason."""
+    """A handle that cannot be used; ``reason`` is the wire rejection reason, ``cause`` the finer one."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, cause: str = "malformed"):
         super().__init__(detail)
         self.reason = reason
+        self.cause = cause
 
 
-def shm_dir() -> Path:
-    """Where rings live: ``$FUSION_SHM_DIR``, else ``/dev/shm``, else the temp folder."""
-    env = os.environ.get("FUSION_SHM_DIR")
-    if env:
-        return Path(env)
+def default_shm_dir() -> Path:
+    """Where rings live unless the config says otherwise: ``/dev/shm``, else the temp folder."""
     dev = Path("/dev/shm")
     if dev.is_dir() and os.access(dev, os.W_OK):
         return dev
@@ -89,9 +121,7 @@ def shm_dir() -> Path:
 
 
 def shm_wanted(endpoint: str) -> bool:
-    """The shared-memory path is used on ``ipc://`` endpoints (same host), unless ``FUSION_SHM=0``."""
-    if os.environ.get("FUSION_SHM", "1").strip().lower() in ("0", "no", "off", "false"):
-        return False
+    """Whether a publisher uses the shared-memory path by default: on ``ipc://`` endpoints (same host)."""
     return endpoint.startswith("ipc://")
 
 
@@ -113,7 +143,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_rings(directory: Path | None = None) -> int:
     """Unlink rings whose writer process is gone (a writer killed before it could clean up)."""
-    directory = directory or shm_dir()
+    directory = directory or default_shm_dir()
     removed = 0
     try:
         entries = list(directory.glob("fusion-*"))
@@ -147,11 +177,9 @@ class ShmRingWriter:
         self.name = name
         self.slots = int(slots)
         self.slot_bytes = int(slot_bytes)
-        self.stride = _round_up(self.slot_bytes, PAGE)
-        self.data_offset = _round_up(HEADER_BYTES + self.slots * SLOT_ENTRY_WORDS * 8, PAGE)
-        self.path = (directory or shm_dir()) / name
-        size = self.data_offset + self.slots * self.stride
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.stride, self.data_offset, size = _expected_layout(self.slots, self.slot_bytes)
+        self.path = Path(directory or default_shm_dir()) / name
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, size)
             # Populated up front: the first pass round the ring must not pay a page fault per 4 KiB.
@@ -229,120 +257,184 @@ class ShmRingWriter:
         self.close()
 
 
-class Lease:
-    """A resolved handle: ``valid()`` is true while the slot still holds that generation."""
-
-    __slots__ = ("ring", "slot", "gen")
-
-    def __init__(self, ring: "_MappedRing", slot: int, gen: int):
-        self.ring = ring
-        self.slot = slot
-        self.gen = gen
-
-    def valid(self) -> bool:
-        return int(self.ring.table[self.slot, 0]) == self.gen
-
-    def __repr__(self) -> str:
-        return f"Lease({self.ring.name}, slot={self.slot}, gen={self.gen}, valid={self.valid()})"
+_ENTRY = struct.Struct("<QQ")  # a slot entry's generation and length
 
 
-class _MappedRing:
-    def __init__(self, name: str, path: Path):
+def _expected_layout(slots: int, slot_bytes: int) -> tuple[int, int, int]:
+    """(stride, data offset, file size) of a ring of ``slots`` slots of ``slot_bytes``."""
+    stride = _round_up(slot_bytes, PAGE)
+    data_offset = _round_up(HEADER_BYTES + slots * SLOT_ENTRY_WORDS * 8, PAGE)
+    return stride, data_offset, data_offset + slots * stride
+
+
+def _refuse(cause: str, detail: str, reason: str = "bad_handle") -> HandleError:
+    return HandleError(reason, detail, cause)
+
+
+class _OpenRing:
+    """A reader's handle on one ring: an open descriptor, read with ``pread``, never mapped."""
+
+    def __init__(self, name: str, path: Path, owner_uid: int):
         self.name = name
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise HandleError("bad_handle", f"ring {name!r} cannot be opened ({exc.strerror})") from None
+            cause = {errno.ELOOP: "symlink", errno.ENOENT: "missing"}.get(exc.errno, "open_failed")
+            raise _refuse(cause, f"ring {name!r} cannot be opened ({exc.strerror})") from None
         try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_BYTES:
-                raise HandleError("bad_handle", f"ring {name!r} is too small to be a ring")
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ)
-        finally:
+            self._check(fd, owner_uid)
+        except BaseException:
             os.close(fd)
-        magic, version, header_bytes, slots, _pid, slot_bytes, _run, data_offset = HEADER.unpack_from(mm, 0)
-        stride = _round_up(slot_bytes, PAGE) if slot_bytes else 0
-        if magic != MAGIC or version != VERSION or header_bytes != HEADER_BYTES or slots < 2 or not slot_bytes \
-                or data_offset + slots * stride > size:
-            raise HandleError("bad_handle", f"{name!r} is not a valid ring (magic, version or size)")
-        self.mm = mm
-        self.slots = slots
-        self.slot_bytes = slot_bytes
-        self.stride = stride
-        self.table = np.frombuffer(mm, dtype="<u8", count=slots * SLOT_ENTRY_WORDS,
-                                   offset=HEADER_BYTES).reshape(slots, SLOT_ENTRY_WORDS)
-        self.data = np.frombuffer(mm, dtype=np.uint8, count=slots * stride, offset=data_offset)
+            raise
+        self.fd = fd
+
+    def _check(self, fd: int, owner_uid: int) -> None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse("not_regular", f"ring {self.name!r} is not a regular file")
+        if st.st_uid != owner_uid:
+            raise _refuse("wrong_owner", f"ring {self.name!r} is owned by uid {st.st_uid}, not {owner_uid}")
+        if st.st_mode & 0o022:
+            raise _refuse("writable_by_others", f"ring {self.name!r} is writable by group or others")
+        head = os.pread(fd, HEADER.size, 0)
+        if len(head) < HEADER.size:
+            raise _refuse("wrong_size", f"ring {self.name!r} is too small to be a ring")
+        magic, version, header_bytes, slots, _pid, slot_bytes, _run, data_offset = HEADER.unpack(head)
+        if magic != MAGIC or version != VERSION or header_bytes != HEADER_BYTES:
+            raise _refuse("not_a_ring", f"{self.name!r} is not a ring (magic or version)")
+        if not 2 <= slots <= MAX_RING_SLOTS or not 1 <= slot_bytes <= MAX_SLOT_BYTES:
+            raise _refuse("wrong_size", f"ring {self.name!r}: {slots} slots of {slot_bytes} bytes is out of bounds")
+        stride, expected_offset, size = _expected_layout(slots, slot_bytes)
+        if data_offset != expected_offset:
+            raise _refuse("not_a_ring", f"ring {self.name!r}: data offset {data_offset}, expected {expected_offset}")
+        if st.st_size != size:
+            raise _refuse("wrong_size", f"ring {self.name!r} is {st.st_size} bytes, its header describes {size}")
+        self.slots, self.slot_bytes, self.stride, self.data_offset = slots, slot_bytes, stride, data_offset
+
+    def entry(self, slot: int) -> tuple[int, int]:
+        """(generation, length) of a slot."""
+        raw = os.pread(self.fd, _ENTRY.size, HEADER_BYTES + slot * SLOT_ENTRY_WORDS * 8)
+        if len(raw) < _ENTRY.size:
+            raise _refuse("truncated", f"ring {self.name!r} shrank after it was opened")
+        return _ENTRY.unpack(raw)
+
+    def copy(self, slot: int, size: int) -> np.ndarray:
+        out = np.empty(size, dtype=np.uint8)
+        got = os.preadv(self.fd, [out], self.data_offset + slot * self.stride) if size else 0
+        if got != size:
+            raise _refuse("truncated", f"ring {self.name!r} shrank after it was opened")
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _uint(handle: dict, key: str) -> int:
     v = handle.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise HandleError("bad_handle", f"handle field '{key}' must be a non-negative integer, got {v!r:.40}")
+    if type(v) is not int or v < 0:
+        raise _refuse("malformed", f"handle field '{key}' must be a non-negative integer, got {type(v).__name__}")
     return v
 
 
 class ShmReader:
-    """Maps the rings named by handles (once each) and resolves handles to payload views.
+    """Resolves handles to payload bytes, copied out of the named ring slot.
 
     A ring must be named for the sensor that publishes it (``fusion-<sensor_id>-...``), so one
-    sensor's messages cannot point the reader at another's memory; at most
-    ``MAX_RINGS_PER_SENSOR`` rings per sensor stay mapped.
+    sensor's messages cannot point the reader at another's memory. ``sensors`` lists the sensor
+    ids the reader takes shared memory from (None: any, at most ``MAX_SENSORS`` at a time);
+    ``owner_uid`` is the user rings must belong to (default: this process's). Nothing is kept
+    for a handle that is refused; at most ``MAX_RINGS_PER_SENSOR`` rings per sensor stay open.
     """
 
-    def __init__(self, directory: Path | None = None):
-        self.directory = directory or shm_dir()
-        self._rings: dict[str, OrderedDict[str, _MappedRing]] = {}
+    def __init__(self, directory: Path | str | None = None, *, sensors: Iterable[str] | None = None,
+                 owner_uid: int | None = None):
+        self.directory = Path(directory) if directory is not None else default_shm_dir()
+        self.sensors = None if sensors is None else frozenset(sensors)
+        self.owner_uid = os.geteuid() if owner_uid is None else int(owner_uid)
+        self._rings: OrderedDict[str, OrderedDict[str, _OpenRing]] = OrderedDict()
         self.resolved = 0
+        self.refused: Counter = Counter()
 
-    def _ring(self, sensor_id: str, name: str) -> _MappedRing:
-        per = self._rings.setdefault(sensor_id, OrderedDict())
-        ring = per.get(name)
+    def open_rings(self) -> int:
+        return sum(len(per) for per in self._rings.values())
+
+    def _ring(self, sensor_id: str, name: str) -> _OpenRing:
+        per = self._rings.get(sensor_id)
+        ring = per.get(name) if per is not None else None
         if ring is not None:
             per.move_to_end(name)
+            self._rings.move_to_end(sensor_id)
             return ring
-        ring = _MappedRing(name, self.directory / name)
+        ring = _OpenRing(name, self.directory / name, self.owner_uid)
+        if per is None:  # state for a sensor only once one of its rings has opened
+            per = self._rings[sensor_id] = OrderedDict()
+            while len(self._rings) > MAX_SENSORS:
+                for old in self._rings.popitem(last=False)[1].values():
+                    old.close()
         per[name] = ring
         while len(per) > MAX_RINGS_PER_SENSOR:
-            per.popitem(last=False)  # unmapped once the last view into it is gone
+            per.popitem(last=False)[1].close()
         return ring
 
-    def resolve(self, sensor_id: str, handle: Any, nbytes: int) -> tuple[memoryview, Lease]:
-        """The payload bytes a handle names (no copy) and a lease to check after use.
+    def read(self, sensor_id: str, handle: Any, nbytes: int) -> np.ndarray:
+        """The payload a handle names, copied out of its slot (uint8 array of ``nbytes``).
 
-        Raises :class:`HandleError` (``bad_handle`` or ``shm_overwritten``).
+        Raises :class:`HandleError` (``bad_handle``, ``shm_overwritten``) and counts its cause.
         """
-        if not isinstance(handle, dict):
-            raise HandleError("bad_handle", "handle must be a msgpack map")
-        unknown = set(handle) - set(HANDLE_KEYS)
-        if unknown or len(handle) != len(HANDLE_KEYS):
-            raise HandleError("bad_handle", f"handle keys must be {list(HANDLE_KEYS)}, got {sorted(map(str, handle))}")
+        try:
+            data = self._read(sensor_id, handle, nbytes)
+        except HandleError as exc:
+            self.refused[exc.cause] += 1
+            raise
+        self.resolved += 1
+        return data
+
+    def _read(self, sensor_id: str, handle: Any, nbytes: int) -> np.ndarray:
+        if self.sensors is not None and sensor_id not in self.sensors:
+            raise _refuse("sensor_not_allowed", f"no shared memory is taken from sensor {sensor_id[:64]!r}")
+        if type(handle) is not dict:
+            raise _refuse("malformed", "handle must be a msgpack map")
+        if len(handle) != len(HANDLE_KEYS) or any(k not in handle for k in HANDLE_KEYS):
+            raise _refuse("malformed", f"handle keys must be exactly {list(HANDLE_KEYS)}")
         name = handle["ring"]
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise HandleError("bad_handle", f"ring name {str(name)[:40]!r} is not a ring name")
+        if type(name) is not str or not NAME_RE.match(name):
+            raise _refuse("malformed", "ring is not a ring name")
         safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", sensor_id)[:64]
         if not name.startswith(f"fusion-{safe}-"):
-            raise HandleError("bad_handle", f"ring {name!r} does not belong to sensor {sensor_id!r}")
+            raise _refuse("foreign_ring", f"ring {name!r} does not belong to sensor {sensor_id[:64]!r}")
         slot, gen, size = _uint(handle, "slot"), _uint(handle, "gen"), _uint(handle, "size")
         if size != nbytes:
-            raise HandleError("bad_handle", f"handle size {size} differs from payload_bytes {nbytes}")
+            raise _refuse("size_mismatch", f"handle size {size} differs from payload_bytes {nbytes}")
         if gen == 0 or gen % 2:
-            raise HandleError("bad_handle", f"generation {gen} is not a committed generation")
+            raise _refuse("generation", f"generation {gen} is not a committed generation")
         ring = self._ring(sensor_id, name)
-        if slot >= ring.slots:
-            raise HandleError("bad_handle", f"slot {slot} outside ring {name!r} of {ring.slots} slots")
-        if size > ring.slot_bytes:
-            raise HandleError("bad_handle", f"size {size} exceeds the ring's slot size {ring.slot_bytes}")
-        current = int(ring.table[slot, 0])
+        if slot >= ring.slots or size > ring.slot_bytes:
+            raise _refuse("slot_range", f"slot {slot} of {size} bytes is outside ring {name!r} "
+                                        f"({ring.slots} slots of {ring.slot_bytes} bytes)")
+        current, length = ring.entry(slot)
         if current != gen:
             if current < gen:
-                raise HandleError("bad_handle", f"slot {slot} generation {current} is older than the handle's {gen}")
-            raise HandleError("shm_overwritten", f"slot {slot} of {name!r} was overwritten "
-                                                 f"(generation {current}, handle {gen})")
-        off = slot * ring.stride
-        self.resolved += 1
-        return memoryview(ring.data[off:off + size]), Lease(ring, slot, gen)
+                raise _refuse("generation", f"slot {slot} generation {current} is older than the handle's {gen}")
+            raise _refuse("overwritten", f"slot {slot} of {name!r} was overwritten (generation {current}, "
+                                         f"handle {gen})", "shm_overwritten")
+        if length != size:
+            raise _refuse("size_mismatch", f"slot {slot} holds {length} bytes, the handle says {size}")
+        data = ring.copy(slot, size)
+        if ring.entry(slot)[0] != gen:
+            raise _refuse("overwritten", f"slot {slot} of {name!r} was overwritten while it was read",
+                          "shm_overwritten")
+        return data
+
+    def summary(self) -> dict:
+        """For the stats topic: payloads read, rings open, refusals by cause."""
+        return {"resolved": self.resolved, "rings_open": self.open_rings(), "refused": dict(self.refused)}
 
     def close(self) -> None:
+        for per in self._rings.values():
+            for ring in per.values():
+                ring.close()
         self._rings.clear()
 
 

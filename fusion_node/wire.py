@@ -17,12 +17,16 @@ Decoding never raises on bad input: :func:`decode` returns either a message or a
 
 from __future__ import annotations
 
-import math
+import reprlib
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import msgpack
 import numpy as np
+
+from .shm import HandleError, ShmReader, default_reader
+from .vocabulary import RADAR_POINT_FIELDS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -37,38 +41,58 @@ __all__ = [
     "REJECT_REASONS",
     "encode",
     "decode",
+    "decode_jpeg",
+    "jpeg_frame_size",
     "encode_map",
     "decode_map",
     "RADAR_POINT_FIELDS",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_DEPTH",
 ]
 
 SCHEMA_VERSION = 1
-
-# Radar point columns, in payload order. Matches sensors.ti_mmwave.POINT_FIELDS.
-RADAR_POINT_FIELDS = ("x_m", "y_m", "z_m", "doppler_mps", "snr_db", "noise_db")
 
 # Upper bounds that keep a hostile header from making the decoder allocate or index wildly.
 MAX_IMAGE_SIDE_PX = 8192
 MAX_RADAR_POINTS = 10_000
 MAX_AUDIO_SAMPLES = 192_000
 MAX_ID_CHARS = 64
+# The header (frame 1) is checked against these before a single object is built from it: a
+# legal header is a map of about a dozen scalars, one short array and one small map.
+MAX_HEADER_BYTES = 4096
+MAX_HEADER_DEPTH = 4  # the top-level map is depth 1; `shm` and `point_fields` are depth 2
+MAX_HEADER_ITEMS = 64  # entries in any one map or array of the header
+MAX_HEADER_STR_BYTES = 256
+MAX_TOPIC_BYTES = 16
+# A Huffman-coded JPEG spends at least one bit on every 8x8 block of its first component, so
+# one byte cannot describe more than 512 pixels: a smaller file declaring a large image is a
+# decompression bomb or truncated, and is refused before it is decoded.
+JPEG_MAX_PIXELS_PER_BYTE = 512
 
 REJECT_REASONS = (
     "multipart_shape",  # wrong number of frames for the topic
     "unknown_topic",
-    "bad_msgpack",  # header frame is not a msgpack map
+    "bad_msgpack",  # header frame is not a msgpack map, or breaks the size/nesting/length limits
     "bad_header",  # a field missing, of the wrong type, or out of range
     "schema_version",  # header written for another wire schema version
     "payload_size",  # payload length does not match what the header declares
-    "bad_payload",  # payload cannot be decoded (corrupt JPEG)
+    "bad_payload",  # payload cannot be decoded (corrupt JPEG, or one whose own header disagrees)
     "non_finite",  # NaN or infinity in a float payload
-    "unknown_sensor",  # a sensor_id the rig config does not name
+    "unknown_sensor",  # a sensor_id the rig config does not name, or not the one of its endpoint
     "out_of_order",  # seq or capture time not increasing within one publisher run
     "timestamp_past",  # capture time older than the node accepts
     "timestamp_future",  # capture time ahead of the node's clock
     "bad_handle",  # a shared-memory payload handle that is malformed or names no mappable ring slot
     "shm_overwritten",  # the shared-memory slot was reused by its writer before the reader was done with it
 )
+
+# Rejection details quote what arrived, shortened: never the whole of a hostile value.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 1, 40, 40, 6, 6
+
+
+def _show(value: Any) -> str:
+    return _SHORT.repr(value)
 
 
 @dataclass(frozen=True)
@@ -83,18 +107,32 @@ class Rejection:
 
 @dataclass
 class CameraFrame:
-    """One camera image. ``image`` is BGR uint8 (height, width, 3) once decoded."""
+    """One camera image. ``image`` is BGR uint8 (height, width, 3) once decoded.
+
+    A frame received as JPEG carries its compressed bytes in ``jpeg`` and ``image=None`` until
+    the core has admitted it and :func:`decode_jpeg` has run: a frame that is rejected or
+    dropped costs no decode.
+    """
 
     sensor_id: str
     seq: int
     t_capture_ns: int
     t_publish_ns: int
-    image: np.ndarray
-    encoding: str = "bgr8"  # "bgr8" raw, or "jpeg" on the wire (decoded on receipt)
+    image: np.ndarray | None
+    encoding: str = "bgr8"  # "bgr8" raw, or "jpeg" on the wire
     run_id: int = 0
-    jpeg: bytes | None = None  # the compressed bytes when sending with encoding="jpeg"
+    jpeg: Any = None  # the compressed bytes (any buffer) when encoding="jpeg"
+    width_px: int = 0  # as declared in the header (received frames)
+    height_px: int = 0
 
     topic = "camera"
+
+    @property
+    def size_px(self) -> tuple[int, int]:
+        """(width, height): of the image when there is one, else as declared."""
+        if self.image is not None:
+            return int(self.image.shape[1]), int(self.image.shape[0])
+        return self.width_px, self.height_px
 
 
 @dataclass
@@ -139,8 +177,9 @@ SensorMessage = Union[CameraFrame, RadarPoints, AudioChunk]
 class Topic:
     """One topic of the registry: its wire name, message type, nominal rate and queue bound.
 
-    The socket high-water marks, the node's per-sensor buffers and liveness checks, and the
-    benchmark's expected rates all derive from these entries.
+    The socket high-water marks, the node's per-sensor buffers and liveness checks, the
+    benchmark's expected rates and the largest message the node takes (``ZMQ_MAXMSGSIZE`` of
+    its sockets) all derive from these entries.
     """
 
     name: str
@@ -149,6 +188,7 @@ class Topic:
     queue_bound: int
     recorded: bool
     payload_frames: int = field(default=1)
+    max_payload_bytes: int = field(default=0)  # the largest legal frame 2, from the MAX_* bounds
 
     @property
     def period_ns(self) -> int:
@@ -158,13 +198,21 @@ class Topic:
     def name_bytes(self) -> bytes:
         return self.name.encode("ascii")
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest legal frame of a message on this topic (header or payload)."""
+        return max(self.max_payload_bytes, MAX_HEADER_BYTES)
+
 
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
-        Topic("camera", "CameraFrame", nominal_rate_hz=30.0, queue_bound=8, recorded=True),
-        Topic("radar", "RadarPoints", nominal_rate_hz=20.0, queue_bound=16, recorded=True),
-        Topic("audio", "AudioChunk", nominal_rate_hz=50.0, queue_bound=256, recorded=True),
+        Topic("camera", "CameraFrame", nominal_rate_hz=30.0, queue_bound=8, recorded=True,
+              max_payload_bytes=MAX_IMAGE_SIDE_PX * MAX_IMAGE_SIDE_PX * 3),
+        Topic("radar", "RadarPoints", nominal_rate_hz=20.0, queue_bound=16, recorded=True,
+              max_payload_bytes=MAX_RADAR_POINTS * len(RADAR_POINT_FIELDS) * 4),
+        Topic("audio", "AudioChunk", nominal_rate_hz=50.0, queue_bound=256, recorded=True,
+              max_payload_bytes=MAX_AUDIO_SAMPLES * 4),
         Topic("fused", "FusedEvent", nominal_rate_hz=30.0, queue_bound=256, recorded=True, payload_frames=0),
         Topic("stats", "NodeStats", nominal_rate_hz=1.0, queue_bound=16, recorded=False, payload_frames=0),
     )
@@ -198,7 +246,7 @@ def encode(msg: SensorMessage, t_publish_ns: int | None = None,
     """
     head = _envelope(msg, t_publish_ns)
     if isinstance(msg, CameraFrame):
-        h, w = msg.image.shape[:2]
+        w, h = msg.size_px
         if msg.encoding == "jpeg":
             if msg.jpeg is None:
                 raise ValueError(f"camera {msg.sensor_id}: encoding='jpeg' needs the jpeg bytes")
@@ -211,7 +259,7 @@ def encode(msg: SensorMessage, t_publish_ns: int | None = None,
         else:
             raise ValueError(f"camera {msg.sensor_id}: unknown encoding {msg.encoding!r}")
         head.update(width_px=int(w), height_px=int(h), channels=3, encoding=msg.encoding,
-                    payload_bytes=len(payload))
+                    payload_bytes=memoryview(payload).nbytes)
     elif isinstance(msg, RadarPoints):
         pts = np.ascontiguousarray(msg.points, dtype="<f4").reshape(-1, len(RADAR_POINT_FIELDS))
         payload = _bytes_view(pts)
@@ -254,6 +302,10 @@ def _buf(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 
+def _nbytes(buf: Any) -> int:
+    return buf.nbytes if isinstance(buf, memoryview) else len(buf)
+
+
 class _Bad(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -261,136 +313,274 @@ class _Bad(Exception):
         self.detail = detail
 
 
-def _field(head: dict, key: str, kind: type, lo: float | None = None, hi: float | None = None) -> Any:
+# msgpack type bytes -> bytes that follow before the next item: fixed-size scalars...
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+          0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}
+# ...length-prefixed blobs (str, bin, ext): width of the length, extra type byte of ext...
+_BLOB = {0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0), 0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0),
+         0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1)}
+# ...and containers: width of the count, items per count (a map entry is a key and a value).
+_CONTAINER = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+_UINT = {1: struct.Struct(">B"), 2: struct.Struct(">H"), 4: struct.Struct(">I")}
+
+
+def _check_nesting(buf: Any, max_depth: int) -> None:
+    """Walk msgpack bytes without building anything; refuse nesting deeper than ``max_depth``.
+
+    Work is linear in the length of ``buf`` (every item takes at least one byte), so a header
+    nested a thousand levels deep costs the same as any other 4 KiB and never reaches the
+    unpacker or a recursive ``repr``.
+    """
+    data = memoryview(buf).cast("B") if isinstance(buf, memoryview) else memoryview(buf)
+    n = len(data)
+    pos = 0
+    pending = [1]  # items still to read at each open level
+    while pending:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        if pos >= n:
+            raise _Bad("bad_msgpack", "header is truncated")
+        b = data[pos]
+        pos += 1
+        count = 0
+        if b <= 0x7F or b >= 0xE0:
+            continue  # fixint
+        if 0x80 <= b <= 0x8F:
+            count = (b & 0x0F) * 2
+        elif 0x90 <= b <= 0x9F:
+            count = b & 0x0F
+        elif 0xA0 <= b <= 0xBF:
+            pos += b & 0x1F
+            continue
+        elif b in _FIXED:
+            pos += _FIXED[b]
+            continue
+        elif b in _BLOB or b in _CONTAINER:
+            width, per = _BLOB.get(b) or _CONTAINER[b]
+            if pos + width > n:
+                raise _Bad("bad_msgpack", "header is truncated")
+            length = _UINT[width].unpack_from(data, pos)[0]
+            pos += width
+            if b in _BLOB:
+                pos += length + per
+                continue
+            count = length * per
+        else:
+            raise _Bad("bad_msgpack", f"header holds the reserved msgpack byte 0x{b:02x}")
+        if len(pending) > max_depth:
+            raise _Bad("bad_msgpack", f"header nested deeper than {max_depth} levels")
+        if count > n - pos:  # every item takes a byte at least
+            raise _Bad("bad_msgpack", "header is truncated")
+        pending.append(count)
+
+
+def _unpack_header(topic: str, frame: Any) -> dict:
+    """Frame 1 as a dict, within the header limits; raises _Bad before building anything big."""
+    size = _nbytes(frame)
+    if size > MAX_HEADER_BYTES:
+        raise _Bad("bad_msgpack", f"{topic}: header of {size} bytes, limit {MAX_HEADER_BYTES}")
+    _check_nesting(frame, MAX_HEADER_DEPTH)
+    try:
+        head = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True,
+                               max_str_len=MAX_HEADER_STR_BYTES, max_bin_len=0, max_ext_len=0,
+                               max_array_len=MAX_HEADER_ITEMS, max_map_len=MAX_HEADER_ITEMS)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise _Bad("bad_msgpack", f"{topic}: header is not msgpack within the limits ({type(exc).__name__})") from None
+    if type(head) is not dict:
+        raise _Bad("bad_msgpack", f"{topic}: header is not a msgpack map")
+    return head
+
+
+def _field(head: dict, key: str, kind: type, lo: int | None = None, hi: int | None = None) -> Any:
+    """A header field of exactly ``kind`` (a bool is not an int) within [lo, hi]."""
     if key not in head:
         raise _Bad("bad_header", f"missing field '{key}'")
     val = head[key]
-    if kind is int:
-        ok = isinstance(val, int) and not isinstance(val, bool)
-    elif kind is float:
-        ok = isinstance(val, (int, float)) and not isinstance(val, bool)
-    else:
-        ok = isinstance(val, kind)
-    if not ok:
+    if type(val) is not kind:
         raise _Bad("bad_header", f"field '{key}' must be {kind.__name__}, got {type(val).__name__}")
-    if kind in (int, float):
-        if isinstance(val, float) and not math.isfinite(val):
-            raise _Bad("non_finite", f"field '{key}' is {val}")
-        if lo is not None and val < lo or hi is not None and val > hi:
-            raise _Bad("bad_header", f"field '{key}'={val} outside [{lo}, {hi}]")
+    if kind is int and (lo is not None and val < lo or hi is not None and val > hi):
+        raise _Bad("bad_header", f"field '{key}'={_show(val)} outside [{lo}, {hi}]")
     return val
 
 
-def decode(frames: list, shm: Any = None) -> SensorMessage | Rejection:
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+
+
+def decode(frames: list, shm: ShmReader | None | bool = None) -> SensorMessage | Rejection:
     """Decode and validate one sensor multipart message; never raises on bad input.
 
     ``shm`` resolves shared-memory payload handles: a :class:`fusion_node.shm.ShmReader`, None
-    for this process's shared reader, or False to reject every handle as ``bad_handle``. A
-    message whose payload lives in shared memory gets a ``shm_lease`` attribute: its bytes are
-    the writer's ring slot, so check ``lease.valid()`` after use and copy what you keep.
+    for this process's shared reader, or False to reject every handle as ``bad_handle``. The
+    reader copies the slot out, so the message owns its bytes. A JPEG camera frame comes back
+    with its size checked against the JPEG's own frame header but not yet decoded: call
+    :func:`decode_jpeg` once the frame is admitted.
     """
     topic = ""
     sensor_id = ""
     try:
         if len(frames) < 1:
             raise _Bad("multipart_shape", "empty message")
+        first = _buf(frames[0])
+        if _nbytes(first) > MAX_TOPIC_BYTES:
+            raise _Bad("unknown_topic", f"topic frame of {_nbytes(first)} bytes is not a sensor topic")
         try:
-            topic = bytes(_buf(frames[0])).decode("ascii")
+            topic = bytes(first).decode("ascii")
         except UnicodeDecodeError:
             raise _Bad("unknown_topic", "topic frame is not ASCII") from None
         if topic not in SENSOR_TOPICS:
-            raise _Bad("unknown_topic", f"topic {topic[:32]!r} is not a sensor topic")
+            raise _Bad("unknown_topic", f"topic {topic!r} is not a sensor topic")
         if len(frames) != 3:
             raise _Bad("multipart_shape", f"{topic}: expected 3 frames, got {len(frames)}")
-        try:
-            head = msgpack.unpackb(_buf(frames[1]), raw=False, strict_map_key=False)
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise _Bad("bad_msgpack", f"{topic}: header is not msgpack ({type(exc).__name__})") from None
-        if not isinstance(head, dict):
-            raise _Bad("bad_msgpack", f"{topic}: header is not a msgpack map")
-        if head.get("schema") != SCHEMA_VERSION:
-            raise _Bad("schema_version", f"{topic}: schema {head.get('schema')!r}, expected {SCHEMA_VERSION}")
+        spec = TOPICS[topic]
+        payload = _buf(frames[2])
+        nbytes = _nbytes(payload)
+        if nbytes > spec.max_payload_bytes:
+            raise _Bad("payload_size", f"{topic}: payload of {nbytes} bytes, limit {spec.max_payload_bytes}")
+        head = _unpack_header(topic, _buf(frames[1]))
+        schema = head.get("schema")
+        if type(schema) is not int or schema != SCHEMA_VERSION:
+            raise _Bad("schema_version", f"{topic}: schema {_show(schema)}, expected the integer {SCHEMA_VERSION}")
         sensor_id = _field(head, "sensor_id", str)
         if not 0 < len(sensor_id) <= MAX_ID_CHARS:
+            sensor_id = ""
             raise _Bad("bad_header", f"{topic}: sensor_id must be 1..{MAX_ID_CHARS} characters")
         env = dict(
             sensor_id=sensor_id,
-            run_id=_field(head, "run_id", int, 0, 2**64 - 1),
-            seq=_field(head, "seq", int, 0, 2**64 - 1),
-            t_capture_ns=_field(head, "t_capture_ns", int, 0, 2**63 - 1),
-            t_publish_ns=_field(head, "t_publish_ns", int, 0, 2**63 - 1),
+            run_id=_field(head, "run_id", int, 0, UINT32_MAX),
+            seq=_field(head, "seq", int, 0, UINT64_MAX),
+            t_capture_ns=_field(head, "t_capture_ns", int, 0, INT64_MAX),
+            t_publish_ns=_field(head, "t_publish_ns", int, 0, INT64_MAX),
         )
-        payload = _buf(frames[2])
-        nbytes = payload.nbytes if isinstance(payload, memoryview) else len(payload)
-        declared = _field(head, "payload_bytes", int, 0, 2**31)
-        lease = None
+        declared = _field(head, "payload_bytes", int, 0, spec.max_payload_bytes)
         if "shm" in head:
             if nbytes != 0:
                 raise _Bad("payload_size", f"{topic}/{sensor_id}: frame 2 must be empty with a shm handle")
             if shm is False:
                 raise _Bad("bad_handle", f"{topic}/{sensor_id}: shared-memory handle, but this reader maps none")
-            if shm is None:
-                from .shm import default_reader
-
-                shm = default_reader()
+            reader = default_reader() if shm is None or shm is True else shm
             try:
-                payload, lease = shm.resolve(sensor_id, head["shm"], declared)
-            except ValueError as exc:  # fusion_node.shm.HandleError names its reason
-                raise _Bad(getattr(exc, "reason", "bad_handle"), f"{topic}/{sensor_id}: {exc}") from None
+                payload = reader.read(sensor_id, head["shm"], declared)
+            except HandleError as exc:
+                raise _Bad(exc.reason, f"{topic}/{sensor_id}: {exc}") from None
             nbytes = declared
         elif declared != nbytes:
             raise _Bad("payload_size", f"{topic}/{sensor_id}: payload is {nbytes} bytes, header says {declared}")
         if topic == "camera":
-            msg = _decode_camera(head, env, payload, nbytes)
-        elif topic == "radar":
-            msg = _decode_radar(head, env, payload, nbytes)
-        else:
-            msg = _decode_audio(head, env, payload, nbytes)
-        if lease is not None:
-            msg.shm_lease = lease
-        return msg
+            return _decode_camera(head, env, payload, nbytes)
+        if topic == "radar":
+            return _decode_radar(head, env, payload, nbytes)
+        return _decode_audio(head, env, payload, nbytes)
     except _Bad as bad:
         return Rejection(bad.reason, bad.detail, topic, sensor_id)
 
 
-def _decode_camera(head: dict, env: dict, payload: Any, nbytes: int) -> CameraFrame | Rejection:
+_SOF_HUFFMAN = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive
+_NOT_SOF = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the 0xCn range
+
+
+def jpeg_frame_size(data: Any) -> tuple[int, int, int]:
+    """(height, width, components) from a JPEG's frame header (SOF), reading markers only.
+
+    Raises ValueError for anything that is not a baseline or progressive Huffman JPEG with its
+    frame header before the first scan.
+    """
+    buf = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    n = len(buf)
+    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        raise ValueError("not a JPEG (no start-of-image marker)")
+    pos = 2
+    while pos < n:
+        if buf[pos] != 0xFF:
+            raise ValueError(f"no marker at byte {pos}")
+        while pos < n and buf[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= n:
+            break
+        marker = buf[pos]
+        pos += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            continue  # stand-alone markers
+        if marker in (0xD8, 0xD9, 0xDA):
+            raise ValueError("no frame header before the image data")
+        if pos + 2 > n:
+            break
+        length = (buf[pos] << 8) | buf[pos + 1]
+        if length < 2 or pos + length > n:
+            raise ValueError(f"segment 0x{marker:02x} runs past the end of the file")
+        if 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
+            if marker not in _SOF_HUFFMAN:
+                raise ValueError(f"JPEG process 0x{marker:02x} is not baseline or progressive")
+            if length < 8:
+                raise ValueError("frame header is too short")
+            height = (buf[pos + 3] << 8) | buf[pos + 4]
+            width = (buf[pos + 5] << 8) | buf[pos + 6]
+            return height, width, buf[pos + 7]
+        pos += length
+    raise ValueError("the file ends before its frame header")
+
+
+def decode_jpeg(frame: CameraFrame) -> str | None:
+    """Decode an admitted JPEG frame in place; returns None, or why it is a ``bad_payload``."""
+    if frame.image is not None or frame.jpeg is None:
+        return None
+    import cv2  # only JPEG links need the codec
+
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # the frame header's size, unrotated
+    image = cv2.imdecode(np.frombuffer(frame.jpeg, dtype=np.uint8), flags)
+    if image is None:
+        return "JPEG does not decode"
+    if image.shape != (frame.height_px, frame.width_px, 3):
+        return f"JPEG decodes to {image.shape[1]}x{image.shape[0]}, header says {frame.width_px}x{frame.height_px}"
+    frame.image = image
+    frame.jpeg = None
+    return None
+
+
+def _decode_camera(head: dict, env: dict, payload: Any, nbytes: int) -> CameraFrame:
+    sid = env["sensor_id"]
     w = _field(head, "width_px", int, 1, MAX_IMAGE_SIDE_PX)
     h = _field(head, "height_px", int, 1, MAX_IMAGE_SIDE_PX)
     ch = _field(head, "channels", int, 3, 3)
     enc = _field(head, "encoding", str)
     if enc == "bgr8":
         if nbytes != w * h * ch:
-            raise _Bad("payload_size", f"camera/{env['sensor_id']}: {nbytes} bytes for {w}x{h}x{ch}")
+            raise _Bad("payload_size", f"camera/{sid}: {nbytes} bytes for {w}x{h}x{ch}")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, ch)
-    elif enc == "jpeg":
-        import cv2  # only JPEG links need the codec
+        return CameraFrame(image=image, encoding=enc, width_px=w, height_px=h, **env)
+    if enc != "jpeg":
+        raise _Bad("bad_header", f"camera/{sid}: unknown encoding {enc[:16]!r}")
+    if nbytes * JPEG_MAX_PIXELS_PER_BYTE < w * h:
+        raise _Bad("bad_payload", f"camera/{sid}: a JPEG of {nbytes} bytes cannot hold {w}x{h} pixels")
+    try:
+        jh, jw, comps = jpeg_frame_size(payload)
+    except ValueError as exc:
+        raise _Bad("bad_payload", f"camera/{sid}: {exc}") from None
+    if (jh, jw, comps) != (h, w, ch):
+        raise _Bad("bad_payload", f"camera/{sid}: JPEG frame header says {jw}x{jh} with {comps} components, "
+                                  f"message header says {w}x{h}x{ch}")
+    return CameraFrame(image=None, encoding=enc, jpeg=payload, width_px=w, height_px=h, **env)
 
-        image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise _Bad("bad_payload", f"camera/{env['sensor_id']}: JPEG does not decode")
-        if image.shape[:2] != (h, w):
-            raise _Bad("bad_payload", f"camera/{env['sensor_id']}: JPEG is {image.shape[1]}x{image.shape[0]}, "
-                                      f"header says {w}x{h}")
-    else:
-        raise _Bad("bad_header", f"camera/{env['sensor_id']}: unknown encoding {enc[:16]!r}")
-    return CameraFrame(image=image, encoding=enc, **env)
 
-
-def _decode_radar(head: dict, env: dict, payload: Any, nbytes: int) -> RadarPoints | Rejection:
+def _decode_radar(head: dict, env: dict, payload: Any, nbytes: int) -> RadarPoints:
     n = _field(head, "num_points", int, 0, MAX_RADAR_POINTS)
     fields = _field(head, "point_fields", list)
     if tuple(fields) != RADAR_POINT_FIELDS:
-        raise _Bad("bad_header", f"radar/{env['sensor_id']}: point_fields {fields!r} != {list(RADAR_POINT_FIELDS)}")
+        raise _Bad("bad_header", f"radar/{env['sensor_id']}: point_fields {_show(fields)} != {list(RADAR_POINT_FIELDS)}")
+    frame_number = _field(head, "frame_number", int, 0, UINT64_MAX)
+    side_info = _field(head, "has_side_info", bool)
     if nbytes != n * len(RADAR_POINT_FIELDS) * 4:
         raise _Bad("payload_size", f"radar/{env['sensor_id']}: {nbytes} bytes for {n} points")
     pts = np.frombuffer(payload, dtype="<f4").reshape(n, len(RADAR_POINT_FIELDS))
     if not np.isfinite(pts).all():
         raise _Bad("non_finite", f"radar/{env['sensor_id']}: NaN or inf in points")
-    return RadarPoints(points=pts, frame_number=_field(head, "frame_number", int, 0, 2**64 - 1),
-                       has_side_info=_field(head, "has_side_info", bool), **env)
+    return RadarPoints(points=pts, frame_number=frame_number, has_side_info=side_info, **env)
 
 
-def _decode_audio(head: dict, env: dict, payload: Any, nbytes: int) -> AudioChunk | Rejection:
+def _decode_audio(head: dict, env: dict, payload: Any, nbytes: int) -> AudioChunk:
     rate = _field(head, "sample_rate_hz", int, 1000, 384_000)
     n = _field(head, "num_samples", int, 1, MAX_AUDIO_SAMPLES)
     _field(head, "channels", int, 1, 1)

@@ -6,16 +6,19 @@ would be sent before anyone listens). Its send high-water mark comes from the to
 
 On an ``ipc://`` endpoint (same host) payloads of ``SHM_MIN_BYTES`` or more (raw camera
 frames) are written once into a shared-memory ring and only a handle travels over ZeroMQ
-(:mod:`fusion_node.shm`); across hosts (``tcp://``) everything goes as plain frames.
-``FUSION_SHM=0`` in the environment turns the shared-memory path off.
+(:mod:`fusion_node.shm`); across hosts (``tcp://``) everything goes as plain frames. Every
+sensor command takes ``--no-shm`` (always plain frames) and ``--shm-dir`` (where rings go; it
+must be the node's ``node.shm_dir``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import zmq
@@ -24,7 +27,20 @@ from fusion_node import shm
 from fusion_node.errors import SensorError
 from fusion_node.wire import TOPICS, SensorMessage, encode
 
-__all__ = ["SensorPublisher", "Pacer", "sleep_until", "install_stop_handler"]
+__all__ = ["SensorPublisher", "Pacer", "sleep_until", "install_stop_handler", "add_shm_arguments", "shm_options"]
+
+
+def add_shm_arguments(p: argparse.ArgumentParser) -> None:
+    """The shared-memory options every sensor command takes."""
+    p.add_argument("--no-shm", action="store_true",
+                   help="send large payloads as ZeroMQ frames even on ipc:// endpoints")
+    p.add_argument("--shm-dir", default=None, metavar="DIR",
+                   help="folder for the shared-memory ring (default /dev/shm; the node's node.shm_dir)")
+
+
+def shm_options(args: argparse.Namespace) -> dict:
+    """SensorPublisher keyword arguments from :func:`add_shm_arguments`'s options."""
+    return {"use_shm": False if args.no_shm else None, "shm_dir": args.shm_dir}
 
 
 def sleep_until(t_ns: int, stop: Callable[[], bool] | None = None,
@@ -42,7 +58,7 @@ class SensorPublisher:
 
     def __init__(self, topic: str, endpoint: str, sensor_id: str, *, context: zmq.Context | None = None,
                  clock: Callable[[], int] = time.monotonic_ns, use_shm: bool | None = None,
-                 shm_min_bytes: int = shm.SHM_MIN_BYTES):
+                 shm_min_bytes: int = shm.SHM_MIN_BYTES, shm_dir: str | None = None):
         if topic not in TOPICS:
             raise SensorError(f"{sensor_id}: unknown topic {topic!r}")
         self.topic = TOPICS[topic]
@@ -66,10 +82,11 @@ class SensorPublisher:
         # Shared-memory ring for large payloads: auto (None) means "on for ipc:// endpoints".
         self.use_shm = shm.shm_wanted(endpoint) if use_shm is None else bool(use_shm)
         self.shm_min_bytes = int(shm_min_bytes)
+        self.shm_dir = Path(shm_dir) if shm_dir else shm.default_shm_dir()
         self.ring: shm.ShmRingWriter | None = None
         self._rings_made = 0
         if self.use_shm:
-            shm.remove_stale_rings()
+            shm.remove_stale_rings(self.shm_dir)
 
     def _to_ring(self, payload) -> dict | None:
         """payload_sink for :func:`encode`: large payloads go into the ring, small ones stay inline."""
@@ -81,7 +98,8 @@ class SensorPublisher:
                 self.ring.close()  # frames grew: a new ring; readers re-map from the handle's name
             # Two queue bounds of slots: a slot is reused only after that many newer frames.
             self.ring = shm.ShmRingWriter(shm.ring_name(self.sensor_id, self.run_id, self._rings_made),
-                                          2 * self.topic.queue_bound, nbytes, run_id=self.run_id)
+                                          2 * self.topic.queue_bound, nbytes, run_id=self.run_id,
+                                          directory=self.shm_dir)
             self._rings_made += 1
         return self.ring.write(payload, self.seq)
     def wait_for_subscriber(self, timeout_s: float) -> bool:

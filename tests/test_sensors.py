@@ -10,7 +10,7 @@ import numpy as np
 import zmq
 
 from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ
-from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode
+from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode, decode_jpeg
 from sensors.samples import DEFAULT_CAMERA, DEFAULT_RADAR
 from sensors.ti_mmwave import read_capture
 
@@ -55,6 +55,7 @@ def test_camera_file_playback_raw_and_jpeg(ipc_dir, spawn, zctx):
         msgs = _collect(zctx, ep, b"camera", lambda g: len(g) == 5)
         assert proc.p.wait(30) == 0
         assert all(isinstance(m, CameraFrame) for m in msgs)
+        assert all(decode_jpeg(m) is None for m in msgs)  # JPEG frames are decoded once admitted
         assert msgs[0].image.shape == ((272, 640, 3) if not extra else (180, 320, 3))
         assert msgs[0].encoding == ("bgr8" if not extra else "jpeg")
         assert msgs[0].image.std() > 10  # a real picture, not a blank frame
