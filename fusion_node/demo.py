@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import queue
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +31,7 @@ import zmq
 from sensors.samples import DEMO_INPUTS
 
 from .errors import FusionError
+from .paths import SHIPPED_MODELS
 from .stats import percentiles
 from .supervisor import Child, python_module
 from .wire import decode_map
@@ -41,8 +40,6 @@ __all__ = ["add_arguments", "run", "default_models"]
 
 log = logging.getLogger("fusion.demo")
 
-TRAINED_DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default" / "manifest.json"
-UNTRAINED_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusion-node" / "untrained-seed0"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", action="store_true", help="loop the recordings (stop with --duration or Ctrl-C)")
     p.add_argument("--events-out", metavar="FILE.jsonl", default=None, help="also write every event here")
     p.add_argument("--models", default="default", metavar="MANIFEST",
-                   help="model manifest.json; 'default' = the shipped models (or, until trained ones exist, "
-                        "an untrained set whose outputs are never shown as detections); 'none' = sync only")
+                   help="model manifest.json; 'default' = the shipped trained models; 'none' = synchronisation "
+                        "only, no labels")
     p.add_argument("--provider", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"],
                    help="onnxruntime execution provider (default auto: TensorRT, CUDA, then CPU)")
     p.add_argument("--policy", default="reference", choices=["reference", "approximate", "epsilon"],
@@ -76,28 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
-def default_models() -> Path | None:
-    """The shipped trained models if present, else an untrained set exported once and cached."""
-    if TRAINED_DEFAULT.exists():
-        return TRAINED_DEFAULT
-    manifest = UNTRAINED_CACHE / "manifest.json"
-    if manifest.exists():
-        return manifest
-    try:
-        from models.export import export_untrained_bundle
-    except ImportError as exc:
-        log.warning("no trained models and torch is not installed (%s): running synchronisation only", exc)
-        return None
-    print("fusion demo: no trained models shipped yet; exporting an untrained model set once "
-          f"to {UNTRAINED_CACHE} (its outputs are never reported as detections)", file=sys.stderr)
-    UNTRAINED_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="untrained-", dir=UNTRAINED_CACHE.parent))
-    export_untrained_bundle(tmp, seed=0)
-    try:
-        tmp.rename(UNTRAINED_CACHE)
-    except OSError:  # another demo exported it at the same time: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+def default_models() -> Path:
+    """The trained model bundle shipped with the project."""
+    if not SHIPPED_MODELS.exists():
+        raise FusionError(f"{SHIPPED_MODELS}: the shipped models are missing; reinstall the package, or pass "
+                          f"--models MANIFEST (or --models none for synchronisation only)")
+    return SHIPPED_MODELS
 
 
 def _read_lines(stream, q: queue.Queue) -> None:
