@@ -40,6 +40,7 @@ from .core import FusionCore
 from .gpu_runtime import GpuRuntime
 from .inference import ModelError, ModelRuntime, load_manifest
 from .rig import load_rig
+from .security import NodeSecurity
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
 
@@ -111,17 +112,26 @@ class FusionNode:
         self._leases: OrderedDict[tuple[str, int], object] = OrderedDict()
         self.shm_overwritten = 0
         sensors = [s for c in self.cfgs for s in c.sensors]
+        # Keys, allow-lists and the plain-endpoint rule, checked before any socket exists.
+        self.security = NodeSecurity(self.cfg.node, sensors)
         self.ctx = context or zmq.Context.instance()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, sum(TOPICS[s.kind].queue_bound for s in sensors) * 4)
         self.sub.setsockopt(zmq.LINGER, 0)
+        # A pulled cable leaves tcp retransmitting with a growing back-off (7 s to recover from a
+        # 20 s pull, measured): ZMTP heartbeats drop a dead connection (on both ends: TTL) and a
+        # bounded connect attempt, retried, finds the link within about a second of its return.
+        self.sub.setsockopt(zmq.HEARTBEAT_IVL, 500)
+        self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        self.sub.setsockopt(zmq.HEARTBEAT_TTL, 3000)
+        self.sub.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
         for kind in sorted({s.kind for s in sensors}):
             self.sub.setsockopt(zmq.SUBSCRIBE, kind.encode("ascii"))
-        for s in sensors:
-            self.sub.connect(s.endpoint)
+        self.security.connect(self.sub, sensors)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, TOPICS["fused"].queue_bound * len(self.cfgs))
         self.pub.setsockopt(zmq.LINGER, 1000)
+        self.security.serve(self.pub)
         self.pub.bind(self.cfg.node.publish_endpoint)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats_interval_ns = int(self.cfg.node.stats_interval_s * 1e9)
@@ -183,6 +193,7 @@ class FusionNode:
             merged = Counter(stats["rejected_unattributed"])
             merged.update(self.unattributed)
             stats["rejected_unattributed"] = dict(merged)
+        stats["security"] = self.security.stats(s.id for s in core.cfg.sensors)
         return stats
 
     def publish_stats(self, now_ns: int, interval_s: float) -> dict:
@@ -227,6 +238,7 @@ class FusionNode:
     def close(self) -> None:
         self.sub.close(0)
         self.pub.close()
+        self.security.close(self.pub)
         self._leases.clear()
         self.shm.close()
 

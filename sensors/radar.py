@@ -19,7 +19,7 @@ import numpy as np
 from fusion_node.errors import SensorError
 from fusion_node.wire import RadarPoints
 
-from .publisher import Pacer, SensorPublisher, install_stop_handler
+from .publisher import Pacer, SensorPublisher, add_security_arguments, install_stop_handler, security_options
 from .samples import DEFAULT_RADAR
 from .ti_mmwave import RadarFrame, TIStreamParser, iter_capture, open_cli_port, open_data_port, \
     parse_chirp_config, send_chirp_config
@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before the first frame")
+    add_security_arguments(p)
 
 
 def _message(sensor_id: str, frame: RadarFrame, t_capture_ns: int) -> RadarPoints:
@@ -116,8 +117,9 @@ def _live(args, pub: SensorPublisher, stop) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    secure = security_options(args)  # a bad key or allow-list fails before the source opens
     stop = install_stop_handler()
-    pub = SensorPublisher("radar", args.endpoint, args.sensor_id)
+    pub = SensorPublisher("radar", args.endpoint, args.sensor_id, **secure)
     try:
         if args.wait_subscriber > 0:
             pub.wait_for_subscriber(args.wait_subscriber)
