@@ -37,7 +37,7 @@ from fusion_node.errors import FusionError
 
 from .hist import LatencyHistogram
 
-__all__ = ["run_pipeline", "find_max_rigs", "STAGES", "FRAME_PERIOD_MS"]
+__all__ = ["run_pipeline", "find_max_rigs", "start_node", "STAGES", "FRAME_PERIOD_MS"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERA_PERIOD_NS = 1_000_000_000 // 30
@@ -157,22 +157,31 @@ def run_pipeline(rigs: int = 1, duration_s: float = 20.0, warmup_s: float = 2.0,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(workdir, procs, rigs, duration_s, warmup_s, provider, manifest, deadline_ms, frame_size, radar_points,
-         shm, progress, label, wait_for_audio=True, io_binding=False) -> dict:
-    cfg = _rig_config(rigs, workdir, manifest, provider, deadline_ms, wait_for_audio, io_binding)
+def start_node(workdir: Path, procs: list, cfg: dict, what: str = "bench") -> tuple[_Proc, dict, _Proc, int]:
+    """Write ``cfg``, start the node and the subscriber (events to ``workdir/events.jsonl``).
+
+    Returns the node, its ready line, the subscriber and when the node was ready (monotonic ns).
+    """
     (workdir / "rig.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     node = _Proc("node", _python("-m", "fusion_node", "node", "--config", str(workdir / "rig.yaml")), workdir)
     procs.append(node)
     ready = node.wait_json("ready", 180)
     if ready is None:
-        raise FusionError(f"bench: the node did not start:\n{node.error()}")
+        raise FusionError(f"{what}: the node did not start:\n{node.error()}")
     t_ready = time.monotonic_ns()
-    events_path = workdir / "events.jsonl"
     sub = _Proc("subscriber", _python("-m", "bench.subscriber", "--endpoint", ready["publish_endpoint"],
-                                      "--out", str(events_path)), workdir)
+                                      "--out", str(workdir / "events.jsonl")), workdir)
     procs.append(sub)
     if sub.wait_json("ready", 60) is None:
-        raise FusionError(f"bench: the subscriber saw no stats from the node:\n{sub.error()}")
+        raise FusionError(f"{what}: the subscriber saw no stats from the node:\n{sub.error()}")
+    return node, ready, sub, t_ready
+
+
+def _run(workdir, procs, rigs, duration_s, warmup_s, provider, manifest, deadline_ms, frame_size, radar_points,
+         shm, progress, label, wait_for_audio=True, io_binding=False) -> dict:
+    cfg = _rig_config(rigs, workdir, manifest, provider, deadline_ms, wait_for_audio, io_binding)
+    node, ready, sub, t_ready = start_node(workdir, procs, cfg)
+    events_path = workdir / "events.jsonl"
 
     # Publishers go on for a moment after the window, so the window's last sets find the radar
     # frame and audio chunk that follow them, as every set in a continuous stream does.

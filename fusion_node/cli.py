@@ -24,6 +24,7 @@ from . import demo
 from .config import config_schema, load_rigs
 from .errors import ConfigError, FusionError
 from .node import main_loop
+from .security import client_keys, connect_client, new_key_pair
 from .wire import decode_map
 
 __all__ = ["main", "build_parser"]
@@ -59,7 +60,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
     sub.setsockopt(zmq.SUBSCRIBE, b"fused")
     if args.stats:
         sub.setsockopt(zmq.SUBSCRIBE, b"stats")
-    sub.connect(args.endpoint)
+    keys, server_key = client_keys(args.endpoint, args.server_key, args.secret_key, args.insecure, "fusion events")
+    connect_client(sub, args.endpoint, keys, server_key)
     n = 0
     try:
         while args.count is None or n < args.count:
@@ -78,6 +80,15 @@ def _cmd_events(args: argparse.Namespace) -> int:
         pass
     finally:
         sub.close(0)
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    public_path, secret_path, public = new_key_pair(args.name, args.dir)
+    # The secret never reaches the terminal: only where it is.
+    print(f"public key {public.decode('ascii')}\n"
+          f"  {public_path}: give it to the peers that must trust {args.name}\n"
+          f"  {secret_path}: the key pair, mode 0600; keep it on this host only")
     return 0
 
 
@@ -126,7 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stats", action="store_true", help="also print stats messages, as {\"stats\": ...}")
     e.add_argument("--count", type=int, default=None, help="exit after this many events")
     e.add_argument("--timeout", type=float, default=None, help="exit with status 1 after S seconds of silence")
+    e.add_argument("--server-key", default=None, metavar="FILE",
+                   help="the node's CURVE public key (NAME.key): connect with CURVE; needs --secret-key")
+    e.add_argument("--secret-key", default=None, metavar="FILE",
+                   help="this subscriber's key pair (NAME.key_secret), listed in the node's allow_subscribers")
+    e.add_argument("--insecure", action="store_true",
+                   help="allow a plain connection to an endpoint reachable from the network")
     e.set_defaults(func=_cmd_events)
+
+    k = sub.add_parser("keys", help="CURVE key pairs for network hops",
+                       description="Make CURVE key pairs for sensors, nodes and subscribers (docs/wire.md, "
+                                   "'Security').")
+    kinds_k = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kn = kinds_k.add_parser("new", help="make a key pair: NAME.key (public) and NAME.key_secret (0600)",
+                            description="Write NAME.key (the public key, to hand to peers) and NAME.key_secret "
+                                        "(the key pair, mode 0600, never printed). Refuses to overwrite.")
+    kn.add_argument("name", metavar="NAME", help="key name, e.g. cam0 or node")
+    kn.add_argument("--dir", default=".", help="folder to write into (created 0700 if missing; default: .)")
+    kn.set_defaults(func=_cmd_keys)
 
     add_bench_parser(sub)
     add_calibrate_parser(sub)

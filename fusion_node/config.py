@@ -81,6 +81,16 @@ class SensorConfig(_Strict):
     @property
     def shm_enabled(self) -> bool:
         return self.endpoint.startswith("ipc://") if self.shm is None else self.shm
+    public_key_file: str | None = Field(
+        None, description="the sensor's CURVE public key (its NAME.key from `fusion keys new`, relative to the "
+                          "config file): the node connects with CURVE and refuses a publisher that cannot prove "
+                          "this key; needs node.secret_key_file. Required for a network endpoint unless "
+                          "node.insecure")
+
+    @field_validator("public_key_file")
+    @classmethod
+    def _key_relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _resolve(value, info)
 
     @property
     def liveness_timeout_ns(self) -> int:
@@ -144,11 +154,27 @@ class NodeConfig(_Strict):
                                                   "default: /dev/shm, else the temp folder")
     stall_ms: float = Field(100.0, gt=0, description="a node loop turn (receive, admit, fuse, publish) longer "
                                                      "than this is counted as a stall in the stats topic")
+    secret_key_file: str | None = Field(
+        None, description="the node's CURVE key pair (NAME.key_secret from `fusion keys new`, mode 0600, relative "
+                          "to the config file): its client key towards the sensors with a public_key_file, and "
+                          "its server key on publish_endpoint when allow_subscribers is set")
+    allow_subscribers: list[str] | None = Field(
+        None, min_length=1, description="public key files (NAME.key) or folders of them: the only consumers "
+                                        "allowed to subscribe to publish_endpoint, which then speaks CURVE; "
+                                        "required for a network publish_endpoint unless insecure")
+    insecure: bool = Field(False, description="allow plain (unencrypted, unauthenticated) tcp endpoints that are "
+                                              "reachable from the network; ipc:// and loopback tcp are always "
+                                              "allowed plain")
 
     @field_validator("models", "batched_models")
     @classmethod
     def _relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _resolve(value, info)
+
+    @field_validator("secret_key_file", "allow_subscribers")
+    @classmethod
+    def _keys_relative_to_file(cls, value, info: ValidationInfo):
+        return [_resolve(v, info) for v in value] if isinstance(value, list) else _resolve(value, info)
 
 
 class RigSpec(_Strict):

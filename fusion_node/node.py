@@ -51,6 +51,7 @@ from .gpu_runtime import GpuRuntime
 from .manifest import ModelError, load_manifest
 from .rig import load_rig
 from .runtime import Runtime
+from .security import FAILURE_KINDS, HANDSHAKE_FAILURES, NodeSecurity
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
 
@@ -123,6 +124,8 @@ class FusionNode:
         self.unattributed: Counter = Counter()
         sensors = [s for c in self.cfgs for s in c.sensors]
         self.shm = ShmReader(self.cfg.node.shm_dir, sensors=[s.id for s in sensors if s.shm_enabled])
+        # Keys, allow-lists and the plain-endpoint rule, checked before any socket exists.
+        self.security = NodeSecurity(self.cfg.node, sensors)
         self.ctx = context or zmq.Context.instance()
         self.poller = zmq.Poller()
         self.inlets: list[Inlet] = []
@@ -137,10 +140,17 @@ class FusionNode:
             sub.setsockopt(zmq.MAXMSGSIZE, max(t.max_frame_bytes for t in topics))
             sub.setsockopt(zmq.RCVHWM, sum(t.queue_bound for t in topics) * 4)
             sub.setsockopt(zmq.LINGER, 0)
+            # A pulled cable leaves tcp retransmitting with a growing back-off (7 s to recover from a
+            # 20 s pull, measured): ZMTP heartbeats drop a dead connection (on both ends: TTL) and a
+            # bounded connect attempt, retried, finds the link within about a second of its return.
+            sub.setsockopt(zmq.HEARTBEAT_IVL, 500)
+            sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sub.setsockopt(zmq.HEARTBEAT_TTL, 3000)
+            sub.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
-            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            sub.connect(endpoint)
+            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
             inlet = Inlet(endpoint, sub, monitor, members)
+            self.security.connect(sub, endpoint, list(members))
             self.inlets.append(inlet)
             self.poller.register(sub, zmq.POLLIN)
             self.poller.register(monitor, zmq.POLLIN)
@@ -149,6 +159,7 @@ class FusionNode:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, TOPICS["fused"].queue_bound * len(self.cfgs))
         self.pub.setsockopt(zmq.LINGER, 1000)
+        self.security.serve(self.pub)
         self.pub.bind(self.cfg.node.publish_endpoint)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats_interval_ns = int(self.cfg.node.stats_interval_s * 1e9)
@@ -223,6 +234,9 @@ class FusionNode:
                 event = recv_monitor_message(inlet.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] in FAILURE_KINDS:
+                self.security.count_failure(list(inlet.sensors), event["event"])
+                continue
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             inlet.disconnects += 1
@@ -252,6 +266,7 @@ class FusionNode:
         stats["loop"] = {"turns": self.turns, "stalls": self.stalls, "stall_ms": self.cfg.node.stall_ms,
                          "longest_turn_ms": round(self.longest_turn_ns / 1e6, 3)}
         stats["shm"] = self.shm.summary()
+        stats["security"] = self.security.stats(s.id for s in core.cfg.sensors)
         return stats
 
     def publish_stats(self, now_ns: int, interval_s: float) -> dict:
@@ -308,6 +323,7 @@ class FusionNode:
             inlet.monitor.close(0)
             inlet.sock.close(0)
         self.pub.close()
+        self.security.close(self.pub)
         self.shm.close()
 
 

@@ -18,7 +18,15 @@ from fusion_node.errors import SensorError
 from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ as RATE_HZ
 from fusion_node.wire import AudioChunk
 
-from .publisher import SensorPublisher, add_shm_arguments, install_stop_handler, shm_options, sleep_until
+from .publisher import (
+    SensorPublisher,
+    add_security_arguments,
+    add_shm_arguments,
+    install_stop_handler,
+    security_options,
+    shm_options,
+    sleep_until,
+)
 from .samples import DEFAULT_AUDIO
 
 __all__ = ["load_audio_file", "to_mono_16k", "add_arguments", "run", "RATE_HZ"]
@@ -65,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before the first chunk")
     add_shm_arguments(p)
+    add_security_arguments(p)
 
 
 def _chunk_len(chunk_ms: float) -> int:
@@ -131,6 +140,7 @@ def _record_mic(args, pub: SensorPublisher, stop, _samples: None = None) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    secure = security_options(args)  # a bad key or allow-list fails before the source opens
     stop = install_stop_handler()
     samples = None
     if args.source == "mic" or args.source.startswith("mic:"):
@@ -138,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         samples = load_audio_file(args.source, args.sensor_id)  # fail before binding on a bad file
         play = _play_file
-    pub = SensorPublisher("audio", args.endpoint, args.sensor_id, **shm_options(args))
+    pub = SensorPublisher("audio", args.endpoint, args.sensor_id, **shm_options(args), **secure)
     try:
         if args.wait_subscriber > 0:
             pub.wait_for_subscriber(args.wait_subscriber)

@@ -16,7 +16,15 @@ import numpy as np
 from fusion_node.errors import SensorError
 from fusion_node.wire import CameraFrame
 
-from .publisher import Pacer, SensorPublisher, add_shm_arguments, install_stop_handler, shm_options
+from .publisher import (
+    Pacer,
+    SensorPublisher,
+    add_security_arguments,
+    add_shm_arguments,
+    install_stop_handler,
+    security_options,
+    shm_options,
+)
 from .samples import DEFAULT_CAMERA
 
 __all__ = ["CameraSource", "parse_size", "add_arguments", "run"]
@@ -85,16 +93,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before the first frame")
     add_shm_arguments(p)
+    add_security_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    secure = security_options(args)  # a bad key or allow-list fails before the source opens
     import cv2
 
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         raise SensorError(f"camera {args.sensor_id}: --jpeg quality must be 1..100, got {args.jpeg}")
     stop = install_stop_handler()
     src = CameraSource(args.source, args.sensor_id, args.resize)
-    pub = SensorPublisher("camera", args.endpoint, args.sensor_id, **shm_options(args))
+    pub = SensorPublisher("camera", args.endpoint, args.sensor_id, **shm_options(args), **secure)
     if args.wait_subscriber > 0:
         pub.wait_for_subscriber(args.wait_subscriber)
     fps = args.fps or src.fps

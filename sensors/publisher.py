@@ -9,6 +9,10 @@ frames) are written once into a shared-memory ring and only a handle travels ove
 (:mod:`fusion_node.shm`); across hosts (``tcp://``) everything goes as plain frames. Every
 sensor command takes ``--no-shm`` (always plain frames) and ``--shm-dir`` (where rings go; it
 must be the node's ``node.shm_dir``).
+
+Across hosts the socket is a CURVE server (:mod:`fusion_node.security`): ``--secret-key`` is
+the sensor's key pair and ``--allow`` the public keys of the nodes that may subscribe, checked
+through ZAP. A network endpoint without keys is refused unless ``--insecure``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Callable
 
 import zmq
 
-from fusion_node import shm
+from fusion_node import security, shm
 from fusion_node.errors import SensorError
 from fusion_node.wire import TOPICS, SensorMessage, encode
 
-__all__ = ["SensorPublisher", "Pacer", "sleep_until", "install_stop_handler", "add_shm_arguments", "shm_options"]
+__all__ = ["SensorPublisher", "Pacer", "sleep_until", "install_stop_handler", "add_shm_arguments", "shm_options",
+           "add_security_arguments", "security_options"]
 
 
 def add_shm_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,9 +63,12 @@ class SensorPublisher:
 
     def __init__(self, topic: str, endpoint: str, sensor_id: str, *, context: zmq.Context | None = None,
                  clock: Callable[[], int] = time.monotonic_ns, use_shm: bool | None = None,
-                 shm_min_bytes: int = shm.SHM_MIN_BYTES, shm_dir: str | None = None):
+                 shm_min_bytes: int = shm.SHM_MIN_BYTES, shm_dir: str | None = None,
+                 curve: security.ServerSecurity | None = None, insecure: bool = False):
         if topic not in TOPICS:
             raise SensorError(f"{sensor_id}: unknown topic {topic!r}")
+        security.require_secure(endpoint, curve is not None, insecure, f"{topic} {sensor_id}",
+                                "give --secret-key and --allow")
         self.topic = TOPICS[topic]
         self.sensor_id = sensor_id
         self.clock = clock
@@ -71,10 +79,12 @@ class SensorPublisher:
         self.socket = self._ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.SNDHWM, self.topic.queue_bound)
         self.socket.setsockopt(zmq.LINGER, 500)
+        self._zap = security.serve_curve(self.socket, curve, f"fusion.sensor.{sensor_id}.{id(self):x}",
+                                         f"{topic} {sensor_id}") if curve is not None else None
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
-            self.socket.close(0)
+            self.close()
             raise SensorError(f"{sensor_id}: cannot bind {endpoint}: {exc} "
                               f"(is another process using it? pick another endpoint)") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -125,11 +135,45 @@ class SensorPublisher:
         if self.sent % 256 == 0:
             self._drain_subscriptions()  # XPUB queues subscription messages; keep that queue short
 
+    @property
+    def refused(self) -> int:
+        """Subscribers refused by the allow-list so far."""
+        return self._zap.refused if self._zap is not None else 0
+
     def close(self) -> None:
         self.socket.close()
-        if self.ring is not None:
+        security.release_server(self.socket, self._zap)
+        self._zap = None
+        if getattr(self, "ring", None) is not None:
             self.ring.close()
             self.ring = None
+
+
+def add_security_arguments(p: argparse.ArgumentParser) -> None:
+    """``--secret-key``, ``--allow`` and ``--insecure``: the options of a sensor's binding socket."""
+    p.add_argument("--secret-key", default=None, metavar="FILE",
+                   help="this sensor's CURVE key pair (NAME.key_secret from `fusion keys new`): the socket "
+                        "encrypts and admits only the keys of --allow")
+    p.add_argument("--allow", action="extend", nargs="+", default=None, metavar="KEY",
+                   help="with --secret-key: public key files (NAME.key) or folders of them, of the nodes "
+                        "allowed to subscribe")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a plain (unencrypted, unauthenticated) endpoint reachable from the network")
+
+
+def security_options(args: argparse.Namespace) -> dict:
+    """:class:`SensorPublisher` keyword arguments from :func:`add_security_arguments`' options."""
+    what = f"sensor {args.sensor_id}"
+    if args.allow and not args.secret_key:
+        raise SensorError(f"{what}: --allow needs --secret-key, this sensor's key pair")
+    if not args.secret_key:
+        return {"curve": None, "insecure": args.insecure}
+    if not args.allow:
+        raise SensorError(f"{what}: --secret-key needs --allow with the public keys of the nodes that may "
+                          f"subscribe")
+    keys = security.load_key_pair(args.secret_key, f"{what} --secret-key")
+    return {"curve": security.ServerSecurity(keys, security.load_allow_list(args.allow, f"{what} --allow")),
+            "insecure": args.insecure}
 
 
 class Pacer:

@@ -19,10 +19,25 @@ import numpy as np
 from fusion_node.errors import SensorError
 from fusion_node.wire import RadarPoints
 
-from .publisher import Pacer, SensorPublisher, add_shm_arguments, install_stop_handler, shm_options
+from .publisher import (
+    Pacer,
+    SensorPublisher,
+    add_security_arguments,
+    add_shm_arguments,
+    install_stop_handler,
+    security_options,
+    shm_options,
+)
 from .samples import DEFAULT_RADAR
-from .ti_mmwave import RadarFrame, TIStreamParser, iter_capture, open_cli_port, open_data_port, \
-    parse_chirp_config, send_chirp_config
+from .ti_mmwave import (
+    RadarFrame,
+    TIStreamParser,
+    iter_capture,
+    open_cli_port,
+    open_data_port,
+    parse_chirp_config,
+    send_chirp_config,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -44,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before the first frame")
     add_shm_arguments(p)
+    add_security_arguments(p)
 
 
 def _message(sensor_id: str, frame: RadarFrame, t_capture_ns: int) -> RadarPoints:
@@ -117,8 +133,9 @@ def _live(args, pub: SensorPublisher, stop) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    secure = security_options(args)  # a bad key or allow-list fails before the source opens
     stop = install_stop_handler()
-    pub = SensorPublisher("radar", args.endpoint, args.sensor_id, **shm_options(args))
+    pub = SensorPublisher("radar", args.endpoint, args.sensor_id, **shm_options(args), **secure)
     try:
         if args.wait_subscriber > 0:
             pub.wait_for_subscriber(args.wait_subscriber)

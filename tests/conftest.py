@@ -63,13 +63,17 @@ def zctx():
 
 
 class Proc:
-    """A real child process of the fusion command, its stdout read line by line."""
+    """A real child process of the fusion command, its stdout read line by line.
 
-    def __init__(self, *args: str, log_dir: Path):
+    ``prefix`` runs it under another command that ends by exec'ing it (``ip netns exec NS``), so
+    signals still reach the fusion process itself.
+    """
+
+    def __init__(self, *args: str, log_dir: Path, prefix: tuple[str, ...] = ()):
         self.args = args
         self.stderr_path = log_dir / f"{args[0]}-{time.monotonic_ns()}.stderr"
         self._err = open(self.stderr_path, "wb")
-        self.p = subprocess.Popen([sys.executable, "-m", "fusion_node", *args], stdout=subprocess.PIPE,
+        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "fusion_node", *args], stdout=subprocess.PIPE,
                                   stderr=self._err, stdin=subprocess.DEVNULL, text=True, cwd=ROOT,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: queue.Queue = queue.Queue()
@@ -82,6 +86,10 @@ class Proc:
 
     def json_line(self, key: str, value, timeout: float = 60.0) -> dict:
         """Wait for a JSON stdout line whose ``key`` equals ``value``."""
+        return self.wait_json(lambda msg: msg.get(key) == value, f"{key}={value!r}", timeout)
+
+    def wait_json(self, predicate, what: str, timeout: float = 60.0) -> dict:
+        """Wait for a JSON stdout line (a dict) for which ``predicate`` is true; earlier lines are consumed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -94,9 +102,9 @@ class Proc:
                 msg = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if msg.get(key) == value:
+            if isinstance(msg, dict) and predicate(msg):
                 return msg
-        raise AssertionError(f"no {key}={value!r} line from {self.args}; stderr:\n{self.stderr()}")
+        raise AssertionError(f"no {what} line from {self.args}; stderr:\n{self.stderr()}")
 
     def stderr(self) -> str:
         self._err.flush()
@@ -122,8 +130,8 @@ class Proc:
 def spawn(tmp_path):
     procs: list[Proc] = []
 
-    def start(*args: str) -> Proc:
-        proc = Proc(*args, log_dir=tmp_path)
+    def start(*args: str, prefix: tuple[str, ...] = ()) -> Proc:
+        proc = Proc(*args, log_dir=tmp_path, prefix=prefix)
         procs.append(proc)
         return proc
 
