@@ -67,6 +67,12 @@ RECV_BUDGET = 4096
 RECV_SLICE = 64
 # A sensor message has 3 frames; parts beyond this are read and dropped, never kept.
 MAX_PARTS = 4
+# Reconnecting after a dropped connection backs off from 0.1 s to 2 s while it keeps failing: a
+# peer refused at every handshake (a wrong key) must not turn into a busy loop.
+RECONNECT_MIN_NS = 100_000_000
+RECONNECT_MAX_NS = 2_000_000_000
+# Monitor events handled per endpoint and turn.
+MONITOR_BUDGET = 64
 
 
 def load_runtime(cfg: RigConfig) -> Runtime | None:
@@ -103,6 +109,8 @@ class Inlet:
     monitor: zmq.Socket
     sensors: dict[str, int]
     disconnects: int = 0
+    reconnect_due_ns: int | None = None  # when to connect again after a dropped connection
+    backoff_ns: int = RECONNECT_MIN_NS  # the wait before the next reconnect; doubles while it keeps failing
 
 
 class FusionNode:
@@ -179,6 +187,7 @@ class FusionNode:
         for sock in ready:
             if sock in self._by_monitor:
                 self._on_monitor(self._by_monitor[sock])
+        self._reconnect_due(self._turn_start_ns)
         inlets = [self._by_socket[sock] for sock in ready if sock in self._by_socket]
         budget = RECV_BUDGET
         while inlets and budget > 0:
@@ -189,6 +198,7 @@ class FusionNode:
                         inlets.remove(inlet)
                         break
                     budget -= 1
+                    inlet.backoff_ns = RECONNECT_MIN_NS  # the connection works again
                     self._route(inlet, self.clock(), decode(frames, self.shm), batches)
         return batches
 
@@ -224,27 +234,34 @@ class FusionNode:
         batches[idx].append((t_recv, msg))
 
     def _on_monitor(self, inlet: Inlet) -> None:
-        """Count dropped connections and connect again.
+        """Count failed handshakes and dropped connections; schedule a reconnect after a drop.
 
         ZeroMQ reconnects by itself after a network error, but not after a protocol error such
-        as a frame over ``ZMQ_MAXMSGSIZE``: without this the sensor would be lost for good.
+        as a frame over ``ZMQ_MAXMSGSIZE``: without a reconnect of our own the sensor would be
+        lost for good.
         """
-        while True:
+        for _ in range(MONITOR_BUDGET):
             try:
                 event = recv_monitor_message(inlet.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if event["event"] in FAILURE_KINDS:
                 self.security.count_failure(list(inlet.sensors), event["event"])
-                continue
-            if event["event"] != zmq.EVENT_DISCONNECTED:
-                continue
-            inlet.disconnects += 1
-            try:
-                inlet.sock.disconnect(inlet.endpoint)
-            except zmq.ZMQError:
-                pass  # already gone: the protocol error ended the session
-            inlet.sock.connect(inlet.endpoint)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                inlet.disconnects += 1
+                if inlet.reconnect_due_ns is None:
+                    inlet.reconnect_due_ns = self.clock() + inlet.backoff_ns
+                    inlet.backoff_ns = min(2 * inlet.backoff_ns, RECONNECT_MAX_NS)
+
+    def _reconnect_due(self, now_ns: int) -> None:
+        for inlet in self.inlets:
+            if inlet.reconnect_due_ns is not None and now_ns >= inlet.reconnect_due_ns:
+                inlet.reconnect_due_ns = None
+                try:
+                    inlet.sock.disconnect(inlet.endpoint)
+                except zmq.ZMQError:
+                    pass  # already gone: the protocol error ended the session
+                inlet.sock.connect(inlet.endpoint)  # CURVE options stay set on the socket
 
     def _publish_events(self, core: FusionCore, events: list[dict]) -> None:
         for ev in events:

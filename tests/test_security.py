@@ -19,11 +19,12 @@ from fusion_node import security
 from fusion_node.config import config_from_dict
 from fusion_node.errors import ConfigError
 from fusion_node.node import FusionNode
+from sensors.samples import DEFAULT_CAMERA, DEFAULT_RADAR
 
 from .conftest import ROOT, SAMPLES
 
-VIDEO = SAMPLES / "video" / "one-by-one-person-detection.mp4"
-RADAR = SAMPLES / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat"
+VIDEO = DEFAULT_CAMERA
+RADAR = DEFAULT_RADAR
 AUDIO = SAMPLES / "audio" / "engine_truck_start_pullaway_opensfx25_CC0.wav"
 
 
