@@ -39,6 +39,7 @@ from .config import RigConfig
 from .core import FusionCore
 from .gpu_runtime import GpuRuntime
 from .inference import ModelError, ModelRuntime, load_manifest
+from .outputs import EventOutputs
 from .rig import load_rig
 from .shm import ShmReader
 from .wire import TOPICS, Rejection, decode, encode_map
@@ -93,12 +94,13 @@ class FusionNode:
     """Owns the sockets of one node serving one or more rigs, and the loop that drives their cores."""
 
     def __init__(self, cfg: RigConfig | Sequence[RigConfig], runtime=None, *, context: zmq.Context | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns):
+                 clock: Callable[[], int] = time.monotonic_ns, wall_clock: Callable[[], int] = time.time_ns):
         self.cfgs: list[RigConfig] = [cfg] if isinstance(cfg, RigConfig) else list(cfg)
         if not self.cfgs:
             raise ValueError("a node serves at least one rig")
         self.cfg = self.cfgs[0]  # node settings are shared by every rig
         self.clock = clock
+        self.wall_clock = wall_clock
         self.cores = [FusionCore(c, runtime, timer=clock, run_id=int.from_bytes(os.urandom(4), "little"),
                                  calibration=load_rig(c.calibration_file) if c.calibration_file else None)
                       for c in self.cfgs]
@@ -125,6 +127,9 @@ class FusionNode:
         self.pub.bind(self.cfg.node.publish_endpoint)
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats_interval_ns = int(self.cfg.node.stats_interval_s * 1e9)
+        # Lifecycle events, their log, sinks and metrics, fed after each publish (fusion_node.outputs).
+        self.outputs = EventOutputs(self.cfgs, runtime, self.pub.send_multipart, run_id=self.core.run_id,
+                                    clock=clock, wall_clock=wall_clock)
 
     # -- receive and route ------------------------------------------------------------------
 
@@ -149,6 +154,7 @@ class FusionNode:
                     self.unattributed[msg.reason if isinstance(msg, Rejection) and msg.reason != "unknown_sensor"
                                       else "unknown_sensor"] += 1
                     continue
+            self.outputs.keep(msg)
             lease = getattr(msg, "shm_lease", None)
             if lease is not None:
                 self._leases[(msg.sensor_id, msg.seq)] = lease
@@ -172,8 +178,9 @@ class FusionNode:
         for ev in events:
             if self._leases and not self._intact(core, ev):
                 continue
-            core.finish_event(ev, self.clock())
+            core.finish_event(ev, self.clock(), self.wall_clock())
             self.pub.send_multipart(encode_map("fused", ev))
+            self.outputs.on_record(ev)
 
     # -- stats --------------------------------------------------------------------------------
 
@@ -191,6 +198,7 @@ class FusionNode:
         for core in self.cores:
             stats = self._rig_stats(core, now_ns, interval_s)
             self.pub.send_multipart(encode_map("stats", stats))
+            self.outputs.on_stats(stats)
             per_rig[core.cfg.rig] = stats
         if len(self.cores) == 1:
             return next(iter(per_rig.values()))
@@ -210,13 +218,14 @@ class FusionNode:
         while not stop():
             now = self.clock()
             wake = min(next_stats, now + 50_000_000)
-            deadline = self.next_deadline_ns()
-            if deadline is not None:
-                wake = min(wake, deadline)
+            for deadline in (self.next_deadline_ns(), self.outputs.next_due_ns()):
+                if deadline is not None:
+                    wake = min(wake, deadline)
             batches = self._receive(max(0, (wake - now) // 1_000_000))
             now = self.clock()
             for core, batch in zip(self.cores, batches):
                 self._publish_events(core, core.step(now, batch))
+            self.outputs.tick()
             if now >= next_stats:
                 self.publish_stats(now, (now - last_stats) / 1e9)
                 last_stats = now
@@ -225,6 +234,7 @@ class FusionNode:
         return self.publish_stats(now, max(1e-9, (now - last_stats) / 1e9))
 
     def close(self) -> None:
+        self.outputs.close()
         self.sub.close(0)
         self.pub.close()
         self._leases.clear()
@@ -288,7 +298,8 @@ def main_loop(cfg: RigConfig | Sequence[RigConfig], out=sys.stdout) -> int:
              "provider_note": None if runtime is None else runtime.provider_note,
              "models": None if runtime is None else runtime.name,
              "trained": None if runtime is None else runtime.trained,
-             "rigs": [c.rig for c in cfgs], "model_load_ms": round(load_ms, 1)}
+             "rigs": [c.rig for c in cfgs], "model_load_ms": round(load_ms, 1),
+             "metrics_port": node.outputs.metrics_port, "event_log": str(node.outputs.log_path)}
     print(json.dumps(ready), file=out, flush=True)
     try:
         final = node.run(lambda: stopped["flag"])
