@@ -195,6 +195,16 @@ class MqttSink:
             with self._send_lock:
                 self._send(f"{self.prefix}/{_slug(rig)}/stats", self._stats_payload(rig), retain=True)
 
+    def wait_connected(self, connected: bool = True, timeout_s: float = 10.0) -> bool:
+        """Block until the connection is up (or down); False if ``timeout_s`` passed first."""
+        with self._acked:
+            return self._acked.wait_for(lambda: self.connected == connected, timeout_s)
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until nothing waits and the broker acknowledged all it was handed; False on timeout."""
+        with self._acked:
+            return self._acked.wait_for(lambda: not self._queue and self.acked >= self.handed, timeout_s)
+
     def counters(self) -> dict:
         """Queue depth (waiting here plus handed but not yet acknowledged), drops, and connection state."""
         return {"queue_depth": len(self._queue) + max(0, self.handed - self.acked), "dropped": self.dropped,
@@ -216,6 +226,8 @@ class MqttSink:
                 self._announce()
             self._republish_states()
             self._drain()
+        with self._acked:
+            self._acked.notify_all()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ARG002
         self.connected = False
