@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fusion_node.eventlog import EventLog
 from fusion_node.paths import SHIPPED_MODELS
 
-from .test_pipeline import AUDIO, RADAR, VIDEO, _sensor
+from .test_pipeline import AUDIO, RADAR, VIDEO, _documented_keys, _sensor
 
 
 def _config(ipc_dir, log_path, broker_url):
@@ -125,6 +125,7 @@ def test_lifecycle_log_mqtt_and_metrics_survive_a_killed_node_and_a_killed_consu
     seen = seen_a + seen_b + more
     assert [e["seq"] for e in logged] == list(range(1, len(logged) + 1))
     assert seen == logged  # every logged event exactly once, in order, across both consumers and both nodes
+    assert all(set(e) == _documented_keys("lifecycle") for e in logged)
     assert {"node_restarted", "node_stopped"} <= {e["reason"] for e in logged if e["type"] == "end"}
     assert all(e["id"].split(":")[-2] == run_a for e in logged if e["reason"] == "node_restarted")
     run_b = logged[-1]["id"].split(":")[-2]
