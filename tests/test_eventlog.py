@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from fusion_node.errors import FusionError
 from fusion_node.eventlog import EventLog
+from fusion_node.walltime import parse_utc_ns
+
+from .conftest import ROOT
 
 DAY_NS = 86_400 * 10**9
 WALL0 = 1_790_000_000 * 10**9
@@ -98,3 +104,24 @@ def test_one_writer_per_log(tmp_path):
     EventLog(tmp_path / "ev.sqlite").close()
     with pytest.raises(FusionError, match="no event log"):
         EventLog(tmp_path / "missing.sqlite", reader=True)
+
+
+def test_fusion_events_since_a_utc_time_and_its_errors(tmp_path):
+    log = EventLog(tmp_path / "ev.sqlite")
+    t0 = parse_utc_ns("2026-11-22T14:00:00Z")
+    for i in range(5):
+        log.append(_ev(i), t0 + i * 60 * 10**9)  # one a minute
+    log.close()
+
+    def events(*args):
+        return subprocess.run([sys.executable, "-m", "fusion_node", "events", "--log", str(tmp_path / "ev.sqlite"),
+                               *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    out = events("--since", "2026-11-22T14:02:00Z", "--no-follow")
+    assert out.returncode == 0 and [json.loads(x)["seq"] for x in out.stdout.splitlines()] == [3, 4, 5]
+    out = events("--since", "3", "--no-follow", "--count", "1")
+    assert [json.loads(x)["seq"] for x in out.stdout.splitlines()] == [4]
+    bad = events("--since", "yesterday")
+    assert bad.returncode == 2 and "--since wants a seq or an ISO 8601 UTC time" in bad.stderr
+    missing = events("--snapshot", "nope")
+    assert missing.returncode == 1 and "no snapshot 'nope'" in missing.stderr
