@@ -39,9 +39,10 @@ __all__ = ["EventOutputs", "default_log_path", "LIFECYCLE_TOPIC"]
 log = logging.getLogger("fusion.outputs")
 
 LIFECYCLE_TOPIC = "lifecycle"
-# Camera frames and radar messages kept for snapshots: enough to reach back over the sets that
-# are fused in one loop turn and the sync deadline.
-FRAME_CACHE = 64
+# Camera frames and radar messages kept per sensor for snapshots: a set is fused within the sync
+# deadline (200 ms by default, 6 frames at 30 Hz) of its newest frame. Raw frames are large, so
+# the bound is per sensor and small.
+FRAMES_PER_SENSOR = 8
 LOG_MAINTAIN_S = 60.0
 
 
@@ -84,7 +85,7 @@ class EventOutputs:
         if first.node.metrics_port is not None:
             self.metrics = NodeMetrics(self.snapshot)
             self.metrics.serve(first.node.metrics_port, first.node.metrics_address)
-        self._frames: OrderedDict[tuple[str, int], CameraFrame | RadarPoints] = OrderedDict()
+        self._frames: dict[str, OrderedDict[int, CameraFrame | RadarPoints]] = {}
         self._best: dict[str, _Best] = {}
         self._snapped: dict[str, int] = {}
         self._projection: dict[str, RadarProjection | None] = {c.rig: self._load_projection(c) for c in cfgs}
@@ -110,9 +111,10 @@ class EventOutputs:
     def keep(self, msg) -> None:
         """A decoded sensor message: camera frames and radar points are kept briefly for snapshots."""
         if self.cfg.snapshots and isinstance(msg, (CameraFrame, RadarPoints)):
-            self._frames[(msg.sensor_id, msg.seq)] = msg
-            if len(self._frames) > FRAME_CACHE:
-                self._frames.popitem(last=False)
+            frames = self._frames.setdefault(msg.sensor_id, OrderedDict())
+            frames[msg.seq] = msg
+            if len(frames) > FRAMES_PER_SENSOR:
+                frames.popitem(last=False)
 
     def on_record(self, record: dict) -> None:
         """A fused record the node has just published."""
@@ -166,7 +168,7 @@ class EventOutputs:
     def _grab(self, occ, record: dict) -> None:
         image = points = None
         for m in record.get("members", []):
-            msg = self._frames.get((m["sensor_id"], m["seq"]))
+            msg = self._frames.get(m["sensor_id"], {}).get(m["seq"])
             if isinstance(msg, CameraFrame):
                 image = msg.image.copy()
                 lease = getattr(msg, "shm_lease", None)
