@@ -161,6 +161,7 @@ class Mosquitto:
                 break
             if " running" in line:
                 return self
+        self.stop(9)  # never leave a half-started broker behind
         raise AssertionError("mosquitto did not start:\n" + "".join(self.log[-20:]))
 
     def stop(self, sig: int = 15) -> None:
