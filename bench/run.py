@@ -130,9 +130,10 @@ def _rig_config(n: int, workdir: Path, manifest: Path | None, provider: str, dea
         ], "sync": sync})
     node = {"publish_endpoint": f"ipc://{workdir}/events.sock", "models": None if manifest is None else str(manifest),
             "provider": provider, "io_binding": io_binding, "stats_interval_s": 0.5, "max_age_s": 30.0}
+    log = {"path": str(workdir / "events.sqlite")}  # each run its own event log, removed with the workdir
     if n == 1:
-        return {**rigs[0], "node": node}
-    return {"rigs": rigs, "node": node}
+        return {**rigs[0], "node": node, "event_log": log}
+    return {"rigs": rigs, "node": node, "event_log": log}
 
 
 def _python(*args: str) -> list[str]:

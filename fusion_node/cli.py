@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
+import threading
+from pathlib import Path
 
 import zmq
 
@@ -23,8 +26,11 @@ from sensors.sim import live as sim
 from . import demo
 from .config import config_schema, load_rigs
 from .errors import ConfigError, FusionError
+from .eventlog import EventLog
 from .node import main_loop
+from .outputs import LIFECYCLE_TOPIC, default_log_path
 from .security import client_keys, connect_client, new_key_pair
+from .walltime import parse_utc_ns
 from .wire import decode_map
 
 __all__ = ["main", "build_parser"]
@@ -44,8 +50,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
         updates["provider"] = args.provider
     if args.publish is not None:
         updates["publish_endpoint"] = args.publish
+    if args.metrics_port is not None:
+        updates["metrics_port"] = args.metrics_port
     if updates:
         cfgs = [c.model_copy(update={"node": c.node.model_copy(update=updates)}) for c in cfgs]
+    if args.event_log is not None:
+        cfgs = [c.model_copy(update={"event_log": c.event_log.model_copy(update={"path": args.event_log})})
+                for c in cfgs]
     return main_loop(cfgs)
 
 
@@ -53,11 +64,77 @@ def _cmd_sensor(args: argparse.Namespace) -> int:
     return args.sensor_module.run(args)
 
 
+def _log_path(args: argparse.Namespace) -> Path:
+    if args.log:
+        return Path(args.log)
+    if args.config:
+        first = load_rigs(args.config)[0]
+        return Path(first.event_log.path) if first.event_log.path else default_log_path(first.rig)
+    raise ConfigError("fusion events: --since and --snapshot read the event log: give --log FILE or --config FILE")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Events from the log after a seq (or from a UTC time), then those logged while we watch."""
+    elog = EventLog(_log_path(args), reader=True)
+    since = args.since.strip()
+    if since.isdigit():
+        after = int(since)
+    else:
+        try:
+            first = elog.first_seq_at(parse_utc_ns(since))
+        except ValueError:
+            raise ConfigError(f"fusion events: --since wants a seq or an ISO 8601 UTC time, got {since!r}") from None
+        after = elog.last_seq() if first is None else first - 1
+    n = 0
+    idle = threading.Event()
+    quiet_s = 0.0
+    try:
+        while args.count is None or n < args.count:
+            batch = elog.after(after, limit=1000 if args.count is None else min(1000, args.count - n))
+            for ev in batch:
+                print(json.dumps(ev), flush=True)
+                after = ev["seq"]
+                n += 1
+            if batch:
+                quiet_s = 0.0
+                continue
+            if not args.follow or (args.timeout is not None and quiet_s >= args.timeout):
+                break
+            idle.wait(args.poll)  # the node commits each event on its own; polling the WAL file is cheap
+            quiet_s += args.poll
+    except KeyboardInterrupt:
+        pass
+    finally:
+        elog.close()
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    elog = EventLog(_log_path(args), reader=True)
+    try:
+        jpeg = elog.snapshot(args.snapshot)
+    finally:
+        elog.close()
+    if jpeg is None:
+        raise FusionError(f"fusion events: no snapshot {args.snapshot!r} in the log (ids are the events' "
+                          f"'snapshot' values; retention may have removed it)")
+    out = Path(args.out or re.sub(r"[^A-Za-z0-9_.-]", "_", args.snapshot) + ".jpg")
+    out.write_bytes(jpeg)
+    print(json.dumps({"snapshot": args.snapshot, "file": str(out), "bytes": len(jpeg)}))
+    return 0
+
+
 def _cmd_events(args: argparse.Namespace) -> int:
+    if args.snapshot is not None:
+        return _snapshot(args)
+    if args.since is not None:
+        return _replay(args)
+    if not args.endpoint:
+        raise ConfigError("fusion events: give --endpoint (live), or --since/--snapshot with --log or --config")
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"fused")
+    sub.setsockopt(zmq.SUBSCRIBE, LIFECYCLE_TOPIC.encode() if args.lifecycle else b"fused")
     if args.stats:
         sub.setsockopt(zmq.SUBSCRIBE, b"stats")
     keys, server_key = client_keys(args.endpoint, args.server_key, args.secret_key, args.insecure, "fusion events")
@@ -73,8 +150,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"fusion events: skipped a malformed message: {exc}", file=sys.stderr)
                 continue
-            print(json.dumps(body if topic == "fused" else {"stats": body}), flush=True)
-            if topic == "fused":
+            print(json.dumps({"stats": body} if topic == "stats" else body), flush=True)
+            if topic != "stats":
                 n += 1
     except KeyboardInterrupt:
         pass
@@ -114,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--provider", default=None, choices=["auto", "tensorrt", "cuda", "cpu"],
                    help="override node.provider")
     n.add_argument("--publish", default=None, metavar="ENDPOINT", help="override node.publish_endpoint")
+    n.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics on PORT at /metrics (override node.metrics_port; 0: any free port)")
+    n.add_argument("--event-log", default=None, metavar="FILE", help="override event_log.path (SQLite file)")
     n.add_argument("--print-config-schema", action="store_true",
                    help="print the JSON schema of the rig config (every key, described) and exit")
     n.set_defaults(func=_cmd_node)
@@ -131,12 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_parsers(sub)
 
-    e = sub.add_parser("events", help="print fused events as JSON lines",
-                       description="Subscribe to a node's event stream and print each event as one JSON line.")
-    e.add_argument("--endpoint", required=True, help="the node's publish endpoint")
+    e = sub.add_parser("events", help="print fused records or lifecycle events as JSON lines",
+                       description="Live: subscribe to a node's fused records (or, with --lifecycle, its lifecycle "
+                                   "events) and print each as one JSON line. From the event log: --since SEQ|TIME "
+                                   "prints every logged lifecycle event after SEQ (or from an ISO 8601 UTC time), "
+                                   "then follows new ones; --snapshot ID writes an occurrence's JPEG.")
+    e.add_argument("--endpoint", default=None, help="the node's publish endpoint (live mode)")
+    e.add_argument("--lifecycle", action="store_true", help="live: lifecycle events instead of fused records")
     e.add_argument("--stats", action="store_true", help="also print stats messages, as {\"stats\": ...}")
+    e.add_argument("--since", default=None, metavar="SEQ|TIME",
+                   help="replay the log after this seq (0: from the start) or from this UTC time "
+                        "(2026-11-22T14:03:00Z), then follow")
+    e.add_argument("--snapshot", default=None, metavar="ID", help="write this occurrence's snapshot JPEG")
+    e.add_argument("--out", default=None, metavar="FILE", help="with --snapshot: where (default ID.jpg)")
+    e.add_argument("--log", default=None, metavar="FILE", help="the node's event log (SQLite)")
+    e.add_argument("--config", default=None, metavar="FILE", help="the node's config, to find its event log")
+    e.add_argument("--no-follow", dest="follow", action="store_false",
+                   help="with --since: stop at the end of the log instead of waiting for new events")
+    e.add_argument("--poll", type=float, default=0.2, metavar="S", help="with --since: log poll period")
     e.add_argument("--count", type=int, default=None, help="exit after this many events")
-    e.add_argument("--timeout", type=float, default=None, help="exit with status 1 after S seconds of silence")
+    e.add_argument("--timeout", type=float, default=None,
+                   help="live: exit with status 1 after S seconds of silence; --since: stop following after S "
+                        "seconds without a new event")
     e.add_argument("--server-key", default=None, metavar="FILE",
                    help="the node's CURVE public key (NAME.key): connect with CURVE; needs --secret-key")
     e.add_argument("--secret-key", default=None, metavar="FILE",

@@ -46,7 +46,8 @@ from .vocabulary import FRAME_MODALITIES, Modality
 from .wire import TOPICS
 
 __all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigSpec", "RigConfig", "MultiRigConfig", "load_config",
-           "load_rigs", "config_from_dict", "rigs_from_dict", "read_yaml", "config_schema"]
+           "load_rigs", "config_from_dict", "rigs_from_dict", "read_yaml", "config_schema", "LifecycleConfig",
+           "EventLogConfig", "MqttTlsConfig", "MqttConfig", "SinksConfig"]
 
 
 def _resolve(value: str | None, info: ValidationInfo) -> str | None:
@@ -165,6 +166,11 @@ class NodeConfig(_Strict):
     insecure: bool = Field(False, description="allow plain (unencrypted, unauthenticated) tcp endpoints that are "
                                               "reachable from the network; ipc:// and loopback tcp are always "
                                               "allowed plain")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this TCP port "
+                                                                      "at /metrics (0: any free port, printed in "
+                                                                      "the ready line); null: no metrics server")
+    metrics_address: str = Field("127.0.0.1", description="address the metrics server binds (0.0.0.0 for a "
+                                                          "Prometheus on another host)")
 
     @field_validator("models", "batched_models")
     @classmethod
@@ -175,6 +181,83 @@ class NodeConfig(_Strict):
     @classmethod
     def _keys_relative_to_file(cls, value, info: ValidationInfo):
         return [_resolve(v, info) for v in value] if isinstance(value, list) else _resolve(value, info)
+
+
+class LifecycleConfig(_Strict):
+    """How per-set fused records become occurrences with a start, updates and an end (fusion_node.lifecycle)."""
+
+    min_duration_s: float = Field(0.5, ge=0, description="a label must hold this long (reference time, gaps within "
+                                                         "max_gap_s) before its occurrence starts; 0: at once")
+    hysteresis: float = Field(0.1, ge=0, le=1, description="a started occurrence goes on while its score stays "
+                                                           "above the label's threshold minus this")
+    max_gap_s: float = Field(1.0, gt=0, description="longest stretch of reference time without the label that "
+                                                    "still counts as one occurrence; longer and it ends")
+    end_timeout_s: float = Field(3.0, gt=0, description="node time without any fused record (or without an "
+                                                        "alert's condition) after which open occurrences end")
+    update_interval_s: float = Field(1.0, ge=0, description="least time between two updates of one occurrence")
+    update_score_delta: float = Field(0.05, ge=0, le=1, description="a rise of the top score by this much is a "
+                                                                    "material change worth an update")
+    drift_alert_ppm: float = Field(500.0, gt=0, description="a tracked clock drift beyond this raises clock_drift")
+    sensor_grace_s: float = Field(10.0, ge=0, description="a sensor never heard from raises sensor_failed this "
+                                                          "long after the node started")
+    snapshots: bool = Field(True, description="keep a JPEG of the camera frame at each occurrence's top score")
+    snapshot_quality: int = Field(85, ge=1, le=100, description="JPEG quality of snapshots")
+
+
+class EventLogConfig(_Strict):
+    """The durable log of lifecycle events and alerts (SQLite, WAL; fusion_node.eventlog)."""
+
+    path: str | None = Field(None, description="SQLite file (relative to the config file); null: "
+                                               "<cache>/events/<first rig>.sqlite")
+    max_age_days: float = Field(30.0, gt=0, description="events older than this are deleted")
+    max_mb: float = Field(256.0, gt=0, description="oldest events (and their snapshots) are deleted while the "
+                                                   "log is larger than this")
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _resolve(value, info)
+
+
+class MqttTlsConfig(_Strict):
+    """TLS towards the MQTT broker."""
+
+    ca_file: str | None = Field(None, description="CA certificate file; null: the system's trust store")
+    cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: str | None = Field(None, description="client key (mutual TLS)")
+    insecure: bool = Field(False, description="skip the broker hostname check (testing only)")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _resolve(value, info)
+
+
+class MqttConfig(_Strict):
+    """The MQTT sink: lifecycle events, states, availability and Home Assistant discovery."""
+
+    url: str = Field(description="broker URL: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS); user and password "
+                                 "may be given as mqtt://USER:PASSWORD@HOST:PORT", pattern=r"^mqtts?://")
+    username: str | None = Field(None, description="user name (overrides the URL's)")
+    password: str | None = Field(None, description="password (overrides the URL's)")
+    password_env: str | None = Field(None, description="name of an environment variable holding the password")
+    tls: MqttTlsConfig | None = Field(None, description="TLS settings (mqtts:// turns TLS on with defaults)")
+    topic_prefix: str = Field("fusion", min_length=1, pattern=r"^[^#+]+$", description="first level of every topic")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of events and alerts (1: at least once, duplicates carry "
+                                                 "the same seq)")
+    client_id: str | None = Field(None, description="MQTT client id; default fusion-<prefix>-<first rig>")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="events held while the broker is unreachable; "
+                                                                 "beyond it the oldest are dropped (counted)")
+    discovery: bool = Field(True, description="publish Home Assistant MQTT discovery configs")
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant discovery prefix")
+    stats_interval_s: float = Field(10.0, gt=0, description="period of <prefix>/<rig>/stats")
+
+
+class SinksConfig(_Strict):
+    """Where lifecycle events go besides the node's own socket and log."""
+
+    mqtt: MqttConfig | None = Field(None, description="MQTT broker (null: no MQTT)")
 
 
 class RigSpec(_Strict):
@@ -232,6 +315,9 @@ class RigConfig(RigSpec):
     """A whole rig with the settings of the node that serves it: what one fusion core runs on."""
 
     node: NodeConfig = Field(default_factory=NodeConfig, description="node settings")
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig, description="event lifecycle")
+    event_log: EventLogConfig = Field(default_factory=EventLogConfig, description="durable event log")
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="event sinks (MQTT)")
 
 
 class MultiRigConfig(_Strict):
@@ -239,6 +325,9 @@ class MultiRigConfig(_Strict):
 
     rigs: list[RigSpec] = Field(min_length=1, description="the rigs this node serves; each without a node block")
     node: NodeConfig = Field(default_factory=NodeConfig, description="node settings shared by every rig")
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig, description="event lifecycle, every rig")
+    event_log: EventLogConfig = Field(default_factory=EventLogConfig, description="one durable log for every rig")
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="event sinks (MQTT), every rig")
 
     @model_validator(mode="after")
     def _check(self) -> "MultiRigConfig":
@@ -253,7 +342,8 @@ class MultiRigConfig(_Strict):
 
     def rig_configs(self) -> list[RigConfig]:
         """One :class:`RigConfig` per rig, each carrying the shared node settings."""
-        return [RigConfig(**dict(r), node=self.node) for r in self.rigs]
+        return [RigConfig(**dict(r), node=self.node, lifecycle=self.lifecycle, event_log=self.event_log,
+                          sinks=self.sinks) for r in self.rigs]
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

@@ -32,7 +32,16 @@ from .rig import Rig
 from .runtime import HeadOutput, Runtime
 from .stats import LatencyWindow
 from .vocabulary import MODALITIES, WIRE_AUDIO_RATE_HZ
-from .wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage, decode_jpeg
+from .walltime import mono_to_wall_ns, utc_iso
+from .wire import (
+    TOPICS,
+    AudioChunk,
+    CameraFrame,
+    RadarPoints,
+    Rejection,
+    SensorMessage,
+    decode_jpeg,
+)
 
 __all__ = ["FusionCore", "SensorState"]
 
@@ -63,6 +72,7 @@ class SensorState:
     restarts: int = 0
     deaths: int = 0
     clock_jumps: int = 0
+    capture_after_arrival: int = 0  # rig-clock capture later than node arrival: the offset is not the node's clock
     drift_ppm: float = 0.0  # from the rig calibration file: t_rig = t + offset + drift * (t - epoch)
     clock_epoch_ns: int = 0
     rejected: Counter = field(default_factory=Counter)
@@ -344,12 +354,14 @@ class FusionCore:
         if threshold is not None and n_present >= 2 and float(fused.consistency) < threshold:
             alerts.append("modalities_disagree")
         member_list = []
+        node_capture = {sid: self._capture_on_node_clock(m) for sid, m in members.items()}
         for sid, m in members.items():
             member_list.append({"sensor_id": sid, "topic": m.kind, "seq": int(m.msg.seq),
                                 "t_capture_ns": int(m.t_rig_ns),
                                 "age_ms": round((sset.t_ref_ns - m.t_rig_ns) / 1e6, 3)})
         latency = {
-            "receive": round(max((m.t_recv_ns - self.to_rig_ns(self.sensors[m.sensor_id], m.msg.t_publish_ns)) / 1e6
+            "receive": round(max((m.t_recv_ns - min(m.t_recv_ns, self.to_rig_ns(self.sensors[m.sensor_id],
+                                                                                 m.msg.t_publish_ns))) / 1e6
                                  for m in members.values()), 3) if members else 0.0,
             "sync_wait": round(max(0, sset.t_release_ns - sset.t_ready_ns) / 1e6, 3),
         }
@@ -368,21 +380,40 @@ class FusionCore:
             "missing": missing,
             "consistency": consistency,
             "alerts": alerts,
-            "newest_capture_ns": max((m.t_rig_ns for m in members.values()), default=sset.t_ref_ns),
+            "newest_capture_ns": max(node_capture.values(), default=sset.t_ref_ns),
             "latency_ms": latency,
             "_t_built_ns": self.timer(),
         }
 
-    def finish_event(self, event: dict, t_publish_ns: int) -> dict:
+    def _capture_on_node_clock(self, m: Member) -> int:
+        """A member's capture time for latency: its rig-clock time, but never after it reached the node.
+
+        A rig-clock time later than the arrival means the sensor's calibrated clock offset does not
+        map it onto the node's clock: offsets from ``fusion calibrate time`` align every sensor to
+        the reference camera's stamps, which lag the scene by that camera's own latency, and a
+        sensor on another host may be stamped ahead. Taken as is, such a time made ``e2e`` (and
+        ``receive``) negative; it is counted instead, and the arrival bounds the capture.
+        """
+        if m.t_rig_ns > m.t_recv_ns:
+            self.sensors[m.sensor_id].capture_after_arrival += 1
+            return m.t_recv_ns
+        return m.t_rig_ns
+
+    def finish_event(self, event: dict, t_publish_ns: int, wall_ns: int | None = None) -> dict:
         """Stamp publish time and end-to-end latency just before the event is sent.
 
         ``t_publish_ns`` must come from the same clock as the core's timer (the node uses
-        ``time.monotonic_ns`` for both, the clock sensors on the same host stamp with).
+        ``time.monotonic_ns`` for both, the clock sensors on the same host stamp with);
+        ``wall_ns``, the UTC wall clock (``time.time_ns``) read with it, adds ``t_publish_utc`` and
+        ``t_ref_utc`` (ISO 8601). ``e2e`` is never negative: every time in it is on the node's clock.
         """
         lat = event["latency_ms"]
         lat["publish"] = round(max(0, t_publish_ns - event.pop("_t_built_ns")) / 1e6, 3)
         lat["e2e"] = round((t_publish_ns - event.pop("newest_capture_ns")) / 1e6, 3)
         event["t_publish_ns"] = int(t_publish_ns)
+        if wall_ns is not None:
+            event["t_publish_utc"] = utc_iso(wall_ns)
+            event["t_ref_utc"] = utc_iso(mono_to_wall_ns(min(event["t_ref_ns"], t_publish_ns), t_publish_ns, wall_ns))
         for name, value in lat.items():
             self.latency.add(name, value)
         self.events_out += 1
@@ -401,6 +432,7 @@ class FusionCore:
                 "rate_hz": round(recent / interval_s, 2) if interval_s > 0 else 0.0,
                 "dropped": st.dropped, "seq_gaps": st.seq_gaps, "restarts": st.restarts, "deaths": st.deaths,
                 "clock_jumps": st.clock_jumps, "resyncs": st.resyncs, "clock": self.clocks[st.sensor_id].summary(),
+                "capture_after_arrival": st.capture_after_arrival,
                 "rejected": dict(st.rejected), "queue_depth": len(st.buffer),
                 "last_seen_ms": None if st.last_seen_ns is None else round((now_ns - st.last_seen_ns) / 1e6, 1),
             }

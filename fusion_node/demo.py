@@ -71,6 +71,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="reference", choices=["reference", "approximate", "epsilon"],
                    help="synchronisation policy (default reference)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--mqtt", default=None, metavar="URL",
+                   help="also send lifecycle events, states and Home Assistant discovery to this MQTT broker "
+                        "(mqtt://HOST:PORT)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve the node's Prometheus metrics on PORT (/metrics)")
+    p.add_argument("--event-log", default=None, metavar="FILE",
+                   help="keep the node's event log here (default: a temporary file removed at the end)")
 
 
 def default_models() -> Path:
@@ -158,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
            "sync": {"policy": args.policy},
            "node": {"publish_endpoint": f"ipc://{workdir / 'events'}.sock",
                     "models": None if models is None else str(models), "provider": args.provider,
-                    "stats_interval_s": 1.0, "max_age_s": 30.0}}
+                    "stats_interval_s": 1.0, "max_age_s": 30.0, "metrics_port": args.metrics_port},
+           "event_log": {"path": str(Path(args.event_log).resolve() if args.event_log else workdir / "events.sqlite")}}
+    if args.mqtt:
+        cfg["sinks"] = {"mqtt": {"url": args.mqtt}}
     cfg_path = workdir / "rig.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     node = Child("node", python_module("fusion_node.cli", "node", "--config", str(cfg_path)), workdir,
@@ -167,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     threading.Thread(target=_read_lines, args=(node.proc.stdout, lines), daemon=True).start()
     children = {}
     events: list[dict] = []
+    lifecycle: list[dict] = []
     out = open(args.events_out, "w") if args.events_out else None
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
@@ -185,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_inputs(args, argv)
         sub.setsockopt(zmq.SUBSCRIBE, b"fused")
+        sub.setsockopt(zmq.SUBSCRIBE, b"lifecycle")
+        if ready.get("metrics_port"):
+            print(f"fusion demo: metrics on http://127.0.0.1:{ready['metrics_port']}/metrics", flush=True)
         sub.connect(ready["publish_endpoint"])
         for sid, a in argv.items():
             children[sid] = Child(sid, a, workdir).start()
@@ -198,7 +212,13 @@ def run(args: argparse.Namespace) -> int:
         quiet_after = None
         while True:
             if sub.poll(100):
-                _, ev = decode_map(sub.recv_multipart())
+                topic, ev = decode_map(sub.recv_multipart())
+                if topic == "lifecycle":
+                    lifecycle.append(ev)
+                    if not args.quiet:
+                        print(f"  {ev['type'].upper():6s} {ev['kind']} {ev['label']} (log seq {ev['seq']}, "
+                              f"top {ev['top_score'] if ev['top_score'] is not None else '-'})", flush=True)
+                    continue
                 if t_first is None:
                     t_first = time.monotonic()
                 events.append(ev)
@@ -237,6 +257,12 @@ def run(args: argparse.Namespace) -> int:
     final = next((m for m in _json_lines(lines, node, timeout_s=5, idle_s=2) if m.get("event") == "final_stats"),
                  {})
     _summary(events, final, failures, time.monotonic() - (t_first or t_start) if children else 0.0)
+    if lifecycle:
+        kinds: dict[str, int] = {}
+        for ev in lifecycle:
+            kinds[ev["type"]] = kinds.get(ev["type"], 0) + 1
+        print("lifecycle events: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+              + f" (log {ready.get('event_log')})")
     if args.events_out:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")
     shutil.rmtree(workdir, ignore_errors=True)

@@ -49,6 +49,7 @@ from .core import FusionCore
 from .cpu_runtime import ModelRuntime
 from .gpu_runtime import GpuRuntime
 from .manifest import ModelError, load_manifest
+from .outputs import EventOutputs
 from .rig import load_rig
 from .runtime import Runtime
 from .security import FAILURE_KINDS, HANDSHAKE_FAILURES, NodeSecurity
@@ -117,12 +118,14 @@ class FusionNode:
     """Owns the sockets of one node serving one or more rigs, and the loop that drives their cores."""
 
     def __init__(self, cfg: RigConfig | Sequence[RigConfig], runtime: Runtime | None = None, *,
-                 context: zmq.Context | None = None, clock: Callable[[], int] = time.monotonic_ns):
+                 context: zmq.Context | None = None, clock: Callable[[], int] = time.monotonic_ns,
+                 wall_clock: Callable[[], int] = time.time_ns):
         self.cfgs: list[RigConfig] = [cfg] if isinstance(cfg, RigConfig) else list(cfg)
         if not self.cfgs:
             raise ValueError("a node serves at least one rig")
         self.cfg = self.cfgs[0]  # node settings are shared by every rig
         self.clock = clock
+        self.wall_clock = wall_clock
         self.cores = [FusionCore(c, runtime, timer=clock, run_id=int.from_bytes(os.urandom(4), "little"),
                                  calibration=load_rig(c.calibration_file) if c.calibration_file else None)
                       for c in self.cfgs]
@@ -176,6 +179,9 @@ class FusionNode:
         self.stalls = 0
         self.longest_turn_ns = 0
         self._turn_start_ns = 0
+        # Lifecycle events, their log, sinks and metrics, fed after each publish (fusion_node.outputs).
+        self.outputs = EventOutputs(self.cfgs, runtime, self.pub.send_multipart, run_id=self.core.run_id,
+                                    clock=clock, wall_clock=wall_clock)
 
     # -- receive and route ------------------------------------------------------------------
 
@@ -231,6 +237,8 @@ class FusionNode:
                 self.unattributed[reason] += 1
                 return
             msg = Rejection(reason, detail, msg.topic, owner)
+        else:
+            self.outputs.keep(msg)  # kept briefly for snapshots (configured sensors only)
         batches[idx].append((t_recv, msg))
 
     def _on_monitor(self, inlet: Inlet) -> None:
@@ -265,8 +273,9 @@ class FusionNode:
 
     def _publish_events(self, core: FusionCore, events: list[dict]) -> None:
         for ev in events:
-            core.finish_event(ev, self.clock())
+            core.finish_event(ev, self.clock(), self.wall_clock())
             self.pub.send_multipart(encode_map("fused", ev))
+            self.outputs.on_record(ev)
 
     # -- stats --------------------------------------------------------------------------------
 
@@ -292,6 +301,7 @@ class FusionNode:
         for core in self.cores:
             stats = self._rig_stats(core, now_ns, interval_s)
             self.pub.send_multipart(encode_map("stats", stats))
+            self.outputs.on_stats(stats)
             per_rig[core.cfg.rig] = stats
         if len(self.cores) == 1:
             return next(iter(per_rig.values()))
@@ -311,14 +321,15 @@ class FusionNode:
         while not stop():
             now = self.clock()
             wake = min(next_stats, now + 50_000_000)
-            deadline = self.next_deadline_ns()
-            if deadline is not None:
-                wake = min(wake, deadline)
+            for deadline in (self.next_deadline_ns(), self.outputs.next_due_ns()):
+                if deadline is not None:
+                    wake = min(wake, deadline)
             batches = self._receive(max(0, (wake - now) // 1_000_000))
             now = self.clock()
             for core, batch in zip(self.cores, batches):
                 self._publish_events(core, core.step(now, batch))
             self._end_turn()
+            self.outputs.tick()
             if now >= next_stats:
                 self.publish_stats(now, (now - last_stats) / 1e9)
                 last_stats = now
@@ -335,6 +346,7 @@ class FusionNode:
             self.stalls += 1
 
     def close(self) -> None:
+        self.outputs.close()
         for inlet in self.inlets:
             inlet.sock.disable_monitor()
             inlet.monitor.close(0)
@@ -401,7 +413,8 @@ def main_loop(cfg: RigConfig | Sequence[RigConfig], out=sys.stdout) -> int:
              "provider_note": None if runtime is None else runtime.provider_note,
              "models": None if runtime is None else runtime.name,
              "trained": None if runtime is None else runtime.trained,
-             "rigs": [c.rig for c in cfgs], "model_load_ms": round(load_ms, 1)}
+             "rigs": [c.rig for c in cfgs], "model_load_ms": round(load_ms, 1),
+             "metrics_port": node.outputs.metrics_port, "event_log": str(node.outputs.log_path)}
     print(json.dumps(ready), file=out, flush=True)
     try:
         final = node.run(lambda: stopped["flag"])

@@ -215,6 +215,8 @@ TOPICS: dict[str, Topic] = {
               max_payload_bytes=MAX_AUDIO_SAMPLES * 4),
         Topic("fused", "FusedEvent", nominal_rate_hz=30.0, queue_bound=256, recorded=True, payload_frames=0),
         Topic("stats", "NodeStats", nominal_rate_hz=1.0, queue_bound=16, recorded=False, payload_frames=0),
+        # Occurrences start, update and end: a few per occurrence, far below the fused rate.
+        Topic("lifecycle", "LifecycleEvent", nominal_rate_hz=1.0, queue_bound=256, recorded=True, payload_frames=0),
     )
 }
 SENSOR_TOPICS = ("camera", "radar", "audio")
@@ -282,7 +284,7 @@ def encode(msg: SensorMessage, t_publish_ns: int | None = None,
 
 
 def encode_map(topic: str, body: dict) -> list[bytes]:
-    """Frames for a header-only topic (fused events, stats): ``[topic, msgpack map]``."""
+    """Frames for a header-only topic (fused events, stats, lifecycle): ``[topic, msgpack map]``."""
     return [topic.encode("ascii"), msgpack.packb(body, use_bin_type=True)]
 
 

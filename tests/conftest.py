@@ -146,3 +146,118 @@ def untrained_models(tmp_path_factory) -> Path:
     from models.export import export_untrained_bundle
 
     return export_untrained_bundle(tmp_path_factory.mktemp("models"), seed=0)
+
+
+class Mosquitto:
+    """A real mosquitto broker on a free loopback port, with persistence so it can be restarted."""
+
+    def __init__(self, workdir: Path):
+        import shutil
+        import socket
+
+        self.binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists()
+                                                    else None)
+        if self.binary is None:
+            pytest.fail("mosquitto is not installed (Debian: apt-get install mosquitto; `make test` installs it)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {workdir}/\nlog_dest stderr\nlog_type all\n")
+        self.proc: subprocess.Popen | None = None
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> "Mosquitto":
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        lines: queue.Queue = queue.Queue()
+
+        def pump(stream):
+            for line in stream:
+                self.log.append(line)
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, args=(self.proc.stderr,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if " running" in line:
+                return self
+        self.stop(9)  # never leave a half-started broker behind
+        raise AssertionError("mosquitto did not start:\n" + "".join(self.log[-20:]))
+
+    def stop(self, sig: int = 15) -> None:
+        """Stop the broker (SIGTERM: it saves its persistent sessions first)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    d = tmp_path / "broker"
+    d.mkdir()
+    broker = Mosquitto(d).start()
+    yield broker
+    broker.stop()
+
+
+class MqttRecorder:
+    """A real paho subscriber that records every message, with a persistent session (QoS 1)."""
+
+    def __init__(self, port: int, topics: str = "#", client_id: str = "test-recorder"):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topics, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect(("127.0.0.1"), port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg):
+        with self.cond:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> bool:
+        """Wait until ``predicate(messages)`` holds."""
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self.messages), timeout)
+
+    def on(self, topic: str) -> list[bytes]:
+        with self.cond:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_recorder():
+    made: list[MqttRecorder] = []
+
+    def make(port: int, topics: str = "#", client_id: str = "test-recorder") -> MqttRecorder:
+        rec = MqttRecorder(port, topics, client_id)
+        made.append(rec)
+        return rec
+
+    yield make
+    for rec in made:
+        rec.close()

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 
 from fusion_node.config import config_from_dict
 from fusion_node.core import FusionCore
-from fusion_node.wire import REJECT_REASONS, AudioChunk, CameraFrame, RadarPoints, Rejection, decode, encode
+from fusion_node.wire import (
+    REJECT_REASONS,
+    AudioChunk,
+    CameraFrame,
+    RadarPoints,
+    Rejection,
+    decode,
+    encode,
+)
 
 MS = 1_000_000
 T0 = 100_000 * MS

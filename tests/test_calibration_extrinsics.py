@@ -13,12 +13,21 @@ import numpy as np
 import pytest
 
 from calibration.errors import CalibrationError
-from calibration.extrinsics import load_correspondences, solve_radar_to_camera, write_correspondences
+from calibration.extrinsics import (
+    load_correspondences,
+    solve_radar_to_camera,
+    write_correspondences,
+)
 from calibration.projection import Transform, radar_to_camera
-from fusion_node.rig import load_rig, save_rig
-from calibration.synthetic import (TRUE_CAMERA, TRUE_T_CAM_RADAR, simulate_correspondences, simulate_recording,
-                                   truth_rig)
+from calibration.synthetic import (
+    TRUE_CAMERA,
+    TRUE_T_CAM_RADAR,
+    simulate_correspondences,
+    simulate_recording,
+    truth_rig,
+)
 from fusion_node.errors import ConfigError
+from fusion_node.rig import load_rig, save_rig
 
 ROOT = Path(__file__).resolve().parents[1]
 

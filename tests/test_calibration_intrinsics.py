@@ -14,10 +14,15 @@ import numpy as np
 import pytest
 
 from calibration.errors import CalibrationError
-from calibration.intrinsics import calibrate_images, list_images, parse_pattern, run_intrinsics
-from fusion_node.rig import load_rig
+from calibration.intrinsics import (
+    calibrate_images,
+    list_images,
+    parse_pattern,
+    run_intrinsics,
+)
 from calibration.synthetic import TRUE_CAMERA, write_checkerboard_folder
 from fusion_node.errors import ConfigError
+from fusion_node.rig import load_rig
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENCV_SAMPLES = ROOT / "calibration" / "samples" / "opencv_left"

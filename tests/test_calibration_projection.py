@@ -8,11 +8,18 @@ import cv2
 import numpy as np
 import pytest
 
-from calibration.projection import (RADAR_AXES_IN_CAMERA, CameraModel, RadarCameraProjection, Transform,
-                                    pixel_rays_in_radar, project_radar_points, radar_to_camera)
-from fusion_node.rig import load_rig
+from calibration.projection import (
+    RADAR_AXES_IN_CAMERA,
+    CameraModel,
+    RadarCameraProjection,
+    Transform,
+    pixel_rays_in_radar,
+    project_radar_points,
+    radar_to_camera,
+)
 from calibration.synthetic import TRUE_CAMERA, TRUE_T_CAM_RADAR
 from fusion_node.errors import ConfigError
+from fusion_node.rig import load_rig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rig_calibration.yaml"

@@ -9,9 +9,17 @@ import pytest
 import yaml
 
 from calibration.projection import Transform, radar_to_camera
-from fusion_node.rig import (Clock, Intrinsics, Provenance, Rig, load_rig, rig_schema, save_rig,
-                             update_rig_sensor)
 from fusion_node.errors import ConfigError
+from fusion_node.rig import (
+    Clock,
+    Intrinsics,
+    Provenance,
+    Rig,
+    load_rig,
+    rig_schema,
+    save_rig,
+    update_rig_sensor,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rig_calibration.yaml"

@@ -16,10 +16,15 @@ import numpy as np
 import pytest
 
 from calibration.errors import CalibrationError
-from fusion_node.rig import load_rig, save_rig
 from calibration.synthetic import simulate_recording, truth_rig
-from calibration.timesync import (ActivitySignal, audio_file_activity, estimate_offset, radar_capture_activity,
-                                  video_activity)
+from calibration.timesync import (
+    ActivitySignal,
+    audio_file_activity,
+    estimate_offset,
+    radar_capture_activity,
+    video_activity,
+)
+from fusion_node.rig import load_rig, save_rig
 from sensors.samples import DEFAULT_AUDIO, DEFAULT_CAMERA
 
 from .conftest import ROOT, shared_file

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fusion_node.config import config_from_dict
+from fusion_node.core import FusionCore
 from fusion_node.rig import Clock as RigClock
 from fusion_node.rig import Rig, SensorCalibration, load_rig, save_rig
-from fusion_node.core import FusionCore
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, Rejection
 
 MS = 1_000_000

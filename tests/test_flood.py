@@ -22,7 +22,16 @@ import zmq
 from fusion_node.config import config_from_dict
 from fusion_node.node import FusionNode
 from fusion_node.shm import ShmRingWriter, ring_name
-from fusion_node.wire import TOPICS, AudioChunk, CameraFrame, RadarPoints, Rejection, decode, decode_map, encode
+from fusion_node.wire import (
+    TOPICS,
+    AudioChunk,
+    CameraFrame,
+    RadarPoints,
+    Rejection,
+    decode,
+    decode_map,
+    encode,
+)
 
 from .test_pipeline import _rig, _subscribe, _wait_event
 

@@ -22,7 +22,13 @@ import onnxruntime as ort
 import pytest
 
 from fusion_node.cpu_runtime import ModelRuntime
-from fusion_node.manifest import HEAD_INPUTS, HEAD_OUTPUTS, ModelError, file_sha256, load_manifest
+from fusion_node.manifest import (
+    HEAD_INPUTS,
+    HEAD_OUTPUTS,
+    ModelError,
+    file_sha256,
+    load_manifest,
+)
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from fusion_node.providers import resolve_providers, session_options
 from fusion_node.vocabulary import MODALITIES
@@ -128,9 +134,18 @@ def test_export_is_deterministic(bundle, tmp_path):
 def test_export_parity_failure_names_file_and_writes_nothing(tmp_path, monkeypatch):
     import torch
 
-    from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
+    from fusion_node.preprocess import (
+        AudioPreprocess,
+        CameraPreprocess,
+        RadarPreprocess,
+    )
     from models import export
-    from models.architectures import AudioEncoder, CameraEncoder, FusionHead, RadarEncoder
+    from models.architectures import (
+        AudioEncoder,
+        CameraEncoder,
+        FusionHead,
+        RadarEncoder,
+    )
 
     real = export._torch_outputs
     # Pretend torch computes something slightly different from the exported graph.
@@ -472,7 +487,12 @@ def test_preprocess_dict_round_trip_and_unknown_keys():
 def test_torch_head_masking_and_gradients():
     import torch
 
-    from models.architectures import AlignmentModel, CameraEncoder, FusionHead, RadarEncoder
+    from models.architectures import (
+        AlignmentModel,
+        CameraEncoder,
+        FusionHead,
+        RadarEncoder,
+    )
 
     torch.manual_seed(0)
     head = FusionHead(16, 4)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 import zmq
 
-from fusion_node.errors import ConfigError
 from fusion_node.config import load_rigs, rigs_from_dict
+from fusion_node.errors import ConfigError
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode_map, encode
 from sensors.publisher import SensorPublisher
 

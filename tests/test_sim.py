@@ -21,8 +21,16 @@ from sensors.samples import DEFAULT_AUDIO, DEFAULT_RADAR, DEMO_INPUTS
 from sensors.sim import make_demo
 from sensors.sim.assets import REAL_SOUNDS, load_assets
 from sensors.sim.render import _variation, render_audio, render_camera, render_radar
-from sensors.sim.world import (DEMO_DURATION_S, RigGeometry, Scene, SoundEvent, Target, demo_street_scene,
-                               sample_scene, scene_labels)
+from sensors.sim.world import (
+    DEMO_DURATION_S,
+    RigGeometry,
+    Scene,
+    SoundEvent,
+    Target,
+    demo_street_scene,
+    sample_scene,
+    scene_labels,
+)
 from sensors.ti_mmwave import read_capture
 
 from .conftest import ROOT

@@ -34,7 +34,14 @@ from sensors.ti_mmwave import (
     read_capture,
     send_chirp_config,
 )
-from sensors.ti_writer import PACKET_ALIGN, PLATFORM_IWR6843, SDK_VERSION, encode_capture, encode_frame, write_capture
+from sensors.ti_writer import (
+    PACKET_ALIGN,
+    PLATFORM_IWR6843,
+    SDK_VERSION,
+    encode_capture,
+    encode_frame,
+    write_capture,
+)
 
 from .conftest import shared_file
 

@@ -9,7 +9,6 @@ import pytest
 import zmq
 
 from fusion_node.wire import (
-    RADAR_POINT_FIELDS,
     REJECT_REASONS,
     AudioChunk,
     CameraFrame,

@@ -1,0 +1,1 @@
+"""Event sinks: where lifecycle events go besides the node's socket and log (MQTT today)."""
