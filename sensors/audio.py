@@ -34,12 +34,14 @@ __all__ = ["load_audio_file", "to_mono_16k", "add_arguments", "run", "RATE_HZ"]
 
 def to_mono_16k(samples: np.ndarray, rate_hz: int) -> np.ndarray:
     """Mix down to mono and resample to 16 kHz with a polyphase filter; float32 out."""
-    from scipy.signal import resample_poly
-
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim == 2:
         x = x.mean(axis=1)
     if rate_hz != RATE_HZ:
+        # Imported only when needed: scipy.signal takes seconds to import on a busy machine, and a
+        # file already at the wire rate (the demo's) should start playing without that wait.
+        from scipy.signal import resample_poly
+
         g = gcd(int(rate_hz), RATE_HZ)
         x = resample_poly(x, RATE_HZ // g, int(rate_hz) // g).astype(np.float32)
     return np.clip(x, -1.0, 1.0)
