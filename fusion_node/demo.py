@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_inputs(args: argparse.Namespace, argv: dict) -> None:
     """Say which inputs are real recordings, which simulated, and that they were not recorded together."""
+    bundled_only = True
     for kind, sid in (("camera", "cam0"), ("radar", "radar0"), ("audio", "mic0")):
         if sid not in argv:
             continue
@@ -280,9 +281,11 @@ def _print_inputs(args: argparse.Namespace, argv: dict) -> None:
             what = f"{'real recordings' if bundled.real else 'SIMULATED'}: {bundled.description}"
         else:
             what = "given on the command line"
+            bundled_only = False
         print(f"fusion demo: {kind:6s} {Path(src).name if Path(src).exists() else src} ({what})", flush=True)
-    print("fusion demo: these inputs were not recorded together; this is a side-by-side replay of independent "
-          "camera, radar and audio inputs", flush=True)
+    if bundled_only:
+        print("fusion demo: these inputs were not recorded together; this is a side-by-side replay of independent "
+              "camera, radar and audio inputs", flush=True)
 
 
 def _summary(events: list[dict], final: dict, failures: list[str], wall_s: float) -> None:
