@@ -118,13 +118,6 @@ class FusionNode:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, sum(TOPICS[s.kind].queue_bound for s in sensors) * 4)
         self.sub.setsockopt(zmq.LINGER, 0)
-        # A pulled cable leaves tcp retransmitting with a growing back-off (7 s to recover from a
-        # 20 s pull, measured): ZMTP heartbeats drop a dead connection (on both ends: TTL) and a
-        # bounded connect attempt, retried, finds the link within about a second of its return.
-        self.sub.setsockopt(zmq.HEARTBEAT_IVL, 500)
-        self.sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-        self.sub.setsockopt(zmq.HEARTBEAT_TTL, 3000)
-        self.sub.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
         for kind in sorted({s.kind for s in sensors}):
             self.sub.setsockopt(zmq.SUBSCRIBE, kind.encode("ascii"))
         self.security.connect(self.sub, sensors)
