@@ -151,17 +151,10 @@ class FusionNode:
             sub.setsockopt(zmq.MAXMSGSIZE, max(t.max_frame_bytes for t in topics))
             sub.setsockopt(zmq.RCVHWM, sum(t.queue_bound for t in topics) * 4)
             sub.setsockopt(zmq.LINGER, 0)
-            # A pulled cable leaves tcp retransmitting with a growing back-off (7 s to recover from a
-            # 20 s pull, measured): ZMTP heartbeats drop a dead connection (on both ends: TTL) and a
-            # bounded connect attempt, retried, finds the link within about a second of its return.
-            sub.setsockopt(zmq.HEARTBEAT_IVL, 500)
-            sub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-            sub.setsockopt(zmq.HEARTBEAT_TTL, 3000)
-            sub.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
             inlet = Inlet(endpoint, sub, monitor, members)
-            self.security.connect(sub, endpoint, list(members))
+            self.security.connect(sub, endpoint, list(members))  # with heartbeats on network hops
             self.inlets.append(inlet)
             self.poller.register(sub, zmq.POLLIN)
             self.poller.register(monitor, zmq.POLLIN)
