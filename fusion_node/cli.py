@@ -22,6 +22,7 @@ from . import demo
 from .config import config_schema, load_rigs
 from .errors import ConfigError, FusionError
 from .node import main_loop
+from .tools import add_parsers as add_recording_parsers
 from .wire import decode_map
 
 __all__ = ["main", "build_parser"]
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     add_calibrate_parser(sub)
+    add_recording_parsers(sub)
     return p
 
 

@@ -68,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="reference", choices=["reference", "approximate", "epsilon"],
                    help="synchronisation policy (default reference)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--record", metavar="FILE.mcap", default=None,
+                   help="also record the run (every sensor topic and the node's topics) with `fusion record`")
 
 
 def default_models() -> Path | None:
@@ -174,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
                     "stats_interval_s": 1.0, "max_age_s": 30.0}}
     cfg_path = workdir / "rig.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # Started first: it is subscribed to every endpoint by the time the sensors play.
+    recorder = Child("recorder", python_module("fusion_node.cli", "record", "--config", str(cfg_path), "--out",
+                                               str(Path(args.record).resolve()), "--quiet"), workdir).start() \
+        if args.record else None
     node = Child("node", python_module("fusion_node.cli", "node", "--config", str(cfg_path)), workdir,
                  stdout_pipe=True).start()
     lines: queue.Queue = queue.Queue()
@@ -245,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         for child in children.values():
             child.stop()
         node.stop(timeout_s=10)
+        if recorder is not None and recorder.stop(timeout_s=30) != 0:
+            failures.append(f"recorder failed (exit code {recorder.poll()}): {recorder.last_error()}")
         sub.close(0)
         if out:
             out.close()
@@ -253,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
     _summary(events, final, failures, time.monotonic() - (t_first or t_start) if children else 0.0)
     if args.events_out:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")
+    if args.record:
+        print(f"fusion demo: recorded to {args.record} (fusion record --info {args.record})")
     shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failures or not events else 0
 
