@@ -8,10 +8,11 @@ publish endpoint, so the view follows a live rig and a ``fusion replay`` alike. 
   once otherwise), at most ``max_fps`` a second;
 * ``radar``: the radar points, and when the rig calibration file gives the camera's intrinsics
   and both sensors' extrinsics, the same points projected into the camera picture;
-* ``audio``: the level (RMS, dBFS) and spectrogram columns (64 log-spaced bands, 60 Hz - 8 kHz);
+* ``audio``: the level (RMS, dBFS) and spectrogram columns (64 log-spaced bands, 100 Hz - 8 kHz);
 * ``fused``: labels, alerts, consistency, missing sensors and per-stage latency of each event;
-* ``timeline``: a label or alert that starts or ends, with a snapshot of the camera at that
-  moment (served at ``/snapshot/<id>.jpg``), and any node topic other than fused/stats;
+* ``timeline``: a label or alert that starts, or ends (absent for a second), with a snapshot
+  of the camera at that moment (served at ``/snapshot/<id>.jpg``), and any node topic other
+  than fused/stats;
 * ``stats``: per-sensor rates and drops, latency percentiles per stage.
 
 The page (``static/``) is plain HTML, JavaScript and CSS shipped with the package: nothing is
@@ -50,9 +51,10 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8"}
 CLIENT_QUEUE = 256  # updates waiting for one browser before the oldest are dropped
 TIMELINE_KEPT = 50  # timeline items (and snapshots) a newly opened page gets
+TIMELINE_HOLD_NS = 1_000_000_000  # a label or alert absent this long has ended
 FRAME_MAX_WIDTH = 800  # pictures wider than this are scaled down before they go to the page
 SPECTRO_BANDS = 64
-SPECTRO_FFT = 512
+SPECTRO_FFT = 1024
 SPECTRO_HOP = 400  # 25 ms at 16 kHz: 40 columns a second
 SPECTRO_FLOOR_DB, SPECTRO_CEIL_DB = -100.0, -20.0
 
@@ -98,7 +100,7 @@ class AudioMeter:
         self.buffer = np.zeros(0, dtype=np.float32)
         self.window = np.hanning(SPECTRO_FFT).astype(np.float32)
         freqs = np.fft.rfftfreq(SPECTRO_FFT, 1.0 / sample_rate_hz)
-        edges = np.geomspace(60.0, min(8000.0, sample_rate_hz / 2), SPECTRO_BANDS + 1)
+        edges = np.geomspace(100.0, min(8000.0, sample_rate_hz / 2), SPECTRO_BANDS + 1)
         # Each band averages the FFT bins between its edges (at least the one nearest its centre).
         self.bands = []
         for lo, hi in zip(edges[:-1], edges[1:]):
@@ -151,7 +153,7 @@ class Hub:
         self.audio = {s.id: AudioMeter() for c in self.cfgs for s in c.sensors if s.kind == "audio"}
         self._last_frame_ns: dict[str, int] = {}
         self._last_jpeg: dict[str, bytes] = {}
-        self._previous: dict[str, tuple[dict[str, float], set[str]]] = {}  # rig -> (labels, alerts)
+        self._active: dict[str, dict[str, int]] = {}  # rig -> label or alert -> when last seen (t_ref)
         self.snapshots: OrderedDict[int, bytes] = OrderedDict()
         self.timeline: deque[dict] = deque(maxlen=TIMELINE_KEPT)
         self.counts: dict[str, int] = {}
@@ -283,25 +285,30 @@ class Hub:
                             "kind": topic, "what": json.dumps(summary)[:160], "snapshot": snapshot})
 
     def _fused(self, ev: dict) -> None:
-        labels = {d["label"]: d["score"] for d in ev.get("labels") or []}
-        alerts = set(ev.get("alerts") or [])
         rig = ev.get("rig", "")
-        before_labels, before_alerts = self._previous.get(rig, ({}, set()))
-        self._previous[rig] = (labels, alerts)
+        t_ref = int(ev.get("t_ref_ns") or 0)
+        alerts = sorted(set(ev.get("alerts") or []))
         self.publish("fused", {
-            "rig": rig, "seq": ev.get("seq"), "t_ref_ns": ev.get("t_ref_ns"), "labels": ev.get("labels") or [],
-            "alerts": sorted(alerts), "consistency": ev.get("consistency"), "missing": ev.get("missing") or [],
+            "rig": rig, "seq": ev.get("seq"), "t_ref_ns": t_ref, "labels": ev.get("labels") or [],
+            "alerts": alerts, "consistency": ev.get("consistency"), "missing": ev.get("missing") or [],
             "present": {k: bool(m.get("present")) for k, m in (ev.get("modalities") or {}).items()},
             "latency_ms": ev.get("latency_ms") or {}})
-        changes = [("start", name, labels[name]) for name in labels if name not in before_labels]
-        changes += [("end", name, before_labels[name]) for name in before_labels if name not in labels]
-        changes += [("start", f"alert {a}", None) for a in sorted(alerts - before_alerts)]
-        changes += [("end", f"alert {a}", None) for a in sorted(before_alerts - alerts)]
+        # A label or alert starts when it first shows and ends once absent for TIMELINE_HOLD_NS,
+        # so one that flickers around its threshold makes one entry, not one per event.
+        current = {d["label"]: d["score"] for d in ev.get("labels") or []}
+        current.update({f"alert {a}": None for a in alerts})
+        active = self._active.setdefault(rig, {})
+        changes = [("start", name, score) for name, score in current.items() if name not in active]
+        for name in list(active):
+            if name not in current and t_ref - active[name] > TIMELINE_HOLD_NS:
+                del active[name]
+                changes.append(("end", name, None))
+        active.update({name: t_ref for name in current})
         if changes:
             snapshot = self._snapshot()
             for kind, what, score in changes:
-                self._timeline({"t_ns": ev.get("t_ref_ns"), "rig": rig, "kind": kind, "what": what,
-                                "score": score, "snapshot": snapshot})
+                self._timeline({"t_ns": t_ref, "rig": rig, "kind": kind, "what": what, "score": score,
+                                "snapshot": snapshot})
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -134,7 +134,7 @@ function showLatency() {
     const bar = el("div", { class: "bar", style: `width: ${Math.round(((last || 0) / top) * 100)}%` });
     body.append(el("tr", { "data-stage": s }, el("td", {}, s), el("td", { style: "width: 40%" }, bar),
       el("td", { class: "num" }, last === undefined ? "-" : last.toFixed(2)),
-      el("td", { class: "num" }, pct ? `${pct.p50.toFixed(2)} / ${pct.p99.toFixed(2)}` : "")));
+      el("td", { class: "num" }, pct ? `${pct.p50.toFixed(1)} / ${pct.p99.toFixed(1)}` : "")));
   }
 }
 
