@@ -452,10 +452,12 @@ class Recording:
         return self.summary.schemas if self.finalised else self._scan()[1]
 
     def message_counts(self) -> dict[int, int]:
-        """Messages per channel id."""
+        """Messages per channel id (0 for a channel without any)."""
         if self.finalised and self.summary.statistics is not None:
-            return dict(self.summary.statistics.channel_message_counts)
-        return dict(self._scan()[2])
+            counts = self.summary.statistics.channel_message_counts
+        else:
+            counts = self._scan()[2]
+        return {cid: counts.get(cid, 0) for cid in self.channels}
 
     @property
     def sensors(self) -> list[SensorChannel]:
