@@ -108,8 +108,10 @@ class Browser:
         raise TimeoutError(f"{expression!r} still {value!r} after {timeout} s")
 
     def screenshot(self, path: str | Path) -> Path:
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False}, page=True)
+        """The page as PNG, or as JPEG when ``path`` ends in .jpg."""
         path = Path(path)
+        params = {"format": "jpeg", "quality": 85} if path.suffix in (".jpg", ".jpeg") else {"format": "png"}
+        data = self.call("Page.captureScreenshot", {**params, "captureBeyondViewport": False}, page=True)
         path.write_bytes(base64.b64decode(data["data"]))
         return path
 
