@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections import Counter
@@ -28,18 +27,13 @@ from .config import RigConfig, load_rigs
 from .errors import ConfigError
 from .recording import Recording, RecordingWriter
 from .rig import load_rig
-from .tap import Tap, TapSource
+from .tap import Tap, TapSource, connectable, stop_on_signals
 from .wire import Rejection
 
-__all__ = ["Recorder", "add_parser", "run", "connectable"]
+__all__ = ["Recorder", "add_parser", "run"]
 
 PROGRESS_INTERVAL_S = 0.5
 PROGRESS_LINE_INTERVAL_S = 5.0  # when stderr is not a terminal: a plain line this often
-
-
-def connectable(endpoint: str) -> str:
-    """An endpoint to connect to: a bind-all address (``tcp://*:5560``) becomes loopback."""
-    return endpoint.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
 
 
 class Recorder:
@@ -129,17 +123,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run)
 
 
-def _stop_flag() -> Callable[[], bool]:
-    stopped = {"flag": False}
-
-    def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
-        stopped["flag"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    return lambda: stopped["flag"]
-
-
 def run(args: argparse.Namespace) -> int:
     """``fusion record``."""
     if args.info:
@@ -151,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_mib <= 0:
         raise ConfigError("fusion record: --chunk-mib must be positive")
     cfgs = load_rigs(args.config)
-    stop = _stop_flag()
+    stop = stop_on_signals()
     rec = Recorder(cfgs, args.out, node=not args.no_node, derived=not args.wire_only,
                    chunk_size=int(args.chunk_mib * 2**20), compression=args.compression,
                    command=" ".join(["fusion", *sys.argv[1:]]))

@@ -274,7 +274,8 @@ class RecordingWriter:
                     "D": s.intrinsics.dist_coeffs.tolist(), "K": k.reshape(-1).tolist(),
                     "R": np.eye(3).reshape(-1).tolist(), "P": p.reshape(-1).tolist()}, t_ns, t_ns)
 
-    def add_sensor_message(self, sensor_id: str, frames: Sequence[bytes], log_time_ns: int) -> SensorMessage | Rejection:
+    def add_sensor_message(self, sensor_id: str, frames: Sequence[bytes],
+                           log_time_ns: int) -> SensorMessage | Rejection:
         """Record one message received from a sensor's endpoint; returns it decoded, or why it is invalid.
 
         Invalid messages are kept on the wire channel too (a replay then reproduces them), but

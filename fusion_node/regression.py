@@ -20,7 +20,6 @@ to run after the samples or the sensor readers change.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -33,7 +32,7 @@ from typing import Iterable, Sequence
 import yaml
 import zmq
 
-from .inference import load_manifest
+from .inference import file_sha256, load_manifest
 from .recording import Recording
 from .replay import reference_key, resolve_models, through_core
 from .wire import decode_map
@@ -54,14 +53,6 @@ CASE_SECONDS = 6.0
 CASE_CAMERA = ("--jpeg", "80", "--resize", "384x216", "--fps", "10")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def summarise(event: dict) -> dict:
     """The parts of an event a regression compares (no times the node measures)."""
     return {"key": list(reference_key(event) or ()), "t_ref_ns": event["t_ref_ns"],
@@ -76,7 +67,7 @@ def make_reference(recording: Path, models: str = "default") -> dict:
     with Recording(recording) as rec:
         events = [summarise(ev) for ev in through_core(rec, models=models)]
     info = load_manifest(manifest) if manifest is not None else None
-    return {"recording": recording.name, "recording_sha256": _sha256(recording),
+    return {"recording": recording.name, "recording_sha256": file_sha256(recording),
             "models": None if info is None else info.name,
             "thresholds": None if info is None else dict(info.thresholds),
             "consistency_threshold": None if info is None else info.consistency_threshold,
@@ -136,9 +127,9 @@ def compare(reference: dict, events: Iterable[dict]) -> list[str]:
         a, b = ev.get("consistency"), ref.get("consistency")
         if (a is None) != (b is None) or (a is not None and abs(a - b) > tol["consistency"]):
             diffs.append(f"{where}: consistency {a} != reference {b} (tolerance {tol['consistency']})")
-        cthr = reference.get("consistency_threshold")
+        cthr, ctol = reference.get("consistency_threshold"), tol["consistency"]
         for alert in sorted(set(ev["alerts"]) ^ set(ref["alerts"])):
-            if alert == "modalities_disagree" and (_near(a, cthr, tol["consistency"]) or _near(b, cthr, tol["consistency"])):
+            if alert == "modalities_disagree" and (_near(a, cthr, ctol) or _near(b, cthr, ctol)):
                 continue
             diffs.append(f"{where}: alert {alert} {'added' if alert in ev['alerts'] else 'lost'}")
     for key in sorted(set(got) - seen, key=str):
@@ -150,7 +141,7 @@ def check(recording: Path = RECORDING, reference: Path = REFERENCE) -> list[str]
     """Run the recording through the core and compare with the reference; the differences."""
     ref = json.loads(Path(reference).read_text())
     diffs = []
-    if ref.get("recording_sha256") != _sha256(Path(recording)):
+    if ref.get("recording_sha256") != file_sha256(Path(recording)):
         diffs.append(f"{recording}: not the recording the reference was made from (sha256 differs): "
                      f"refresh both with python -m fusion_node.regression --refresh")
     with Recording(recording) as rec:

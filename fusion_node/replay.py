@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from collections import Counter
@@ -48,7 +47,7 @@ from .inference import ModelRuntime, load_manifest
 from .node import limit_threads
 from .paths import SHIPPED_MODELS
 from .recording import Recording, SensorChannel
-from .recorder import connectable
+from .tap import connectable, stop_on_signals
 from .wire import TOPICS, decode
 
 __all__ = ["Republisher", "through_core", "reference_key", "label_agreement", "add_parser", "run",
@@ -118,7 +117,9 @@ class Republisher:
                     waiting.discard(sid)
         return not waiting
 
-    def _frames(self, frames: list[bytes], shift: Callable[[int], int], seq_offset: int) -> list[bytes]:
+    def _frames(self, frames: list[bytes], t_pass: int, base: int, seq_offset: int) -> list[bytes]:
+        """The frames to send: times moved so that recorded ``base`` falls at ``t_pass`` (scaled by
+        the speed), ``t_publish_ns`` now, ``seq`` advanced by ``seq_offset``."""
         if not self.restamp and not seq_offset:
             return frames
         try:
@@ -128,7 +129,7 @@ class Republisher:
         if not isinstance(head, dict) or not all(isinstance(head.get(k), int) for k in ("seq", "t_capture_ns")):
             return frames  # a recorded invalid message goes out as it was
         if self.restamp:
-            head["t_capture_ns"] = shift(head["t_capture_ns"])
+            head["t_capture_ns"] = t_pass + int((head["t_capture_ns"] - base) / self.speed)
             head["t_publish_ns"] = self.clock()
         head["seq"] += seq_offset
         return [frames[0], msgpack.packb(head, use_bin_type=True), *frames[2:]]
@@ -164,7 +165,7 @@ class Republisher:
                 if self.passes == 0 and run_id is not None:
                     spans[(m.sensor_id, run_id)] = max(spans.get((m.sensor_id, run_id), 0), seq + 1)
                 offset = self.passes * spans.get((m.sensor_id, run_id), 0) if run_id is not None else 0
-                frames = self._frames(m.frames, lambda t, t0=t_pass: t0 + int((t - base) / self.speed), offset)
+                frames = self._frames(m.frames, t_pass, base, offset)
                 if self._send(self.sockets[m.sensor_id], frames, stop):
                     self.sent[m.sensor_id] += 1
             self.passes += 1
@@ -385,13 +386,7 @@ def run(args: argparse.Namespace) -> int:
     with Recording(args.recording) as rec:
         if args.through_core:
             return _run_core(args, rec)
-        stopped = {"flag": False}
-
-        def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
-            stopped["flag"] = True
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+        stop = stop_on_signals()
         pub = Republisher(rec, _endpoint_overrides(args.endpoint), speed=args.speed, fast=args.as_fast_as_possible,
                           loop=args.loop, original_times=args.original_times)
         try:
@@ -402,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
             if args.wait_subscriber > 0 and not pub.wait_for_subscribers(args.wait_subscriber):
                 print(f"fusion replay: no subscriber on some endpoints after {args.wait_subscriber} s; playing anyway",
                       file=sys.stderr)
-            done = pub.run(lambda: stopped["flag"])
+            done = pub.run(stop)
         finally:
             pub.close()
         print(json.dumps({"event": "replay_done", **done}), flush=True)

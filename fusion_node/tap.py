@@ -15,6 +15,7 @@ handle that cannot be resolved (``bad_handle``).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import zmq
 from .shm import HandleError, ShmReader
 from .wire import TOPICS
 
-__all__ = ["TapSource", "TapMessage", "Tap", "inline_payload"]
+__all__ = ["TapSource", "TapMessage", "Tap", "inline_payload", "connectable", "stop_on_signals"]
 
 # Messages taken from one socket per poll before moving to the next: a flood on one sensor
 # cannot starve the others or the node's topics.
@@ -34,6 +35,23 @@ RECV_BUDGET = 256
 # Reconnect quickly to endpoints that are not bound yet: a listener started before the sensors
 # then subscribes within a few milliseconds of their start.
 RECONNECT_IVL_MS = 10
+
+
+def connectable(endpoint: str) -> str:
+    """An endpoint to connect to: a bind-all address (``tcp://*:5560``) becomes loopback."""
+    return endpoint.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """SIGINT and SIGTERM make the returned function true: the listeners' loops end cleanly."""
+    stopped = {"flag": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+        stopped["flag"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return lambda: stopped["flag"]
 
 
 @dataclass(frozen=True)

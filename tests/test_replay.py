@@ -118,8 +118,9 @@ def test_replay_into_a_node_gives_the_labels_of_the_live_run(demo_run, ipc_dir, 
     sub.setsockopt(zmq.SUBSCRIBE, b"fused")
     sub.setsockopt(zmq.RECONNECT_IVL, 10)
     sub.connect(events_ep)  # before the node binds it: no event is missed
-    replay = spawn("replay", str(rec), *(f"--endpoint={sid}=ipc://{ipc_dir}/{sid}" for sid in ("cam0", "radar0", "mic0")),
-                   "--config-out", str(cfg_out), "--publish", events_ep, "--wait-subscriber", "120")
+    endpoints = (f"--endpoint={sid}=ipc://{ipc_dir}/{sid}" for sid in ("cam0", "radar0", "mic0"))
+    replay = spawn("replay", str(rec), *endpoints, "--config-out", str(cfg_out), "--publish", events_ep,
+                   "--wait-subscriber", "120")
     replay.json_line("event", "replay_ready")
     spawn("node", "--config", str(cfg_out), "--provider", "cpu")
     events = []

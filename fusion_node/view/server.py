@@ -26,7 +26,6 @@ import argparse
 import base64
 import json
 import queue
-import signal
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,9 +37,8 @@ import cv2
 import numpy as np
 
 from ..config import RigConfig, load_rigs
-from ..recorder import connectable
 from ..rig import Rig, load_rig
-from ..tap import Tap, TapMessage, TapSource
+from ..tap import Tap, TapMessage, TapSource, connectable, stop_on_signals
 from ..vocabulary import WIRE_AUDIO_RATE_HZ
 from ..wire import AudioChunk, CameraFrame, RadarPoints, Rejection, decode, decode_map
 
@@ -406,20 +404,16 @@ def run(args: argparse.Namespace) -> int:
                TapSource(node)])
     server, stopping = make_server(hub, args.host, args.port)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
-
-    def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
-        stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     host, port = server.server_address[:2]
     print(json.dumps({"event": "view_ready", "url": f"http://{host}:{port}/", "node": node,
                       "projection": sorted(hub.projectors)}), flush=True)
     try:
-        while not stopping.is_set():
+        while not stop():
             for m in tap.poll(100):
                 hub.handle(m)
     finally:
+        stopping.set()  # ends the open event streams
         server.shutdown()
         server.server_close()
         tap.close()
