@@ -3,7 +3,8 @@
 Two modes:
 
 * **Republish** (default). One XPUB socket per recorded sensor, bound to the endpoint it was
-  recorded from (or ``--endpoint ID=EP``), sending each recorded message when its publish time
+  recorded from (or ``--endpoint ID=EP``; an ``ipc://`` one whose folder is gone gets a private
+  folder), sending each recorded message when its publish time
   comes round again (scaled by ``--speed``), on the wire format the sensor used: a node
   subscribed to these endpoints cannot tell the replay from the rig. The header's times are
   moved onto the replaying host's clock (capture times shifted by one offset, ``t_publish_ns``
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -89,8 +92,9 @@ class Republisher:
                               f"(recorded: {sorted(self.sensors)})")
         self.sockets: dict[str, zmq.Socket] = {}
         self.endpoints: dict[str, str] = {}
+        self._ipc_dir: Path | None = None
         for sid, s in self.sensors.items():
-            endpoint = (endpoints or {}).get(sid, s.endpoint)
+            endpoint = (endpoints or {}).get(sid) or self._bindable(sid, s.endpoint)
             sock = self.ctx.socket(zmq.XPUB)
             sock.setsockopt(zmq.SNDHWM, TOPICS[s.kind].queue_bound)
             sock.setsockopt(zmq.LINGER, 500)
@@ -105,6 +109,15 @@ class Republisher:
                                   f"still running? pass --endpoint {sid}=ENDPOINT)") from None
             self.sockets[sid] = sock
             self.endpoints[sid] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _bindable(self, sensor_id: str, endpoint: str) -> str:
+        """The recorded endpoint, or for an ``ipc://`` one whose folder is gone (a demo's private
+        folder) a fresh one in a folder of the replay's own."""
+        if not endpoint.startswith("ipc://") or Path(endpoint[len("ipc://"):]).parent.is_dir():
+            return endpoint
+        if self._ipc_dir is None:
+            self._ipc_dir = Path(tempfile.mkdtemp(prefix="fusion-replay-"))
+        return f"ipc://{self._ipc_dir}/{sensor_id}"
 
     def wait_for_subscribers(self, timeout_s: float) -> bool:
         """Wait until every socket has a subscriber (True), or the timeout passes (False)."""
@@ -189,6 +202,9 @@ class Republisher:
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
 
 
 def _run_seq(frames: list[bytes]) -> tuple[int | None, int]:
