@@ -13,7 +13,8 @@ Channels (``docs/recording.md`` describes each field):
   header (the message as it crosses a ``tcp://`` link). Log time: arrival at the recorder;
   publish time: the header's ``t_publish_ns``. Replay reads these.
 * Foxglove well-known schemas (JSON encoding), one per valid message, for viewers:
-  ``/<camera>/image`` (``foxglove.CompressedImage`` for JPEG, ``foxglove.RawImage`` for bgr8),
+  ``/<camera>/image`` (``foxglove.CompressedImage``; with ``raw_images``, ``foxglove.RawImage``
+  for raw bgr8 frames),
   ``/<radar>/points`` (``foxglove.PointCloud`` in the radar frame, fields x, y, z, doppler_mps,
   snr_db, noise_db as float32), ``/<microphone>/audio`` (``foxglove.RawAudio``, pcm-s16);
   ``/tf`` (``foxglove.FrameTransform``, each sensor's pose in the rig frame) and
@@ -40,6 +41,7 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import cv2
 import msgpack
 import numpy as np
 import yaml
@@ -62,6 +64,7 @@ __all__ = ["RecordingError", "RecordingWriter", "Recording", "WireMessage", "Sen
 WIRE_SCHEMA = "fusion.wire.v1.Multipart"
 NODE_TOPICS = {"fused": "fusion.FusedEvent", "stats": "fusion.NodeStats"}
 RECORDING_FORMAT = "1"
+VIEW_JPEG_QUALITY = 90
 # How far apart arrival and sending may be for messages to be put back in sending order.
 REORDER_WINDOW_NS = 1_000_000_000
 # What reading the unfinished tail of a file (a recorder that was killed) can raise: a record
@@ -188,12 +191,14 @@ class RecordingWriter:
 
     Every configured sensor gets its wire channel at once, so a sensor that never published
     still shows in the recording (with 0 messages). ``derived=False`` leaves out the Foxglove
-    views (about halves the size; replay needs only the wire channels).
+    views (replay needs only the wire channels). Raw camera frames are viewed as JPEG
+    (``foxglove.CompressedImage``) unless ``raw_images``: the exact pixels are in the wire
+    channel, and encoding a frame costs less than writing it out a second time in base64.
     """
 
     def __init__(self, path: str | Path, rigs: Sequence[RigConfig], calibrations: dict[str, Rig] | None = None, *,
-                 derived: bool = True, chunk_size: int = 1 << 20, compression: str = "zstd", command: str = "",
-                 t_start_ns: int | None = None):
+                 derived: bool = True, raw_images: bool = False, chunk_size: int = 1 << 20,
+                 compression: str = "zstd", command: str = "", t_start_ns: int | None = None):
         self.path = Path(path)
         try:
             self._fh = open(self.path, "wb")
@@ -205,6 +210,7 @@ class RecordingWriter:
         self._writer = Writer(self._fh, chunk_size=chunk_size, compression=kinds[compression])
         self._writer.start(profile="", library=f"fusion-node {_package_version()}; {LIBRARY_IDENTIFIER}")
         self.derived = derived
+        self.raw_images = raw_images
         self._schemas: dict[str, int] = {}
         self._channels: dict[tuple[str, str], int] = {}
         self.counts: dict[str, int] = {}  # channel topic -> messages written
@@ -294,7 +300,10 @@ class RecordingWriter:
     def _derived(self, sensor_id: str, msg: Any, payload: bytes, log_time_ns: int) -> None:
         stamp = _stamp(msg.t_capture_ns)
         if isinstance(msg, CameraFrame):
-            if msg.encoding == "jpeg":
+            if msg.encoding == "jpeg" or not self.raw_images:
+                if msg.encoding != "jpeg":  # a raw frame's view: JPEG, a twentieth of the bytes
+                    quality = [cv2.IMWRITE_JPEG_QUALITY, VIEW_JPEG_QUALITY]
+                    payload = cv2.imencode(".jpg", msg.image, quality)[1].tobytes()
                 body = {"timestamp": stamp, "frame_id": sensor_id, "format": "jpeg",
                         "data": base64.b64encode(payload).decode("ascii")}
                 schema = "foxglove.CompressedImage"

@@ -56,7 +56,7 @@ def test_writer_and_reader_round_trip_with_foxglove_views(tmp_path):
     frames, bad, (image, points, samples) = _messages()
     path = tmp_path / "run.mcap"
     cfg = _cfg()
-    with RecordingWriter(path, [cfg], {"lab-rig-1": load_rig(CALIBRATION)}, command="test") as w:
+    with RecordingWriter(path, [cfg], {"lab-rig-1": load_rig(CALIBRATION)}, command="test", raw_images=True) as w:
         for i, f in enumerate(frames):
             sid = {b"camera": "cam0", b"radar": "radar0", b"audio": "mic0"}[f[0]]
             assert not hasattr(w.add_sensor_message(sid, f, 2_000_000_000 + i), "reason")
@@ -109,6 +109,23 @@ def test_writer_and_reader_round_trip_with_foxglove_views(tmp_path):
     assert radar_tf["rotation"] == pytest.approx({"x": np.sin(np.pi / 4), "y": 0.0, "z": 0.0, "w": np.cos(np.pi / 4)})
     calib, = views[("/cam0/calibration", "foxglove.CameraCalibration")]
     assert calib["K"][0] == 600.0 and calib["width"] == 768
+
+
+def test_raw_frames_are_viewed_as_jpeg_by_default(tmp_path):
+    y, x = np.mgrid[0:48, 0:64]
+    image = np.dstack([x * 4, y * 5, (x + y) * 2]).astype(np.uint8)  # smooth: what JPEG keeps well
+    frame = [bytes(f) for f in encode(CameraFrame("cam0", 0, 10, 20, image))]
+    path = tmp_path / "run.mcap"
+    with RecordingWriter(path, [_cfg()]) as w:
+        w.add_sensor_message("cam0", frame, 1)
+    with open(path, "rb") as fh:
+        (schema, channel, message), = make_reader(fh).iter_messages(topics=["/cam0/image"])
+    assert schema.name == "foxglove.CompressedImage"
+    view = json.loads(message.data)
+    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(view["data"]), np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == image.shape and np.abs(decoded.astype(int) - image).mean() < 3
+    with Recording(path) as rec:
+        assert next(rec.wire_messages()).frames == frame  # the exact pixels stay in the wire channel
 
 
 def test_rotation_quaternion_matches_opencv_rotation():

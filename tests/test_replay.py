@@ -29,6 +29,7 @@ from .conftest import ROOT
 # reproduce exactly; everything else must agree.
 MIN_MATCHED = 0.9
 MIN_SAME_LABELS = 0.9
+MIN_RECORDED = 0.9  # of the live run's camera frames, in the recording
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def demo_run(tmp_path_factory):
     """A recorded demo: (recording, live events)."""
     d = tmp_path_factory.mktemp("demo")
     rec, live = d / "demo.mcap", d / "live.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "fusion_node", "demo", "--duration", "5", "--record", str(rec),
+    proc = subprocess.run([sys.executable, "-m", "fusion_node", "demo", "--duration", "6", "--record", str(rec),
                            "--events-out", str(live), "--provider", "cpu", "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -65,12 +66,16 @@ def test_a_demo_recording_opens_with_the_mcap_library_in_another_process(demo_ru
     assert proc.returncode == 0, proc.stderr
     channels = json.loads(proc.stdout)
     for name in ("/cam0/wire fusion.wire.v1.Multipart", "/radar0/wire fusion.wire.v1.Multipart",
-                 "/mic0/wire fusion.wire.v1.Multipart", "/cam0/image foxglove.RawImage",
-                 "/radar0/points foxglove.PointCloud", "/mic0/audio foxglove.RawAudio",
+                 "/cam0/image foxglove.CompressedImage", "/radar0/points foxglove.PointCloud",
                  "/fused fusion.FusedEvent", "/stats fusion.NodeStats"):
         assert channels.get(name, 0) > 0, (name, channels)
+    # The microphone is listed even when its reader started too late to play within the demo's
+    # few seconds (a busy machine), as every configured sensor is.
+    assert "/mic0/wire fusion.wire.v1.Multipart" in channels
     # every valid sensor message has its view; the node's events were recorded as they went out
-    assert channels["/cam0/wire fusion.wire.v1.Multipart"] == channels["/cam0/image foxglove.RawImage"]
+    for sid, view in (("cam0", "/cam0/image foxglove.CompressedImage"),
+                      ("radar0", "/radar0/points foxglove.PointCloud"), ("mic0", "/mic0/audio foxglove.RawAudio")):
+        assert channels[f"/{sid}/wire fusion.wire.v1.Multipart"] == channels.get(view, 0), sid
     assert channels["/fused fusion.FusedEvent"] >= len(events) - 2
 
     info = subprocess.run([sys.executable, "-m", "fusion_node", "record", "--info", str(rec)], cwd=ROOT,
@@ -90,9 +95,14 @@ def _through_core(rec, out):
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def _agrees(events, live):
-    agreement = label_agreement(events, live)
-    assert agreement["matched"] >= MIN_MATCHED * len(live), agreement
+def _agrees(events, live, rec):
+    # The sets a replay can make: those whose reference frame reached the recording.
+    with Recording(rec) as recording:
+        recorded = {(m.sensor_id, msgpack.unpackb(m.frames[1])["seq"]) for m in recording.wire_messages(["cam0"])}
+    replayable = [ev for ev in live if (ev["members"][0]["sensor_id"], ev["members"][0]["seq"]) in recorded]
+    assert len(replayable) >= MIN_RECORDED * len(live), "the recorder lost camera frames"
+    agreement = label_agreement(events, replayable)
+    assert agreement["matched"] >= MIN_MATCHED * len(replayable), agreement
     assert agreement["same_labels"] >= MIN_SAME_LABELS * agreement["matched"], agreement
     return agreement
 
@@ -106,8 +116,8 @@ def test_through_core_is_byte_identical_across_runs_and_agrees_with_the_live_run
     events = [json.loads(line) for line in first.read_text().splitlines()]
     assert events and all(ev["event_id"].endswith(f":00000000:{ev['seq']}") for ev in events)
     assert all(ev["latency_ms"]["preprocess"] == 0.0 for ev in events)  # no measured times in the output
-    _agrees(events, live)
-    assert summary["compare_live"]["matched"] >= MIN_MATCHED * len(live)
+    agreement = _agrees(events, live, rec)
+    assert summary["compare_live"]["matched"] == agreement["matched"]
 
 
 def test_replay_into_a_node_gives_the_labels_of_the_live_run(demo_run, ipc_dir, spawn, zctx):
@@ -135,8 +145,8 @@ def test_replay_into_a_node_gives_the_labels_of_the_live_run(demo_run, ipc_dir, 
                 break
         assert len(events) < 10 * len(live), "events keep coming after the replay ended"
     done = replay.json_line("event", "replay_done")
-    assert done["passes"] == 1 and done["sent"]["cam0"] >= len(live)
-    _agrees(events, live)
+    assert done["passes"] == 1 and done["sent"]["cam0"] >= MIN_RECORDED * len(live)
+    _agrees(events, live, rec)
 
 
 def _recorded(rec: Recording) -> dict[str, list[list[bytes]]]:
