@@ -11,6 +11,9 @@ copied out of the writer's ring and put back in frame 2, with the header re-pack
 ``shm`` key: the message as it would have crossed a ``tcp://`` link. A slot that the writer
 reused before the copy was complete is dropped and counted (``shm_overwritten``); so is a
 handle that cannot be resolved (``bad_handle``).
+
+Also here, for the commands built on a tap: :func:`connectable` (a bind address as one to
+connect to) and :func:`stop_on_signals` (SIGINT/SIGTERM end their loops cleanly).
 """
 
 from __future__ import annotations

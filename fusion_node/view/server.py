@@ -173,7 +173,7 @@ class Hub:
         with self._lock:
             self._clients.append(q)
         q.put(("hello", self.hello()))
-        for sid, jpeg in self._last_jpeg.items():
+        for sid, jpeg in list(self._last_jpeg.items()):  # the listener may add a camera meanwhile
             q.put(("frame", {"sensor_id": sid, "jpeg": base64.b64encode(jpeg).decode("ascii")}))
         return q
 
