@@ -31,6 +31,7 @@ from .node import main_loop
 from .outputs import LIFECYCLE_TOPIC, default_log_path
 from .security import client_keys, connect_client, new_key_pair
 from .walltime import parse_utc_ns
+from .tools import add_parsers as add_recording_parsers
 from .wire import decode_map
 
 __all__ = ["main", "build_parser"]
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     add_calibrate_parser(sub)
+    add_recording_parsers(sub)
     return p
 
 

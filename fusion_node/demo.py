@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the node's Prometheus metrics on PORT (/metrics)")
     p.add_argument("--event-log", default=None, metavar="FILE",
                    help="keep the node's event log here (default: a temporary file removed at the end)")
+    p.add_argument("--record", metavar="FILE.mcap", default=None,
+                   help="also record the run (every sensor topic and the node's topics) with `fusion record`")
 
 
 def default_models() -> Path:
@@ -171,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
         cfg["sinks"] = {"mqtt": {"url": args.mqtt}}
     cfg_path = workdir / "rig.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # Started first: it is subscribed to every endpoint by the time the sensors play.
+    recorder = Child("recorder", python_module("fusion_node.cli", "record", "--config", str(cfg_path), "--out",
+                                               str(Path(args.record).resolve()), "--quiet"), workdir).start() \
+        if args.record else None
     node = Child("node", python_module("fusion_node.cli", "node", "--config", str(cfg_path)), workdir,
                  stdout_pipe=True).start()
     lines: queue.Queue = queue.Queue()
@@ -251,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
         for child in children.values():
             child.stop()
         node.stop(timeout_s=10)
+        if recorder is not None and recorder.stop(timeout_s=30) != 0:
+            failures.append(f"recorder failed (exit code {recorder.poll()}): {recorder.last_error()}")
         sub.close(0)
         if out:
             out.close()
@@ -265,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
               + f" (log {ready.get('event_log')})")
     if args.events_out:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")
+    if args.record:
+        print(f"fusion demo: recorded to {args.record} (fusion record --info {args.record})")
     shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failures or not events else 0
 
