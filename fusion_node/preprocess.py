@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .vocabulary import WIRE_AUDIO_RATE_HZ
+
 __all__ = ["CameraPreprocess", "RadarPreprocess", "AudioPreprocess", "PREPROCESSORS"]
 
 
@@ -224,7 +226,7 @@ class AudioPreprocess:
 
     def __init__(
         self,
-        sample_rate_hz: int = 16000,
+        sample_rate_hz: int = WIRE_AUDIO_RATE_HZ,
         window_s: float = 1.0,
         n_fft: int = 512,
         hop: int = 160,

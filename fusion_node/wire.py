@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 
 from .shm import HandleError, ShmReader, default_reader
-from .vocabulary import RADAR_POINT_FIELDS
+from .vocabulary import RADAR_POINT_FIELDS, WIRE_AUDIO_RATE_HZ
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -160,7 +160,7 @@ class AudioChunk:
     t_capture_ns: int
     t_publish_ns: int
     samples: np.ndarray
-    sample_rate_hz: int = 16000
+    sample_rate_hz: int = WIRE_AUDIO_RATE_HZ
     run_id: int = 0
 
     topic = "audio"
