@@ -199,7 +199,10 @@ class LifecycleConfig(_Strict):
                                                                     "material change worth an update")
     drift_alert_ppm: float = Field(500.0, gt=0, description="a tracked clock drift beyond this raises clock_drift")
     sensor_grace_s: float = Field(10.0, ge=0, description="a sensor never heard from raises sensor_failed this "
-                                                          "long after the node started")
+                                                          "long after the node started (in records: after the rig's "
+                                                          "first message, and at least its liveness timeout); only "
+                                                          "then does a driver that never started hand the reference "
+                                                          "over")
     snapshots: bool = Field(True, description="keep a JPEG of the camera frame at each occurrence's top score")
     snapshot_quality: int = Field(85, ge=1, le=100, description="JPEG quality of snapshots")
 
