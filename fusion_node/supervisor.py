@@ -26,6 +26,7 @@ class Child:
         self.stdout_pipe = stdout_pipe
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._interrupted = False
 
     def start(self) -> "Child":
         self._log = open(self.log_path, "wb")
@@ -47,8 +48,10 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def interrupt(self) -> None:
-        """Ask the child to stop (SIGINT), without waiting."""
-        if self.proc is not None and self.proc.poll() is None:
+        """Ask the child to stop (SIGINT), once, without waiting: a second SIGINT means "now" to a
+        sensor (exit 130), which is for a user pressing Ctrl-C twice, not for the launcher."""
+        if self.proc is not None and self.proc.poll() is None and not self._interrupted:
+            self._interrupted = True
             self.proc.send_signal(signal.SIGINT)
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
