@@ -6,7 +6,9 @@ Three named policies, chosen in the rig config:
   reference time. Every other frame sensor contributes its message nearest to it within a
   tolerance; audio contributes the window of samples ending at it. A set is released as soon as
   it is complete, or at its deadline with the missing modalities marked, so a dead sensor never
-  stalls the node.
+  stalls the node. A failed driver hands the reference over to the next live frame sensor, or
+  to a clock tick at the driver's nominal period when only audio is left, and takes it back
+  when it returns: no single sensor can silence the node.
 - ``approximate``/``epsilon``: message_filters' ApproximateTime/ApproximateEpsilonTime
   (:mod:`fusion_node.sync`) over the frame sensors; the set's reference time is its newest
   member, and it waits (up to the deadline) for audio to cover that time.
@@ -23,6 +25,7 @@ from typing import Any
 
 from .config import RigConfig
 from .sync import ApproximateEpsilonPolicy, ApproximateTimePolicy
+from .wire import TOPICS
 
 __all__ = ["Member", "SyncSet", "ReferencePolicy", "SetAssembler"]
 
@@ -51,52 +54,73 @@ class SyncSet:
 
 
 class ReferencePolicy:
-    """Driver-referenced matching with a deadline.
+    """Driver-referenced matching with a deadline, and a fallback reference when the driver fails.
 
     ``add`` takes frame messages; ``audio_end_ns`` is updated by the caller as audio arrives.
     ``poll(now_ns)`` releases, in reference-time order, every pending set that is complete or
     whose deadline (reference time + ``deadline_ns``) has passed.
+
+    The reference is the driver while it has not failed. A driver in ``failed`` (the caller's
+    verdict: silent past its liveness timeout, or never heard from that long) hands over to the
+    first other frame sensor that is alive, and with none alive but some audio, to a clock tick
+    every ``tick_period_ns`` (sets with no reference member, cut from the audio and whatever
+    frames fall near the tick). The new reference takes over where the last set left off, from
+    its own recent messages (at most ``max_pending``), so the stretch spent noticing the failure
+    is covered too; the driver is the reference again as soon as it is no longer failed.
     """
 
     MIN_INTERVALS = 4  # intervals seen before the shortest one is trusted to predict the next message
+    TICK = ""  # the reference id while sets are cut on the clock
 
     def __init__(self, driver: str, others: list[str], audio_ids: list[str], *, tolerance_ns: int,
-                 deadline_ns: int, max_pending: int, history: int = 64, wait_for_audio: bool = True):
+                 deadline_ns: int, max_pending: int, history: int = 64, wait_for_audio: bool = True,
+                 tick_period_ns: int = 33_333_333):
         self.driver = driver
         self.others = list(others)
+        self.frame_ids = [driver, *self.others]  # in the order they take over as the reference
         self.audio_ids = list(audio_ids)
         self.tolerance_ns = int(tolerance_ns)
         self.deadline_ns = int(deadline_ns)
         self.max_pending = int(max_pending)
         self.wait_for_audio = wait_for_audio
+        self.tick_period_ns = int(tick_period_ns)
         self._pending: deque[Member] = deque()
-        self._hist: dict[str, list[Member]] = {s: [] for s in self.others}
+        self._hist: dict[str, list[Member]] = {s: [] for s in self.frame_ids}
         # The history's times, kept sorted alongside it: every add and every lookup bisects
         # this list instead of rebuilding it from the members.
-        self._keys: dict[str, list[int]] = {s: [] for s in self.others}
+        self._keys: dict[str, list[int]] = {s: [] for s in self.frame_ids}
         self._hist_len = history
         # Recent inter-message intervals per sensor: a lower bound on when the next message
         # can be stamped lets a set be released before that message arrives. Their minimum is
         # kept up to date on add (None until there are enough), since every poll reads it.
-        self._intervals: dict[str, deque[int]] = {s: deque(maxlen=16) for s in self.others}
-        self._min_interval: dict[str, int | None] = {s: None for s in self.others}
+        self._intervals: dict[str, deque[int]] = {s: deque(maxlen=16) for s in self.frame_ids}
+        self._min_interval: dict[str, int | None] = {s: None for s in self.frame_ids}
         self.audio_end_ns: dict[str, int | None] = {a: None for a in self.audio_ids}
-        self.dead: set[str] = set()
+        self.dead: set[str] = set()  # silent now: not waited for
+        self.failed: set[str] = set()  # silent past their timeout: not the reference
+        self.reference = driver
+        self._last_ref_ns: int | None = None  # reference time of the last set released
+        self._next_tick_ns: int | None = None
         self.counters: Counter = Counter()
 
     def next_deadline_ns(self) -> int | None:
-        return self._pending[0].t_rig_ns + self.deadline_ns if self._pending else None
+        due = [self._pending[0].t_rig_ns + self.deadline_ns] if self._pending else []
+        if self.reference == self.TICK and self._next_tick_ns is not None:
+            due.append(self._next_tick_ns)
+        return min(due, default=None)
+
+    def _queue(self, member: Member) -> None:
+        self._pending.append(member)
+        if len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self.counters["reference_dropped"] += 1
 
     def add(self, member: Member) -> None:
-        if member.sensor_id == self.driver:
-            self._pending.append(member)
-            if len(self._pending) > self.max_pending:
-                self._pending.popleft()
-                self.counters["reference_dropped"] += 1
-            return
         sid = member.sensor_id
         hist, keys = self._hist[sid], self._keys[sid]
         t = member.t_rig_ns
+        if sid == self.reference:
+            self._queue(member)
         if keys and t > keys[-1]:
             intervals = self._intervals[sid]
             intervals.append(t - keys[-1])
@@ -109,15 +133,56 @@ class ReferencePolicy:
 
     def rebase(self, sensor_id: str) -> None:
         """Forget a sensor's history after its clock jumped (restart, looped file)."""
-        if sensor_id == self.driver:
-            self._pending.clear()
-        elif sensor_id in self._hist:
+        if sensor_id in self._hist:
+            if any(m.sensor_id == sensor_id for m in self._pending):
+                self._pending = deque(m for m in self._pending if m.sensor_id != sensor_id)
             self._hist[sensor_id].clear()
             self._keys[sensor_id].clear()
             self._intervals[sensor_id].clear()
             self._min_interval[sensor_id] = None
         elif sensor_id in self.audio_end_ns:
             self.audio_end_ns[sensor_id] = None
+
+    def _choose_reference(self) -> str:
+        if self.driver not in self.failed:
+            return self.driver
+        for sid in self.others:
+            if sid not in self.dead:
+                return sid
+        if any(a not in self.dead for a in self.audio_ids):
+            return self.TICK
+        return self.driver  # nothing is alive: nothing to cut sets from
+
+    def _switch(self, reference: str, now_ns: int) -> None:
+        """Make ``reference`` the reference, taking over after the last set released or pending."""
+        self.reference = reference
+        self.counters["reference_switches"] += 1
+        times = [t for t in (self._last_ref_ns, self._pending[-1].t_rig_ns if self._pending else None)
+                 if t is not None]
+        after = max(times) if times else None
+        if reference == self.TICK:
+            first = now_ns if after is None else after + self.tick_period_ns
+            self._next_tick_ns = self._skip_ticks(first, now_ns)
+            return
+        self._next_tick_ns = None
+        # A message nearer the last set than the driver's next frame would have been belongs to
+        # that set: the new reference starts after it.
+        start = None if after is None else after + self.tick_period_ns // 2
+        recent = [m for m in self._hist[reference] if start is None or m.t_rig_ns > start]
+        for m in recent[-self.max_pending:]:
+            self._queue(m)
+
+    def _skip_ticks(self, first_ns: int, now_ns: int) -> int:
+        """The first tick to cut: ``first_ns``, or later so no more than ``max_pending`` are due now."""
+        behind = (now_ns - first_ns) // self.tick_period_ns + 1 - self.max_pending
+        return first_ns + max(0, behind) * self.tick_period_ns
+
+    def _tick(self, now_ns: int) -> None:
+        self._next_tick_ns = self._skip_ticks(self._next_tick_ns, now_ns)
+        while self._next_tick_ns <= now_ns:
+            t = self._next_tick_ns
+            self._queue(Member(self.TICK, "tick", None, t, t))
+            self._next_tick_ns += self.tick_period_ns
 
     def _nearest(self, sensor_id: str, t_ref: int) -> tuple[Member | None, bool]:
         """Nearest message within tolerance, and whether it can no longer improve."""
@@ -143,13 +208,20 @@ class ReferencePolicy:
         return best, earliest_next > t_ref + self.tolerance_ns
 
     def poll(self, now_ns: int) -> list[SyncSet]:
+        reference = self._choose_reference()
+        if reference != self.reference:
+            self._switch(reference, now_ns)
+        if self.reference == self.TICK:
+            self._tick(now_ns)
         out: list[SyncSet] = []
         while self._pending:
             ref = self._pending[0]
             t_ref = ref.t_rig_ns
-            members = {ref.sensor_id: ref}
+            members = {ref.sensor_id: ref} if ref.sensor_id != self.TICK else {}
             complete = True
-            for sid in self.others:
+            for sid in self.frame_ids:
+                if sid == ref.sensor_id:
+                    continue
                 best, final = self._nearest(sid, t_ref)
                 # A sensor known dead is not waited for: its modality is marked missing at once.
                 complete &= final or (best is None and sid in self.dead)
@@ -161,9 +233,12 @@ class ReferencePolicy:
             if not complete and now_ns < t_ref + self.deadline_ns:
                 break  # earlier sets go first: later ones wait behind this one
             self._pending.popleft()
-            missing = [s for s in self.others if s not in members]
+            self._last_ref_ns = t_ref
+            missing = [s for s in self.frame_ids if s not in members]
             out.append(SyncSet(t_ref, members, missing, now_ns, ref.t_recv_ns, list(self.audio_ids)))
             self.counters["released_complete" if complete else "released_deadline"] += 1
+            if ref.sensor_id == self.TICK:
+                self.counters["released_on_tick"] += 1
         return out
 
 
@@ -182,6 +257,8 @@ class _MessageFiltersAdapter:
         self.audio_end_ns: dict[str, int | None] = {a: None for a in audio_ids}
         self._ready: deque[SyncSet] = deque()
         self.dead: set[str] = set()
+        self.failed: set[str] = set()  # no reference to hand over: every member is a peer
+        self.reference: str | None = None
         self.counters: Counter = Counter()
 
     def next_deadline_ns(self) -> int | None:
@@ -229,7 +306,7 @@ class SetAssembler:
             self._impl: Any = ReferencePolicy(
                 driver, [f for f in frame_ids if f != driver], audio_ids,
                 tolerance_ns=int(sync.tolerance_ms * 1e6), deadline_ns=deadline, max_pending=sync.queue_size,
-                wait_for_audio=sync.wait_for_audio)
+                wait_for_audio=sync.wait_for_audio, tick_period_ns=TOPICS[cfg.driver.kind].period_ns)
         elif sync.policy == "approximate":
             bounds = sync.inter_message_lower_bounds_ms or {}
             inner = ApproximateTimePolicy(
@@ -256,9 +333,16 @@ class SetAssembler:
     def rebase(self, sensor_id: str) -> None:
         self._impl.rebase(sensor_id)
 
-    def set_dead(self, sensor_ids: set[str]) -> None:
-        """Sensors currently silent past their liveness timeout: sets stop waiting for them."""
-        self._impl.dead = sensor_ids
+    def set_liveness(self, dead: set[str], failed: set[str]) -> None:
+        """Sensors silent now (sets stop waiting for them) and those failed: silent past their
+        liveness timeout, or never heard from that long (the reference policy hands over)."""
+        self._impl.dead = dead
+        self._impl.failed = failed
+
+    @property
+    def reference(self) -> str | None:
+        """The sensor id setting reference times now, ``""`` for the clock tick, None without one."""
+        return self._impl.reference
 
     def next_deadline_ns(self) -> int | None:
         return self._impl.next_deadline_ns()

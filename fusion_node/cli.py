@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import zmq
@@ -24,7 +25,7 @@ from sensors import audio, camera, radar
 from sensors.sim import live as sim
 
 from . import demo
-from .config import config_schema, load_rigs
+from .config import config_schema, endpoint_problem, load_rigs
 from .errors import ConfigError, FusionError
 from .eventlog import EventLog
 from .node import main_loop
@@ -132,6 +133,9 @@ def _cmd_events(args: argparse.Namespace) -> int:
         return _replay(args)
     if not args.endpoint:
         raise ConfigError("fusion events: give --endpoint (live), or --since/--snapshot with --log or --config")
+    problem = endpoint_problem(args.endpoint)
+    if problem:
+        raise ConfigError(f"fusion events: --endpoint {problem}")
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -141,11 +145,15 @@ def _cmd_events(args: argparse.Namespace) -> int:
     keys, server_key = client_keys(args.endpoint, args.server_key, args.secret_key, args.insecure, "fusion events")
     connect_client(sub, args.endpoint, keys, server_key)
     n = 0
+    quiet = _Silence(args.endpoint, args.timeout)
     try:
         while args.count is None or n < args.count:
-            if not sub.poll(int(args.timeout * 1000) if args.timeout else -1):
-                print(f"fusion events: nothing from {args.endpoint} for {args.timeout} s", file=sys.stderr)
-                return 1
+            if not sub.poll(quiet.wait_ms()):
+                if quiet.over():
+                    print(f"fusion events: nothing from {args.endpoint} for {args.timeout} s", file=sys.stderr)
+                    return 1
+                continue
+            quiet.heard()
             try:
                 topic, body = decode_map(sub.recv_multipart())
             except ValueError as exc:
@@ -159,6 +167,41 @@ def _cmd_events(args: argparse.Namespace) -> int:
     finally:
         sub.close(0)
     return 0
+
+
+class _Silence:
+    """Silence on a live subscription: one notice after ``NOTICE_S``, the end after ``--timeout``."""
+
+    NOTICE_S = 5.0
+
+    def __init__(self, endpoint: str, timeout_s: float | None):
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.since = time.monotonic()
+        self.noticed = False
+
+    def wait_ms(self) -> int:
+        """How long the next poll may wait: until the notice is due, or the timeout, or forever."""
+        due = [self.timeout_s] if self.timeout_s else []
+        if not self.noticed:
+            due.append(self.NOTICE_S)
+        if not due:
+            return -1
+        return max(1, int((min(due) - (time.monotonic() - self.since)) * 1000))
+
+    def over(self) -> bool:
+        """Called when a poll found nothing: says so once, and whether the timeout has passed."""
+        quiet_s = time.monotonic() - self.since
+        if not self.noticed and quiet_s >= self.NOTICE_S:
+            self.noticed = True
+            print(f"fusion events: nothing from {self.endpoint} yet after {self.NOTICE_S:.0f} s (is a node "
+                  f"publishing there?); still waiting{'' if self.timeout_s else ', Ctrl-C to stop'}",
+                  file=sys.stderr, flush=True)
+        return bool(self.timeout_s) and quiet_s >= self.timeout_s
+
+    def heard(self) -> None:
+        self.since = time.monotonic()
+        self.noticed = True  # it answers: a later pause is the node's own, not worth a notice
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -269,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusion: error: {exc}", file=sys.stderr)
         return 2
     except FusionError as exc:
+        print(f"fusion: error: {exc}", file=sys.stderr)
+        return 1
+    except zmq.ZMQError as exc:  # a socket the command could not open: say which error, in one line
         print(f"fusion: error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -26,6 +26,7 @@ clock) is not a config key: it lives in the rig calibration file (:mod:`fusion_n
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Union
 
@@ -47,7 +48,26 @@ from .wire import TOPICS
 
 __all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigSpec", "RigConfig", "MultiRigConfig", "load_config",
            "load_rigs", "config_from_dict", "rigs_from_dict", "read_yaml", "config_schema", "LifecycleConfig",
-           "EventLogConfig", "MqttTlsConfig", "MqttConfig", "SinksConfig"]
+           "EventLogConfig", "MqttTlsConfig", "MqttConfig", "SinksConfig", "endpoint_problem"]
+
+# ZeroMQ transports an endpoint may name; without one ZeroMQ answers only "Invalid argument".
+_ENDPOINT = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|udp|ws|wss|vmci)://\S+$")
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` is no ZeroMQ endpoint (one line), or None when it is one."""
+    if _ENDPOINT.match(endpoint):
+        return None
+    hint = f"; did you mean tcp://{endpoint}?" if "://" not in endpoint and ":" in endpoint else ""
+    return (f"{endpoint!r} is not a ZeroMQ endpoint: it needs a transport, as in tcp://HOST:PORT or "
+            f"ipc:///PATH{hint}")
+
+
+def _valid_endpoint(value: str) -> str:
+    problem = endpoint_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _resolve(value: str | None, info: ValidationInfo) -> str | None:
@@ -92,6 +112,11 @@ class SensorConfig(_Strict):
     @classmethod
     def _key_relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _resolve(value, info)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_has_a_transport(cls, value: str) -> str:
+        return _valid_endpoint(value)
 
     @property
     def liveness_timeout_ns(self) -> int:
@@ -172,6 +197,11 @@ class NodeConfig(_Strict):
     metrics_address: str = Field("127.0.0.1", description="address the metrics server binds (0.0.0.0 for a "
                                                           "Prometheus on another host)")
 
+    @field_validator("publish_endpoint")
+    @classmethod
+    def _publish_endpoint_has_a_transport(cls, value: str) -> str:
+        return _valid_endpoint(value)
+
     @field_validator("models", "batched_models")
     @classmethod
     def _relative_to_file(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -199,7 +229,10 @@ class LifecycleConfig(_Strict):
                                                                     "material change worth an update")
     drift_alert_ppm: float = Field(500.0, gt=0, description="a tracked clock drift beyond this raises clock_drift")
     sensor_grace_s: float = Field(10.0, ge=0, description="a sensor never heard from raises sensor_failed this "
-                                                          "long after the node started")
+                                                          "long after the node started (in records: after the rig's "
+                                                          "first message, and at least its liveness timeout); only "
+                                                          "then does a driver that never started hand the reference "
+                                                          "over")
     snapshots: bool = Field(True, description="keep a JPEG of the camera frame at each occurrence's top score")
     snapshot_quality: int = Field(85, ge=1, le=100, description="JPEG quality of snapshots")
 

@@ -115,8 +115,12 @@ class FusionCore:
         self.max_age_ns = int(cfg.node.max_age_s * 1e9)
         self.max_future_ns = int(cfg.node.max_future_s * 1e9)
         self._event_seq = 0
-        self._t_first_ns: int | None = None  # first step: a sensor never heard from is failed only
-        self._now_ns = 0  # once its liveness timeout has passed since then
+        # The first message admitted from any of the rig's sensors: one never heard from is failed
+        # once its liveness timeout, and the start-up grace, have passed since then. Sensors started
+        # together may come up seconds apart on a loaded host: that is no failure.
+        self._t_first_ns: int | None = None
+        self.grace_ns = int(cfg.lifecycle.sensor_grace_s * 1e9)
+        self._now_ns = 0
         # Buffers are drained audio first so windows are ready when frames release sets; the
         # order is fixed by the config, so it is settled once here rather than sorted every step.
         self._drain_order = sorted(self.sensors.values(), key=lambda s: s.kind != "audio")
@@ -236,8 +240,6 @@ class FusionCore:
 
     def release(self, now_ns: int, messages: list[tuple[int, SensorMessage | Rejection]]) -> list[SyncSet]:
         """Admit messages and return the sets the synchroniser releases now, not yet fused."""
-        if self._t_first_ns is None:
-            self._t_first_ns = now_ns
         self._now_ns = now_ns
         for t_recv, msg in messages:
             if isinstance(msg, Rejection):
@@ -246,6 +248,8 @@ class FusionCore:
             member = self._admit(now_ns, t_recv, msg)
             if member is None:
                 continue
+            if self._t_first_ns is None:
+                self._t_first_ns = t_recv
             st = self.sensors[member.sensor_id]
             if len(st.buffer) == st.buffer.maxlen:
                 st.dropped += 1  # the oldest falls out: the node is behind, fresh data wins
@@ -270,11 +274,28 @@ class FusionCore:
             if st.alive and not alive:
                 st.deaths += 1
             st.alive = alive
-        self.assembler.set_dead({s.sensor_id for s in self.sensors.values() if not s.alive})
+        self.assembler.set_liveness({s.sensor_id for s in self.sensors.values() if not s.alive},
+                                    {s.sensor_id for s in self.sensors.values() if self._failed(s)})
+
+    def _never_heard_timeout_ns(self, st: SensorState) -> int:
+        return max(st.liveness_ns, self.grace_ns)
+
+    def _failed(self, st: SensorState) -> bool:
+        """Silent past its liveness timeout, or never heard from past the grace after the rig's first message."""
+        if st.alive or self._t_first_ns is None:
+            return False
+        return st.last_seen_ns is not None or self._now_ns - self._t_first_ns > self._never_heard_timeout_ns(st)
 
     def next_deadline_ns(self) -> int | None:
-        """Earliest time at which ``step`` may release a set without new input."""
-        return self.assembler.next_deadline_ns()
+        """Earliest time at which ``step`` may release a set, or a sensor fail, without new input."""
+        due = [d for d in (self.assembler.next_deadline_ns(),) if d is not None]
+        if self._t_first_ns is not None:
+            for st in self.sensors.values():
+                if st.alive:
+                    due.append(st.last_seen_ns + st.liveness_ns + 1)
+                elif st.last_seen_ns is None and not self._failed(st):
+                    due.append(self._t_first_ns + self._never_heard_timeout_ns(st) + 1)
+        return min(due, default=None)
 
     # -- fusion ----------------------------------------------------------------------------
 
@@ -309,9 +330,11 @@ class FusionCore:
                     ta = self.timer()
                     embeddings[modality] = self.runtime.encode(modality, *tensors[modality])
                     stage_ms[f"encode_{modality}"] = (self.timer() - ta) / 1e6
-            th = self.timer()
-            head = self.runtime.fuse(embeddings)
-            stage_ms["head"] = (self.timer() - th) / 1e6
+            head = None
+            if tensors:  # a tick set with nothing usable: the head's prior is not a detection
+                th = self.timer()
+                head = self.runtime.fuse(embeddings)
+                stage_ms["head"] = (self.timer() - th) / 1e6
         else:
             head = None
         return self._event(sset, members, sorted(missing), audio_cov, head, stage_ms, embeddings)
@@ -321,7 +344,7 @@ class FusionCore:
         self._event_seq += 1
         runtime = self.runtime
         # An untrained model's outputs are noise: no scores, labels, certainties or disagreement.
-        fused = head if runtime is not None and runtime.trained else None
+        fused = head if head is not None and runtime.trained else None
         kinds = {st.sensor_id: st.kind for st in self.sensors.values()}
         modalities = {}
         for sid, kind in kinds.items():
@@ -347,8 +370,7 @@ class FusionCore:
             consistency = round(float(fused.consistency), 4)
         # Alerts for security consumers: a dead sensor, and modalities that stopped agreeing
         # (a swapped or replayed feed, a sensor knocked out of alignment, a stale clock).
-        alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if not st.alive and (
-            st.last_seen_ns is not None or self._now_ns - self._t_first_ns > st.liveness_ns)]
+        alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if self._failed(st)]
         threshold = runtime.consistency_threshold if fused is not None else None
         n_present = sum(1 for entry in modalities.values() if entry["present"])
         if threshold is not None and n_present >= 2 and float(fused.consistency) < threshold:
@@ -446,7 +468,8 @@ class FusionCore:
             "events": self.events_out,
             "sensors": sensors,
             "rejected_unattributed": dict(self.unattributed),
-            "sync": {"policy": self.assembler.policy_name, **dict(self.assembler.counters)},
+            "sync": {"policy": self.assembler.policy_name, **dict(self.assembler.counters),
+                     **({} if self.assembler.reference is None else {"reference": self.assembler.reference})},
             "latency_ms": self.latency.summary(),
             "provider": None if self.runtime is None else self.runtime.provider,
         }

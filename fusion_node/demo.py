@@ -6,6 +6,11 @@ subscribe before playing, so no recording's start is lost), prints fused events 
 and at the end (recordings finished or ``--duration`` reached) stops the children cleanly and
 prints a summary: events, rates, drops, rejects and latency percentiles.
 
+Files named on the command line are checked before anything starts. SIGINT (Ctrl-C) and SIGTERM
+stop the run the same way: every child is stopped, the summary printed, and the private folder
+(sockets, logs, the sensors' shared-memory rings) removed; the exit status is 0 unless a child
+failed.
+
 The bundled inputs tell one street story but were not captured together: the camera is a real
 street video, the sound a mix of real street recordings, and the radar a **simulated** TI capture
 of a scripted street (``sensors/samples/SOURCES.md``). The demo says which input is which, and
@@ -20,23 +25,26 @@ import json
 import logging
 import queue
 import shutil
+import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 import zmq
 
 from sensors.samples import DEMO_INPUTS
 
-from .errors import FusionError
+from .errors import ConfigError, FusionError
 from .paths import SHIPPED_MODELS
+from .shm import default_shm_dir
 from .stats import percentiles
-from .supervisor import Child, python_module
+from .supervisor import Child, python_module, stop_all
 from .wire import decode_map
 
-__all__ = ["add_arguments", "run", "default_models"]
+__all__ = ["add_arguments", "run", "default_models", "check_sources"]
 
 log = logging.getLogger("fusion.demo")
 
@@ -96,10 +104,11 @@ def _read_lines(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
-def _json_lines(lines: queue.Queue, node: Child, timeout_s: float, idle_s: float):
-    """JSON objects the node prints, until it closes stdout, exits, or ``timeout_s`` passes."""
+def _json_lines(lines: queue.Queue, node: Child, timeout_s: float, idle_s: float,
+                stopped: Callable[[], bool] = lambda: False):
+    """JSON objects the node prints, until it closes stdout, exits, ``stopped()``, or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopped():
         try:
             line = lines.get(timeout=idle_s)
         except queue.Empty:
@@ -114,10 +123,13 @@ def _json_lines(lines: queue.Queue, node: Child, timeout_s: float, idle_s: float
             continue  # a stray non-JSON line (a library's print) is not ours
 
 
-def _wait_ready(node: Child, lines: queue.Queue, timeout_s: float) -> dict:
-    for msg in _json_lines(lines, node, timeout_s, idle_s=0.1):
+def _wait_ready(node: Child, lines: queue.Queue, timeout_s: float, stopped: Callable[[], bool]) -> dict | None:
+    """The node's ready line; None when the demo was stopped first."""
+    for msg in _json_lines(lines, node, timeout_s, idle_s=0.1, stopped=stopped):
         if msg.get("event") == "ready":
             return msg
+    if stopped():
+        return None
     raise FusionError(f"the fusion node did not start (exit code {node.poll()}):\n{node.last_error(8)}")
 
 
@@ -134,7 +146,57 @@ def _describe(ev: dict, t0_ns: int) -> str:
             f"labels: {labels}{cons}  e2e={ev['latency_ms'].get('e2e', 0):.1f} ms")
 
 
+# What each sensor command takes besides a file: a source of this form is not checked on disk.
+SOURCE_FORMS = {"camera": "a video file, a device index or a URL", "radar": "a .dat capture or serial:DEVICE",
+                "audio": "a WAV/OGG/FLAC file or mic[:DEVICE]"}
+
+
+def _is_device(kind: str, src: str) -> bool:
+    if kind == "camera":
+        return src.isdigit() or "://" in src
+    if kind == "radar":
+        return src.startswith("serial:")
+    return src == "mic" or src.startswith("mic:")
+
+
+def check_sources(args: argparse.Namespace) -> None:
+    """Every file the demo was given exists, before anything starts (ConfigError naming the first missing)."""
+    if not args.sim:
+        for kind in ("camera", "radar", "audio"):
+            src = str(getattr(args, kind))
+            if getattr(args, f"no_{kind}") or _is_device(kind, src) or Path(src).is_file():
+                continue
+            raise ConfigError(f"fusion demo: --{kind} {src}: no such file (a {kind} source is "
+                              f"{SOURCE_FORMS[kind]}); nothing was started")
+    if args.models not in ("default", "none") and not Path(args.models).is_file():
+        raise ConfigError(f"fusion demo: --models {args.models}: no such manifest file (or 'default', 'none')")
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM set a flag the demo's loops read, instead of interrupting wherever it is."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_sources(args)
     if args.no_camera and args.policy == "reference":
         args.policy = "approximate"
     models = None
@@ -142,9 +204,20 @@ def run(args: argparse.Namespace) -> int:
         models = default_models()
     elif args.models != "none":
         models = Path(args.models).resolve()
-    workdir = Path(tempfile.mkdtemp(prefix="fusion-demo-"))
+    # Sockets, logs and the sensors' shared-memory rings all live in this one folder (in shared
+    # memory where there is some), so removing it leaves nothing behind, even after a kill.
+    workdir = Path(tempfile.mkdtemp(prefix="fusion-demo-", dir=default_shm_dir()))
+    try:
+        with _StopSignals() as stopped:
+            return _run_in(args, models, workdir, stopped)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(args: argparse.Namespace, models: Path | None, workdir: Path, stopped: _StopSignals) -> int:
     sensors = []
     argv = {}
+    shm_dir = ["--shm-dir", str(workdir)]
     for kind, enabled, src, sid in (("camera", args.sim or not args.no_camera, args.camera, "cam0"),
                                     ("radar", args.sim or not args.no_radar, args.radar, "radar0"),
                                     ("audio", args.sim or not args.no_audio, args.audio, "mic0")):
@@ -156,18 +229,19 @@ def run(args: argparse.Namespace) -> int:
         if args.sim:
             continue
         argv[sid] = python_module("fusion_node.cli", "sensor", kind, "--source", str(src), "--sensor-id", sid,
-                                  "--endpoint", endpoint, "--wait-subscriber", "20", *extra)
+                                  "--endpoint", endpoint, "--wait-subscriber", "20", *shm_dir, *extra)
     if args.sim:
         eps = {s["kind"]: s["endpoint"] for s in sensors}
         argv["sim"] = python_module("fusion_node.cli", "sensor", "sim", "--camera-endpoint", eps["camera"],
                                     "--radar-endpoint", eps["radar"], "--audio-endpoint", eps["audio"],
-                                    "--seed", str(args.seed), "--wait-subscriber", "20",
+                                    "--seed", str(args.seed), "--wait-subscriber", "20", *shm_dir,
                                     *(["--duration", str(args.duration)] if args.duration else []))
     cfg = {"rig": "demo", "sensors": sensors,
            "sync": {"policy": args.policy},
            "node": {"publish_endpoint": f"ipc://{workdir / 'events'}.sock",
                     "models": None if models is None else str(models), "provider": args.provider,
-                    "stats_interval_s": 1.0, "max_age_s": 30.0, "metrics_port": args.metrics_port},
+                    "stats_interval_s": 1.0, "max_age_s": 30.0, "metrics_port": args.metrics_port,
+                    "shm_dir": str(workdir)},
            "event_log": {"path": str(Path(args.event_log).resolve() if args.event_log else workdir / "events.sqlite")}}
     if args.mqtt:
         cfg["sinks"] = {"mqtt": {"url": args.mqtt}}
@@ -190,33 +264,26 @@ def run(args: argparse.Namespace) -> int:
     sub.setsockopt(zmq.LINGER, 0)
     failures: list[str] = []
     reported: set[str] = set()
+    ready: dict = {}
+    t_start = time.monotonic()
+    t_first = None
     try:
-        ready = _wait_ready(node, lines, timeout_s=120)
-        print(f"fusion demo: node ready on {ready['publish_endpoint']}, models: "
-              f"{ready['models'] or 'none'}{' (untrained)' if ready['trained'] is False else ''}, "
-              f"provider: {ready['provider'] or '-'}"
-              f"{' (' + ready['provider_note'] + ')' if ready.get('provider_note') else ''}", flush=True)
-        if args.sim:
-            print(f"fusion demo: simulated world (seed {args.seed}): camera, radar and audio of one scene",
-                  flush=True)
-        else:
-            _print_inputs(args, argv)
-        sub.setsockopt(zmq.SUBSCRIBE, b"fused")
-        sub.setsockopt(zmq.SUBSCRIBE, b"lifecycle")
-        if ready.get("metrics_port"):
-            print(f"fusion demo: metrics on http://127.0.0.1:{ready['metrics_port']}/metrics", flush=True)
-        sub.connect(ready["publish_endpoint"])
-        for sid, a in argv.items():
-            children[sid] = Child(sid, a, workdir).start()
+        ready = _wait_ready(node, lines, 120, stopped) or {}
+        if ready:
+            _announce(args, argv, ready)
+            sub.setsockopt(zmq.SUBSCRIBE, b"fused")
+            sub.setsockopt(zmq.SUBSCRIBE, b"lifecycle")
+            sub.connect(ready["publish_endpoint"])
+            for sid, a in argv.items():
+                children[sid] = Child(sid, a, workdir).start()
         t_start = time.monotonic()
         # --duration counts from the first event, so slow sensor start-up (decoding a video,
         # loading the simulator's assets) does not eat into it; without any event, give up
         # after a generous start-up allowance.
-        t_first = None
         startup_allowance_s = 60.0
         t0_ns = None
         quiet_after = None
-        while True:
+        while ready and not stopped():
             if sub.poll(100):
                 topic, ev = decode_map(sub.recv_multipart())
                 if topic == "lifecycle":
@@ -233,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
                     out.write(json.dumps(ev) + "\n")
                 if not args.quiet:
                     print(_describe(ev, t0_ns), flush=True)
+            if stopped():
+                break  # a Ctrl-C also reaches the children: their exit is no failure
             if not node.running:
                 failures.append(f"node died (exit code {node.poll()}): {node.last_error()}")
                 break
@@ -248,14 +317,14 @@ def run(args: argparse.Namespace) -> int:
             if t_first is None and timed_out:
                 failures.append(f"no event within {startup_allowance_s:.0f} s of starting the sensors")
             if quiet_after is None and (finished or timed_out):
-                for child in children.values():
-                    child.stop()
+                stop_all(list(children.values()))
                 quiet_after = time.monotonic() + 1.0  # let the last sets reach their deadline
             if quiet_after is not None and time.monotonic() >= quiet_after:
                 break
     finally:
-        for child in children.values():
-            child.stop()
+        if stopped():  # asked to stop: everything at once; otherwise the sensors first, so the node
+            stop_all([*children.values(), node], timeout_s=10)  # fuses what they sent last
+        stop_all(list(children.values()))
         node.stop(timeout_s=10)
         if recorder is not None and recorder.stop(timeout_s=30) != 0:
             failures.append(f"recorder failed (exit code {recorder.poll()}): {recorder.last_error()}")
@@ -264,19 +333,37 @@ def run(args: argparse.Namespace) -> int:
             out.close()
     final = next((m for m in _json_lines(lines, node, timeout_s=5, idle_s=2) if m.get("event") == "final_stats"),
                  {})
+    if stopped():
+        print(f"\nfusion demo: stopped by {signal.Signals(stopped.signum).name}", flush=True)
     _summary(events, final, failures, time.monotonic() - (t_first or t_start) if children else 0.0)
     if lifecycle:
         kinds: dict[str, int] = {}
         for ev in lifecycle:
             kinds[ev["type"]] = kinds.get(ev["type"], 0) + 1
         print("lifecycle events: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-              + f" (log {ready.get('event_log')})")
+              + (f" (log {ready.get('event_log')})" if args.event_log else ""))
     if args.events_out:
         print(f"fusion demo: {len(events)} events written to {args.events_out}")
     if args.record:
         print(f"fusion demo: recorded to {args.record} (fusion record --info {args.record})")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if failures or not events else 0
+    if failures:
+        return 1
+    # Stopped on request, having seen no event, is no failure: the user asked.
+    return 0 if events or stopped() else 1
+
+
+def _announce(args: argparse.Namespace, argv: dict, ready: dict) -> None:
+    """The node's endpoint, models and provider, and what the inputs are."""
+    print(f"fusion demo: node ready on {ready['publish_endpoint']}, models: "
+          f"{ready['models'] or 'none'}{' (untrained)' if ready['trained'] is False else ''}, "
+          f"provider: {ready['provider'] or '-'}"
+          f"{' (' + ready['provider_note'] + ')' if ready.get('provider_note') else ''}", flush=True)
+    if args.sim:
+        print(f"fusion demo: simulated world (seed {args.seed}): camera, radar and audio of one scene", flush=True)
+    else:
+        _print_inputs(args, argv)
+    if ready.get("metrics_port"):
+        print(f"fusion demo: metrics on http://127.0.0.1:{ready['metrics_port']}/metrics", flush=True)
 
 
 def _print_inputs(args: argparse.Namespace, argv: dict) -> None:

@@ -47,6 +47,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .config import RigConfig
 from .core import FusionCore
 from .cpu_runtime import ModelRuntime
+from .errors import FusionError
 from .gpu_runtime import GpuRuntime
 from .manifest import ModelError, load_manifest
 from .outputs import EventOutputs
@@ -164,7 +165,11 @@ class FusionNode:
         self.pub.setsockopt(zmq.SNDHWM, TOPICS["fused"].queue_bound * len(self.cfgs))
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.security.serve(self.pub)
-        self.pub.bind(self.cfg.node.publish_endpoint)
+        try:
+            self.pub.bind(self.cfg.node.publish_endpoint)
+        except zmq.ZMQError as exc:
+            self.close_sockets()
+            raise FusionError(_bind_error(self.cfg.node.publish_endpoint, exc)) from None
         self.publish_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats_interval_ns = int(self.cfg.node.stats_interval_s * 1e9)
         self.stall_ns = int(self.cfg.node.stall_ms * 1e6)
@@ -340,6 +345,10 @@ class FusionNode:
 
     def close(self) -> None:
         self.outputs.close()
+        self.close_sockets()
+
+    def close_sockets(self) -> None:
+        """Close every socket and ring the node opened (also when its set-up failed half way)."""
         for inlet in self.inlets:
             inlet.sock.disable_monitor()
             inlet.monitor.close(0)
@@ -347,6 +356,15 @@ class FusionNode:
         self.pub.close()
         self.security.close(self.pub)
         self.shm.close()
+
+
+def _bind_error(endpoint: str, exc: zmq.ZMQError) -> str:
+    """One line for a publish endpoint the node cannot bind."""
+    if exc.errno == zmq.EADDRINUSE:
+        return (f"cannot publish on {endpoint}: the address is already in use (another fusion node, or another "
+                f"program, holds it); stop that one, or give this node another endpoint (--publish ENDPOINT or "
+                f"node.publish_endpoint)")
+    return f"cannot publish on {endpoint}: {exc.strerror}"
 
 
 _BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",

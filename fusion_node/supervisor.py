@@ -1,7 +1,7 @@
 """Child-process supervision for the launcher: start, watch, stop cleanly, report deaths.
 
 Each child's stderr goes to a log file so that, when it dies, its last error can be shown to
-the user. Stopping sends SIGINT, waits, then kills.
+the user. Stopping sends SIGINT, waits, then kills; several children are asked at once.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["Child"]
+__all__ = ["Child", "stop_all", "python_module"]
 
 
 class Child:
@@ -25,6 +26,7 @@ class Child:
         self.stdout_pipe = stdout_pipe
         self.proc: subprocess.Popen | None = None
         self._log = None
+        self._interrupted = False
 
     def start(self) -> "Child":
         self._log = open(self.log_path, "wb")
@@ -45,12 +47,19 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def interrupt(self) -> None:
+        """Ask the child to stop (SIGINT), once, without waiting: a second SIGINT means "now" to a
+        sensor (exit 130), which is for a user pressing Ctrl-C twice, not for the launcher."""
+        if self.proc is not None and self.proc.poll() is None and not self._interrupted:
+            self._interrupted = True
+            self.proc.send_signal(signal.SIGINT)
+
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """SIGINT, wait up to ``timeout_s``, then SIGKILL. Returns the exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.interrupt()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -68,6 +77,15 @@ class Child:
         except OSError:
             return ""
         return "\n".join(text[-lines:])
+
+
+def stop_all(children: list[Child], timeout_s: float = 5.0) -> None:
+    """Stop children together: all are asked at once, then each is waited for (killed past ``timeout_s``)."""
+    for child in children:
+        child.interrupt()
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        child.stop(max(0.0, deadline - time.monotonic()))
 
 
 def python_module(module: str, *args: str) -> list[str]:

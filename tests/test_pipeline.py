@@ -225,13 +225,15 @@ def test_demo_sim_runs_the_simulator_through_the_pipeline_and_exits_0(tmp_path, 
 
 
 def test_demo_reports_a_sensor_that_died_with_its_error(tmp_path):
+    # The file exists (a missing one is refused before anything starts) but is no audio.
+    bad = tmp_path / "not_audio.flac"
+    bad.write_bytes(np.random.default_rng(0).bytes(3000))
     proc = subprocess.run(
-        [sys.executable, "-m", "fusion_node", "demo", "--duration", "3", "--models", "none",
-         "--radar", str(tmp_path / "missing.dat")],
+        [sys.executable, "-m", "fusion_node", "demo", "--duration", "3", "--models", "none", "--audio", str(bad)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert "FAILED: radar0 died (exit code 1)" in proc.stdout
-    assert "missing.dat" in proc.stdout
+    assert "FAILED: mic0 died (exit code 1)" in proc.stdout
+    assert "not_audio.flac" in proc.stdout
     assert "fusion demo summary" in proc.stdout  # the rest of the rig still ran and was summarised
 
 

@@ -16,7 +16,7 @@ from fusion_node.rig import load_rig
 from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints
 
-from ..publisher import SensorPublisher, install_stop_handler, sleep_until
+from ..publisher import SensorPublisher, add_shm_arguments, install_stop_handler, shm_options, sleep_until
 from .assets import load_assets
 from .render import render_audio, render_camera, render_radar
 from .world import LiveWorld, RigGeometry
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rig calibration file: take the image size, field of view and radar mounting from it")
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before starting")
+    add_shm_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
             raise SensorError(f"sim: {args.rig}: {exc}") from None
     assets = load_assets("eval", geometry)  # what ships only: the live sensor never reads development data
     world = LiveWorld(args.seed, geometry)
-    pubs = {"camera": SensorPublisher("camera", args.camera_endpoint, args.camera_id),
-            "radar": SensorPublisher("radar", args.radar_endpoint, args.radar_id),
-            "audio": SensorPublisher("audio", args.audio_endpoint, args.audio_id)}
+    pubs = {kind: SensorPublisher(kind, endpoint, sid, **shm_options(args))
+            for kind, endpoint, sid in (("camera", args.camera_endpoint, args.camera_id),
+                                        ("radar", args.radar_endpoint, args.radar_id),
+                                        ("audio", args.audio_endpoint, args.audio_id))}
     try:
         if args.wait_subscriber > 0:
             for pub in pubs.values():
