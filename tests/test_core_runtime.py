@@ -20,9 +20,10 @@ from fusion_node.config import config_from_dict
 from fusion_node.core import FusionCore
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.runtime import HeadOutput, Runtime
-from fusion_node.vocabulary import CLASSES, MODALITIES
+from fusion_node.vocabulary import CLASSES, MODALITIES, WIRE_AUDIO_RATE_HZ
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints
 from sensors.audio import load_audio_file
+from sensors.samples import DEFAULT_CAMERA, DEFAULT_RADAR
 from sensors.ti_mmwave import read_capture
 
 from .conftest import ROOT, SAMPLES
@@ -83,6 +84,7 @@ def _core(runtime: Runtime | None, clock: Clock) -> FusionCore:
         "sensors": [{"id": sid, "kind": kind, "endpoint": f"inproc://{sid}", "liveness_timeout_s": 0.5}
                     for sid, kind in KIND.items()],
         "sync": {"deadline_ms": 100},
+        "lifecycle": {"sensor_grace_s": 0},  # a sensor never heard from fails after its liveness timeout
     })
     return FusionCore(cfg, runtime, timer=clock)
 
@@ -102,8 +104,8 @@ class RecordingRuntime(ModelRuntime):
 
 @pytest.fixture(scope="module")
 def recordings() -> Feed:
-    """The bundled recordings: a person walking by, the radar capture, a truck pulling away."""
-    cap = cv2.VideoCapture(str(SAMPLES / "video" / "one-by-one-person-detection.mp4"))
+    """The bundled recordings: the street video, the simulated radar capture, a truck pulling away."""
+    cap = cv2.VideoCapture(str(DEFAULT_CAMERA))
     images = []
     while len(images) < 30:
         ok, image = cap.read()
@@ -111,9 +113,9 @@ def recordings() -> Feed:
         images.append(image)
     cap.release()
     radar = [np.asarray(f.points, np.float32) for f in
-             read_capture(SAMPLES / "radar" / "ti_iwr6843_oob_automated_doors_2019-12-04.dat")]
+             read_capture(DEFAULT_RADAR)]
     audio = load_audio_file(SAMPLES / "audio" / "engine_truck_start_pullaway_opensfx25_CC0.wav").astype(np.float32)
-    return Feed(images, radar, audio, 16000)
+    return Feed(images, radar, audio, WIRE_AUDIO_RATE_HZ)
 
 
 @pytest.fixture(scope="module")
