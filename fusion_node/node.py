@@ -95,9 +95,11 @@ class Inlet:
     """One sensor endpoint: its SUB socket, the sensors publishing there (id -> rig index), losses."""
 
     endpoint: str
-    sock: zmq.Socket
-    monitor: zmq.Socket
+    max_frame_bytes: int
+    rcvhwm: int
     sensors: dict[str, int]
+    sock: zmq.Socket | None = None
+    monitor: zmq.Socket | None = None
     disconnects: int = 0
 
 
@@ -122,6 +124,8 @@ class FusionNode:
         self.ctx = context or zmq.Context.instance()
         self.poller = zmq.Poller()
         self.inlets: list[Inlet] = []
+        self._by_socket: dict[zmq.Socket, Inlet] = {}
+        self._by_monitor: dict[zmq.Socket, Inlet] = {}
         by_endpoint: dict[str, dict[str, int]] = {}
         for idx, c in enumerate(self.cfgs):
             for s in c.sensors:
@@ -129,19 +133,10 @@ class FusionNode:
         kinds = {s.id: s.kind for s in sensors}
         for endpoint, members in by_endpoint.items():
             topics = [TOPICS[kinds[sid]] for sid in members]
-            sub = self.ctx.socket(zmq.SUB)
-            sub.setsockopt(zmq.MAXMSGSIZE, max(t.max_frame_bytes for t in topics))
-            sub.setsockopt(zmq.RCVHWM, sum(t.queue_bound for t in topics) * 4)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            sub.connect(endpoint)
-            inlet = Inlet(endpoint, sub, monitor, members)
+            inlet = Inlet(endpoint, max(t.max_frame_bytes for t in topics),
+                          sum(t.queue_bound for t in topics) * 4, members)
             self.inlets.append(inlet)
-            self.poller.register(sub, zmq.POLLIN)
-            self.poller.register(monitor, zmq.POLLIN)
-        self._by_socket = {i.sock: i for i in self.inlets}
-        self._by_monitor = {i.monitor: i for i in self.inlets}
+            self._connect(inlet)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, TOPICS["fused"].queue_bound * len(self.cfgs))
         self.pub.setsockopt(zmq.LINGER, 1000)
@@ -154,6 +149,53 @@ class FusionNode:
         self.longest_turn_ns = 0
         self._turn_start_ns = 0
 
+    # -- sockets ------------------------------------------------------------------------------
+
+    def _connect(self, inlet: Inlet) -> None:
+        """A fresh SUB socket for an endpoint: everything subscribed, frames bounded, disconnects watched."""
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.MAXMSGSIZE, inlet.max_frame_bytes)
+        sub.setsockopt(zmq.RCVHWM, inlet.rcvhwm)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        inlet.monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sub.connect(inlet.endpoint)
+        inlet.sock = sub
+        self._by_socket[sub] = inlet
+        self._by_monitor[inlet.monitor] = inlet
+        self.poller.register(sub, zmq.POLLIN)
+        self.poller.register(inlet.monitor, zmq.POLLIN)
+
+    def _close(self, inlet: Inlet) -> None:
+        for sock, index in ((inlet.sock, self._by_socket), (inlet.monitor, self._by_monitor)):
+            self.poller.unregister(sock)
+            del index[sock]
+        inlet.sock.disable_monitor()
+        inlet.monitor.close(0)
+        inlet.sock.close(0)
+
+    def _on_monitor(self, inlet: Inlet, batches: list[list]) -> None:
+        """Count a dropped connection, take what it delivered, and connect a new socket.
+
+        ZeroMQ reconnects by itself after a network error, but not after a protocol error such
+        as a frame over ``ZMQ_MAXMSGSIZE``: without this the sensor would be lost for good. The
+        socket is replaced rather than disconnected and connected again: libzmq aborts when a
+        pipe is torn down while a multipart message is being read from it.
+        """
+        dropped = False
+        while True:
+            try:
+                dropped |= recv_monitor_message(inlet.monitor, zmq.NOBLOCK)["event"] == zmq.EVENT_DISCONNECTED
+            except zmq.Again:
+                break
+        if not dropped:
+            return
+        inlet.disconnects += 1
+        while (frames := self._recv_message(inlet.sock)) is not None:
+            self._route(inlet, self.clock(), decode(frames, self.shm), batches)
+        self._close(inlet)
+        self._connect(inlet)
+
     # -- receive and route ------------------------------------------------------------------
 
     def _receive(self, timeout_ms: int) -> list[list]:
@@ -163,7 +205,7 @@ class FusionNode:
         self._turn_start_ns = self.clock()
         for sock in ready:
             if sock in self._by_monitor:
-                self._on_monitor(self._by_monitor[sock])
+                self._on_monitor(self._by_monitor[sock], batches)
         inlets = [self._by_socket[sock] for sock in ready if sock in self._by_socket]
         budget = RECV_BUDGET
         while inlets and budget > 0:
@@ -207,26 +249,6 @@ class FusionNode:
                 return
             msg = Rejection(reason, detail, msg.topic, owner)
         batches[idx].append((t_recv, msg))
-
-    def _on_monitor(self, inlet: Inlet) -> None:
-        """Count dropped connections and connect again.
-
-        ZeroMQ reconnects by itself after a network error, but not after a protocol error such
-        as a frame over ``ZMQ_MAXMSGSIZE``: without this the sensor would be lost for good.
-        """
-        while True:
-            try:
-                event = recv_monitor_message(inlet.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] != zmq.EVENT_DISCONNECTED:
-                continue
-            inlet.disconnects += 1
-            try:
-                inlet.sock.disconnect(inlet.endpoint)
-            except zmq.ZMQError:
-                pass  # already gone: the protocol error ended the session
-            inlet.sock.connect(inlet.endpoint)
 
     def _publish_events(self, core: FusionCore, events: list[dict]) -> None:
         for ev in events:
@@ -300,9 +322,7 @@ class FusionNode:
 
     def close(self) -> None:
         for inlet in self.inlets:
-            inlet.sock.disable_monitor()
-            inlet.monitor.close(0)
-            inlet.sock.close(0)
+            self._close(inlet)
         self.pub.close()
         self.shm.close()
 
