@@ -107,9 +107,11 @@ class Inlet:
     """One sensor endpoint: its SUB socket, the sensors publishing there (id -> rig index), losses."""
 
     endpoint: str
-    sock: zmq.Socket
-    monitor: zmq.Socket
+    max_frame_bytes: int
+    rcvhwm: int
     sensors: dict[str, int]
+    sock: zmq.Socket | None = None
+    monitor: zmq.Socket | None = None
     disconnects: int = 0
     reconnect_due_ns: int | None = None  # when to connect again after a dropped connection
     backoff_ns: int = RECONNECT_MIN_NS  # the wait before the next reconnect; doubles while it keeps failing
@@ -141,6 +143,8 @@ class FusionNode:
         self.ctx = context or zmq.Context.instance()
         self.poller = zmq.Poller()
         self.inlets: list[Inlet] = []
+        self._by_socket: dict[zmq.Socket, Inlet] = {}
+        self._by_monitor: dict[zmq.Socket, Inlet] = {}
         by_endpoint: dict[str, dict[str, int]] = {}
         for idx, c in enumerate(self.cfgs):
             for s in c.sensors:
@@ -148,19 +152,10 @@ class FusionNode:
         kinds = {s.id: s.kind for s in sensors}
         for endpoint, members in by_endpoint.items():
             topics = [TOPICS[kinds[sid]] for sid in members]
-            sub = self.ctx.socket(zmq.SUB)
-            sub.setsockopt(zmq.MAXMSGSIZE, max(t.max_frame_bytes for t in topics))
-            sub.setsockopt(zmq.RCVHWM, sum(t.queue_bound for t in topics) * 4)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
-            inlet = Inlet(endpoint, sub, monitor, members)
-            self.security.connect(sub, endpoint, list(members))  # with heartbeats on network hops
+            inlet = Inlet(endpoint, max(t.max_frame_bytes for t in topics),
+                          sum(t.queue_bound for t in topics) * 4, members)
             self.inlets.append(inlet)
-            self.poller.register(sub, zmq.POLLIN)
-            self.poller.register(monitor, zmq.POLLIN)
-        self._by_socket = {i.sock: i for i in self.inlets}
-        self._by_monitor = {i.monitor: i for i in self.inlets}
+            self._connect(inlet)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, TOPICS["fused"].queue_bound * len(self.cfgs))
         self.pub.setsockopt(zmq.LINGER, 1000)
@@ -181,6 +176,67 @@ class FusionNode:
         self.outputs = EventOutputs(self.cfgs, runtime, self.pub.send_multipart, run_id=self.core.run_id,
                                     clock=clock, wall_clock=wall_clock)
 
+    # -- sockets ------------------------------------------------------------------------------
+
+    def _connect(self, inlet: Inlet) -> None:
+        """A fresh SUB socket for an endpoint: everything subscribed, frames bounded, drops and failed
+        handshakes watched; a CURVE client where the sensor has a key."""
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.MAXMSGSIZE, inlet.max_frame_bytes)
+        sub.setsockopt(zmq.RCVHWM, inlet.rcvhwm)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        inlet.monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
+        self.security.connect(sub, inlet.endpoint, list(inlet.sensors))  # with heartbeats on network hops
+        inlet.sock = sub
+        self._by_socket[sub] = inlet
+        self._by_monitor[inlet.monitor] = inlet
+        self.poller.register(sub, zmq.POLLIN)
+        self.poller.register(inlet.monitor, zmq.POLLIN)
+
+    def _close(self, inlet: Inlet) -> None:
+        for sock, index in ((inlet.sock, self._by_socket), (inlet.monitor, self._by_monitor)):
+            self.poller.unregister(sock)
+            del index[sock]
+        inlet.sock.disable_monitor()
+        inlet.monitor.close(0)
+        inlet.sock.close(0)
+        inlet.sock = inlet.monitor = None
+
+    def _on_monitor(self, inlet: Inlet, batches: list[list]) -> None:
+        """Count failed handshakes and a dropped connection; after a drop, take what the socket
+        delivered, close it and schedule a new one.
+
+        ZeroMQ reconnects by itself after a network error, but not after a protocol error such
+        as a frame over ``ZMQ_MAXMSGSIZE``: without this the sensor would be lost for good. The
+        socket is replaced rather than disconnected and connected again: libzmq aborts when a
+        pipe is torn down while a multipart message is being read from it. The new socket comes
+        after a back-off, so a peer refused at every handshake is no busy loop.
+        """
+        dropped = False
+        for _ in range(MONITOR_BUDGET):
+            try:
+                event = recv_monitor_message(inlet.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if event in FAILURE_KINDS:
+                self.security.count_failure(list(inlet.sensors), event)
+            dropped |= event == zmq.EVENT_DISCONNECTED
+        if not dropped:
+            return
+        inlet.disconnects += 1
+        while (frames := self._recv_message(inlet.sock)) is not None:
+            self._route(inlet, self.clock(), decode(frames, self.shm), batches)
+        self._close(inlet)
+        inlet.reconnect_due_ns = self.clock() + inlet.backoff_ns
+        inlet.backoff_ns = min(2 * inlet.backoff_ns, RECONNECT_MAX_NS)
+
+    def _reconnect_due(self, now_ns: int) -> None:
+        for inlet in self.inlets:
+            if inlet.sock is None and inlet.reconnect_due_ns is not None and now_ns >= inlet.reconnect_due_ns:
+                inlet.reconnect_due_ns = None
+                self._connect(inlet)
+
     # -- receive and route ------------------------------------------------------------------
 
     def _receive(self, timeout_ms: int) -> list[list]:
@@ -190,7 +246,7 @@ class FusionNode:
         self._turn_start_ns = self.clock()
         for sock in ready:
             if sock in self._by_monitor:
-                self._on_monitor(self._by_monitor[sock])
+                self._on_monitor(self._by_monitor[sock], batches)
         self._reconnect_due(self._turn_start_ns)
         inlets = [self._by_socket[sock] for sock in ready if sock in self._by_socket]
         budget = RECV_BUDGET
@@ -238,36 +294,6 @@ class FusionNode:
         else:
             self.outputs.keep(msg)  # kept briefly for snapshots (configured sensors only)
         batches[idx].append((t_recv, msg))
-
-    def _on_monitor(self, inlet: Inlet) -> None:
-        """Count failed handshakes and dropped connections; schedule a reconnect after a drop.
-
-        ZeroMQ reconnects by itself after a network error, but not after a protocol error such
-        as a frame over ``ZMQ_MAXMSGSIZE``: without a reconnect of our own the sensor would be
-        lost for good.
-        """
-        for _ in range(MONITOR_BUDGET):
-            try:
-                event = recv_monitor_message(inlet.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] in FAILURE_KINDS:
-                self.security.count_failure(list(inlet.sensors), event["event"])
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                inlet.disconnects += 1
-                if inlet.reconnect_due_ns is None:
-                    inlet.reconnect_due_ns = self.clock() + inlet.backoff_ns
-                    inlet.backoff_ns = min(2 * inlet.backoff_ns, RECONNECT_MAX_NS)
-
-    def _reconnect_due(self, now_ns: int) -> None:
-        for inlet in self.inlets:
-            if inlet.reconnect_due_ns is not None and now_ns >= inlet.reconnect_due_ns:
-                inlet.reconnect_due_ns = None
-                try:
-                    inlet.sock.disconnect(inlet.endpoint)
-                except zmq.ZMQError:
-                    pass  # already gone: the protocol error ended the session
-                inlet.sock.connect(inlet.endpoint)  # CURVE options stay set on the socket
 
     def _publish_events(self, core: FusionCore, events: list[dict]) -> None:
         for ev in events:
@@ -350,9 +376,8 @@ class FusionNode:
     def close_sockets(self) -> None:
         """Close every socket and ring the node opened (also when its set-up failed half way)."""
         for inlet in self.inlets:
-            inlet.sock.disable_monitor()
-            inlet.monitor.close(0)
-            inlet.sock.close(0)
+            if inlet.sock is not None:  # None while a dropped endpoint waits for its new socket
+                self._close(inlet)
         self.pub.close()
         self.security.close(self.pub)
         self.shm.close()

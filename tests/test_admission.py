@@ -120,7 +120,7 @@ def hostile(draw, now: int, last_seq: dict, last_t: dict):
     return _msg(kind, sid, last_seq[sid] + 1, last_t[sid], 1)  # next seq, same capture time
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_rejected_messages_mixed_into_a_valid_stream_change_nothing(data):
     steps = _legit_steps(12)

@@ -35,7 +35,7 @@ from fusion_node.wire import (
 
 from .conftest import ROOT
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- valid messages ----------------------------------------------------------------------------
 
