@@ -25,7 +25,7 @@ from .test_security import AUDIO, RADAR, VIDEO, make_keys, wait_stats
 
 PREFIX = f"fz{os.getpid() % 100000}"
 HOSTS = ("node", "cam", "radar")
-# (namespace, interface, address) at both ends of each cable; node is 10.77.<n>.1.
+# host -> n: the cable between the node and that host is 10.77.n.0/24, the node .1, the host .2.
 CABLES = {"cam": 1, "radar": 2}
 LIVENESS_S = 1.0
 # A 20 s pull: long enough for tcp's retransmission back-off to grow (without the node's
@@ -61,6 +61,7 @@ class Net:
 
 def _setup() -> None:
     for host in HOSTS:
+        _ip("netns", "del", _ns(host))  # left by an earlier run that was killed, if any
         proc = _ip("netns", "add", _ns(host))
         if proc.returncode != 0:
             pytest.skip(f"cannot create a network namespace here (needs root and CAP_SYS_ADMIN/CAP_NET_ADMIN): "
