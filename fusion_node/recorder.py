@@ -60,7 +60,7 @@ class Recorder:
         self.writer = RecordingWriter(out, self.cfgs, calibrations, derived=derived, raw_images=raw_images,
                                       chunk_size=chunk_size, compression=compression, command=command,
                                       t_start_ns=clock())
-        self.tap = Tap(sources, context=context, clock=clock)
+        self.tap = Tap(sources, context=context, clock=clock, shm_dir=self.cfgs[0].node.shm_dir)
         self.received: Counter = Counter()  # sensor id or node topic -> messages
         self.invalid: Counter = Counter()  # sensor id -> messages that fail the wire checks (kept raw)
         self.seq_gaps: Counter = Counter()  # sensor id -> messages that never reached the recording

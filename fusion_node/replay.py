@@ -298,10 +298,11 @@ def through_core(recording: Recording, *, models: str | None = "recorded", provi
 
 def reference_key(event: dict) -> tuple | None:
     """What identifies a set across runs: the rig and its reference member (the first member,
-    the driver), by sensor id and sequence number."""
+    the driver), by sensor id and sequence number; a set made on a clock tick (no frame sensor
+    alive) by its reference time."""
     members = event.get("members") or []
     if not members:
-        return None
+        return (event.get("rig"), "tick", event["t_ref_ns"]) if "t_ref_ns" in event else None
     return event.get("rig"), members[0]["sensor_id"], members[0]["seq"]
 
 

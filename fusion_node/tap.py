@@ -96,11 +96,7 @@ def inline_payload(frames: list[bytes], reader: ShmReader, sensor_id: str | None
     if not isinstance(head, dict) or "shm" not in head:
         return frames
     owner = sensor_id if sensor_id is not None else str(head.get("sensor_id", ""))
-    view, lease = reader.resolve(owner, head.pop("shm"), head.get("payload_bytes", -1))
-    payload = bytes(view)
-    del view
-    if not lease.valid():
-        raise HandleError("shm_overwritten", f"{sensor_id}: slot reused while it was being copied")
+    payload = reader.read(owner, head.pop("shm"), head.get("payload_bytes", -1)).tobytes()  # a checked copy
     return [frames[0], msgpack.packb(head, use_bin_type=True), payload]
 
 
@@ -108,11 +104,12 @@ class Tap:
     """Subscribes to each source's topic (``kind``), or to every topic when it names none."""
 
     def __init__(self, sources: Sequence[TapSource], *, context: zmq.Context | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns, hwm_scale: int = 16):
+                 clock: Callable[[], int] = time.monotonic_ns, hwm_scale: int = 16,
+                 shm_dir: str | None = None):
         self.sources = list(sources)
         self.clock = clock
         self.ctx = context or zmq.Context.instance()
-        self.shm = ShmReader()
+        self.shm = ShmReader(shm_dir)  # where the sensors put their rings (the node's node.shm_dir)
         self.dropped: Counter = Counter()  # (sensor_id, reason) -> messages lost before recording
         self.poller = zmq.Poller()
         self._sockets: list[tuple[zmq.Socket, TapSource]] = []

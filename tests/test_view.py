@@ -7,6 +7,7 @@ import json
 import os
 import urllib.request
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -18,12 +19,22 @@ from fusion_node.tap import TapMessage, TapSource
 from fusion_node.view.server import TIMELINE_HOLD_NS, AudioMeter, Hub, RadarProjector
 from fusion_node.wire import encode_map
 
+from sensors.samples import DEFAULT_CAMERA
+
 from .browser import Browser, chromium
 from .conftest import ROOT
 
 CALIBRATION = ROOT / "examples" / "rig_calibration.yaml"
 SHIPPED = ROOT / "models" / "default" / "manifest.json"
 
+
+
+def _video_width(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+    finally:
+        cap.release()
 
 def test_radar_points_land_where_the_calibration_package_projects_them():
     rig = load_rig(CALIBRATION)
@@ -133,7 +144,7 @@ def test_the_page_in_a_headless_browser_against_a_running_rig(ipc_dir, spawn, tm
                     break
     finally:
         browser.close()
-    assert state["status"] == "live" and state["width"] == 768
+    assert state["status"] == "live" and state["width"] == _video_width(DEFAULT_CAMERA)
     assert any(label.startswith("person") for label in state["labels"]), state
     assert {"receive", "sync_wait", "preprocess", "encode_camera", "head", "e2e"} <= set(state["stages"])
     assert all(w and w > 0 for w in state["snapshots"])  # every snapshot image loaded

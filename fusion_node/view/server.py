@@ -401,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
     hub = Hub(cfgs, calibrations, max_fps=args.max_fps)
     node = connectable(args.publish or cfgs[0].node.publish_endpoint)
     tap = Tap([*(TapSource(connectable(s.endpoint), s.id, s.kind, c.rig) for c in cfgs for s in c.sensors),
-               TapSource(node)])
+               TapSource(node)], shm_dir=cfgs[0].node.shm_dir)
     server, stopping = make_server(hub, args.host, args.port)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     stop = stop_on_signals()
