@@ -117,7 +117,9 @@ def test_through_core_is_byte_identical_across_runs_and_agrees_with_the_live_run
     assert events and all(ev["event_id"].endswith(f":00000000:{ev['seq']}") for ev in events)
     assert all(ev["latency_ms"]["preprocess"] == 0.0 for ev in events)  # no measured times in the output
     agreement = _agrees(events, live, rec)
-    assert summary["compare_live"]["matched"] == agreement["matched"]
+    # The command compares with the node's events as recorded; the test with those the demo's own
+    # subscriber printed, which joins after the node is ready and may miss the first set or two.
+    assert abs(summary["compare_live"]["matched"] - agreement["matched"]) <= 2, (summary, agreement)
 
 
 def test_replay_into_a_node_gives_the_labels_of_the_live_run(demo_run, ipc_dir, spawn, zctx):
