@@ -2,8 +2,8 @@
 
 The training stack (torch) is imported only by the commands that need it, so that the rest of
 ``fusion`` runs without it. Third-party recordings for training and evaluation come from a
-folder given with ``--real-clips``; next to a development checkout it defaults to the shared
-development data (``../shared/data`` beside the repository), which is never shipped.
+folder given with ``--real-clips`` (read in place, never shipped); without it only what ships is
+used.
 """
 
 from __future__ import annotations
@@ -17,23 +17,12 @@ from fusion_node.vocabulary import CLASSES
 from models.dataset import DATA_VERSION, PREPROCESS, load_or_generate, windows_from_recordings
 from models.evaluate import evaluate, write_report
 
-__all__ = ["add_parsers", "default_real_clips"]
+__all__ = ["add_parsers"]
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
-# Development data beside a checkout of the repository (<repo>/../shared/data); absent in an install.
-DEV_REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def default_real_clips() -> Path | None:
-    """The development data folder when it exists beside the repository, else None."""
-    return DEV_REAL_CLIPS if DEV_REAL_CLIPS.is_dir() else None
-
-
 def _real_clips(value: str | None) -> Path | None:
-    """The --real-clips option: a folder, 'none', or unset (the development data if present)."""
-    if value is None:
-        return default_real_clips()
-    if value == "none":
+    """The --real-clips option: a folder, or unset / 'none' for only what ships."""
+    if value is None or value == "none":
         return None
     path = Path(value)
     if not path.is_dir():
@@ -119,8 +108,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"tampering (swapped feeds) detected {t['detection_rate']:.3f}, false alarms {t['false_alarm_rate']:.3f}")
     real = metrics["real"]
     if real["folder"] is None:
-        print("real recordings: not evaluated (no --real-clips folder, and no development data beside the "
-              "repository)")
+        print("real recordings: not evaluated (give --real-clips DIR)")
     else:
         print(f"real recordings in {real['folder']} correct: {real['correct']}/{real['total']} "
               f"(never seen in training: {real['unseen_correct']}/{real['unseen_total']})"
@@ -131,8 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 _REAL_HELP = ("a folder of third-party recordings laid out as the development data (audio/, video/, radar/, "
-              "registry/audio/), read in place and never shipped; 'none' for only what ships "
-              "(default: ../shared/data beside the repository when it exists)")
+              "registry/audio/), read in place and never shipped (default: none, only what ships)")
 
 
 def add_parsers(sub) -> None:

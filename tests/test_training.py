@@ -35,7 +35,8 @@ def _get(d: dict, dotted: str):
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     args = ("train", "--out", str(out), "--samples", "256", "--align-epochs", "1", "--fuse-epochs", "1",
-            "--batch", "64", "--cache-dir", str(out / "cache"), "--export", str(out / "bundle"))
+            "--batch", "64", "--cache-dir", str(out / "cache"), "--export", str(out / "bundle"),
+            "--real-clips", str(SHARED_DATA) if (SHARED_DATA / "SOURCES.md").is_file() else "none")
     first = _fusion(*args)
     return out, first, args
 
@@ -63,7 +64,7 @@ def test_same_seed_same_model(tmp_path, tiny_run):
     out, _, args = tiny_run
     again = tmp_path / "again"
     _fusion("train", "--out", str(again), "--samples", "256", "--align-epochs", "1", "--fuse-epochs", "1",
-            "--batch", "64", "--cache-dir", str(out / "cache"), "--export", str(again / "bundle"))
+            "--batch", "64", "--cache-dir", str(out / "cache"), "--export", str(again / "bundle"), *args[-2:])
     a = json.loads((out / "bundle" / "manifest.json").read_text())["sha256"]
     b = json.loads((again / "bundle" / "manifest.json").read_text())["sha256"]
     assert a == b
