@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import zmq
 
-from .config import RigConfig, load_rigs
+from .config import RigConfig, load_rigs, read_yaml, rigs_from_dict
 from .errors import ConfigError
 from .recording import Recording, RecordingWriter
 from .rig import load_rig
@@ -50,14 +50,16 @@ class Recorder:
     def __init__(self, cfgs: Sequence[RigConfig], out: str | Path, *, node: bool = True, derived: bool = True,
                  raw_images: bool = False, chunk_size: int = 1 << 20, compression: str = "zstd",
                  command: str = "", max_queue_bytes: int = 256 << 20, context: zmq.Context | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns):
+                 clock: Callable[[], int] = time.monotonic_ns, as_written: Sequence[RigConfig] | None = None):
         self.cfgs = list(cfgs)
         self.clock = clock
         calibrations = {c.rig: load_rig(c.calibration_file) for c in self.cfgs if c.calibration_file}
         sources = [TapSource(connectable(s.endpoint), s.id, s.kind, c.rig) for c in self.cfgs for s in c.sensors]
         if node:
             sources.append(TapSource(connectable(self.cfgs[0].node.publish_endpoint)))
-        self.writer = RecordingWriter(out, self.cfgs, calibrations, derived=derived, raw_images=raw_images,
+        # The file keeps the configs as their author wrote them (paths relative to the config file),
+        # not as resolved on the recording host.
+        self.writer = RecordingWriter(out, list(as_written or self.cfgs), calibrations, derived=derived, raw_images=raw_images,
                                       chunk_size=chunk_size, compression=compression, command=command,
                                       t_start_ns=clock())
         self.tap = Tap(sources, context=context, clock=clock, shm_dir=self.cfgs[0].node.shm_dir)
@@ -185,10 +187,11 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_mib <= 0:
         raise ConfigError("fusion record: --chunk-mib must be positive")
     cfgs = load_rigs(args.config)
+    as_written = rigs_from_dict(read_yaml(args.config), str(args.config))
     stop = stop_on_signals()
     rec = Recorder(cfgs, args.out, node=not args.no_node, derived=not args.wire_only, raw_images=args.raw_images,
                    chunk_size=int(args.chunk_mib * 2**20), compression=args.compression,
-                   command=" ".join(["fusion", *sys.argv[1:]]))
+                   command=" ".join(["fusion", *sys.argv[1:]]), as_written=as_written)
     print(json.dumps({"event": "recording", "out": str(rec.writer.path),
                       "sensors": [s.sensor_id for s in rec.writer.sensors.values()],
                       "node": None if args.no_node else connectable(cfgs[0].node.publish_endpoint)}), flush=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,7 +153,7 @@ def check(recording: Path = RECORDING, reference: Path = REFERENCE) -> list[str]
 
 def _spawn(log_dir: Path, name: str, *args: str, stdout: bool = False) -> subprocess.Popen:
     with open(log_dir / f"{name}.log", "wb") as err:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "fusion_node.cli", *args], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "fusion_node.cli", *args], cwd=log_dir,
                                 stdout=subprocess.PIPE if stdout else subprocess.DEVNULL, stderr=err,
                                 stdin=subprocess.DEVNULL, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
@@ -174,20 +175,25 @@ def record_case(out: Path, seconds: float = CASE_SECONDS, models: str = "default
     processes, node and recorder."""
     manifest = resolve_models(models, None)
     work = Path(tempfile.mkdtemp(prefix="fz-case-"))
-    cfg = {"rig": "bundled", "calibration_file": str(ROOT / "examples" / "rig_calibration.yaml"),
+    # The recording keeps the config as written: its files sit beside it under relative names, so
+    # no path of this checkout ends up in the committed recording.
+    shutil.copyfile(ROOT / "examples" / "rig_calibration.yaml", work / "rig_calibration.yaml")
+    if manifest is not None:
+        shutil.copytree(Path(manifest).parent, work / "models")
+    cfg = {"rig": "bundled", "calibration_file": "rig_calibration.yaml",
            "sensors": [{"id": sid, "kind": kind, "endpoint": f"ipc://{work}/{sid}"}
                        for sid, kind in (("cam0", "camera"), ("radar0", "radar"), ("mic0", "audio"))],
            "node": {"publish_endpoint": f"ipc://{work}/events", "provider": "cpu", "max_age_s": 30.0,
-                    "models": None if manifest is None else str(manifest)}}
+                    "models": None if manifest is None else f"models/{Path(manifest).name}"}}
     cfg_path = work / "rig.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out.parent.mkdir(parents=True, exist_ok=True)
-    recorder = _spawn(work, "recorder", "record", "--config", str(cfg_path), "--out", str(out), "--quiet",
+    recorder = _spawn(work, "recorder", "record", "--config", "rig.yaml", "--out", out.name, "--quiet",
                       "--wire-only", "--chunk-mib", "0.5", stdout=True)
     procs = [recorder]
     try:
         recorder.stdout.readline()  # its ready line: subscribed (the sensors wait for a subscriber)
-        node = _spawn(work, "node", "node", "--config", str(cfg_path), stdout=True)
+        node = _spawn(work, "node", "node", "--config", "rig.yaml", stdout=True)
         procs.append(node)
         node.stdout.readline()
         frames = str(int(seconds * 10))
@@ -213,6 +219,8 @@ def record_case(out: Path, seconds: float = CASE_SECONDS, models: str = "default
     finally:
         for proc in reversed(procs):
             _stop(proc)
+    shutil.move(work / out.name, out)
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
