@@ -28,9 +28,10 @@ from .eventlog import EventLog
 from .lifecycle import Lifecycle
 from .metrics import NodeMetrics
 from .paths import cache_dir
+from .radar_projection import RadarProjection
 from .rig import load_rig
 from .sinks.mqtt import MqttSink
-from .snapshot import RadarProjection, render_snapshot
+from .snapshot import render_snapshot
 from .walltime import utc_iso
 from .wire import CameraFrame, RadarPoints, encode_map
 

@@ -8,8 +8,8 @@ extent of the radar points that move (``|doppler| >= MOVING_MPS``). Without a ca
 points cannot be placed in the picture, and they are drawn as a top view (x across, range up)
 in an inset instead. Colours: blue approaching, red receding, grey static.
 
-The projection is written here in a few lines rather than imported: the calibration package
-sits above the node in the layering and the node must not depend on it.
+The projection is :class:`fusion_node.radar_projection.RadarProjection`, which the live view
+uses too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .rig import Rig
+from .radar_projection import RadarProjection
 
 __all__ = ["RadarProjection", "render_snapshot", "MOVING_MPS"]
 
@@ -25,44 +25,6 @@ __all__ = ["RadarProjection", "render_snapshot", "MOVING_MPS"]
 MOVING_MPS = 0.2
 _INSET_PX = 160
 _INSET_RANGE_M = 10.0
-
-
-class RadarProjection:
-    """Radar points (radar frame, metres) to camera pixels, from the rig calibration file."""
-
-    def __init__(self, K: np.ndarray, dist: np.ndarray, size: tuple[int, int], R: np.ndarray, t: np.ndarray):
-        self.K, self.dist, self.size = K, dist, size
-        self.R, self.t = R, t  # radar -> camera optical frame
-
-    @classmethod
-    def from_rig(cls, rig: Rig, camera_id: str, radar_id: str) -> "RadarProjection | None":
-        """The projection, or None when the file lacks the camera intrinsics or an extrinsics."""
-        cams = {s.id: s for s in rig.sensors}
-        cam, radar = cams.get(camera_id), cams.get(radar_id)
-        if cam is None or radar is None or cam.intrinsics is None or cam.extrinsics is None \
-                or radar.extrinsics is None:
-            return None
-        R_rc, _ = cv2.Rodrigues(np.array(cam.extrinsics.rotation_rvec_rad, dtype=np.float64))
-        R_rr, _ = cv2.Rodrigues(np.array(radar.extrinsics.rotation_rvec_rad, dtype=np.float64))
-        t_rc = np.array(cam.extrinsics.translation_m, dtype=np.float64)
-        t_rr = np.array(radar.extrinsics.translation_m, dtype=np.float64)
-        # p_cam = R_rc^T (R_rr p_radar + t_rr - t_rc)
-        return cls(cam.intrinsics.camera_matrix, cam.intrinsics.dist_coeffs, cam.intrinsics.size,
-                   R_rc.T @ R_rr, R_rc.T @ (t_rr - t_rc))
-
-    def project(self, xyz: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels (N, 2) in an image of ``image_size`` (w, h), and which points are in front and inside."""
-        p = xyz.astype(np.float64) @ self.R.T + self.t
-        front = p[:, 2] > 0.05
-        K = self.K.copy()
-        K[0] *= image_size[0] / self.size[0]
-        K[1] *= image_size[1] / self.size[1]
-        if not len(p):
-            return np.zeros((0, 2)), front
-        px, _ = cv2.projectPoints(p.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K, self.dist)
-        px = px.reshape(-1, 2)
-        inside = front & (px[:, 0] >= 0) & (px[:, 0] < image_size[0]) & (px[:, 1] >= 0) & (px[:, 1] < image_size[1])
-        return px, inside
 
 
 def _colour(doppler: float) -> tuple[int, int, int]:

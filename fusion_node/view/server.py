@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from ..config import RigConfig, load_rigs
+from ..radar_projection import RadarProjection
 from ..rig import Rig, load_rig
 from ..tap import Tap, TapMessage, TapSource, connectable, stop_on_signals
 from ..vocabulary import WIRE_AUDIO_RATE_HZ
@@ -58,36 +59,22 @@ SPECTRO_FLOOR_DB, SPECTRO_CEIL_DB = -100.0, -20.0
 
 
 class RadarProjector:
-    """Radar points (radar frame) to camera pixels, from a rig calibration file."""
+    """The view's use of :class:`fusion_node.radar_projection.RadarProjection`: the pixels of the
+    radar points inside the calibrated picture, and which points they are."""
 
     def __init__(self, rig: Rig, camera_id: str, radar_id: str):
-        cam = rig.sensor(camera_id, "camera")
-        radar = rig.sensor(radar_id, "radar")
-        if cam.intrinsics is None or cam.extrinsics is None or radar.extrinsics is None:
+        projection = RadarProjection.from_rig(rig, camera_id, radar_id)
+        if projection is None:
             raise ValueError(f"rig {rig.rig!r}: projecting {radar_id} into {camera_id} needs the camera's "
                              f"intrinsics and both sensors' extrinsics")
-        r_cam, _ = cv2.Rodrigues(np.asarray(cam.extrinsics.rotation_rvec_rad, dtype=np.float64))
-        r_radar, _ = cv2.Rodrigues(np.asarray(radar.extrinsics.rotation_rvec_rad, dtype=np.float64))
-        # camera <- rig <- radar: p_cam = R_cam^T (R_radar p + t_radar - t_cam)
-        self.rotation = r_cam.T @ r_radar
-        self.translation = r_cam.T @ (np.asarray(radar.extrinsics.translation_m, dtype=np.float64)
-                                      - np.asarray(cam.extrinsics.translation_m, dtype=np.float64))
-        self.K = cam.intrinsics.camera_matrix
-        self.dist = cam.intrinsics.dist_coeffs
-        self.size = cam.intrinsics.size
+        self.projection = projection
+        self.size = projection.size  # the calibrated picture's (width, height)
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (M, 2) of the points in front of the camera and inside the picture, and their indices."""
-        xyz = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        cam = xyz @ self.rotation.T + self.translation
-        front = np.flatnonzero(cam[:, 2] > 0.1)
-        if front.size == 0:
-            return np.zeros((0, 2)), front
-        px, _ = cv2.projectPoints(cam[front], np.zeros(3), np.zeros(3), self.K, self.dist)
-        px = px.reshape(-1, 2)
-        w, h = self.size
-        inside = (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-        return px[inside], front[inside]
+        px, inside = self.projection.project(np.asarray(points).reshape(-1, 3), self.projection.size)
+        idx = np.flatnonzero(inside)
+        return px[idx], idx
 
 
 class AudioMeter:

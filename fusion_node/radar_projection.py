@@ -1,0 +1,55 @@
+"""Radar points into a camera picture, from the rig calibration file: the node's own projection.
+
+Rig frame to camera optical frame through both sensors' extrinsics, then OpenCV's pinhole and
+distortion model with the camera's intrinsics (scaled to the picture's size). The snapshots and
+the live view use it. It is written here in a few lines rather than imported because the
+calibration package (``calibration.projection``, the full camera model) sits above the node in
+the layering; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .rig import Rig
+
+__all__ = ["RadarProjection"]
+
+
+class RadarProjection:
+    """Radar points (radar frame, metres) to camera pixels, from the rig calibration file."""
+
+    def __init__(self, K: np.ndarray, dist: np.ndarray, size: tuple[int, int], R: np.ndarray, t: np.ndarray):
+        self.K, self.dist, self.size = K, dist, size
+        self.R, self.t = R, t  # radar -> camera optical frame
+
+    @classmethod
+    def from_rig(cls, rig: Rig, camera_id: str, radar_id: str) -> "RadarProjection | None":
+        """The projection, or None when the file lacks the camera intrinsics or an extrinsics."""
+        cams = {s.id: s for s in rig.sensors}
+        cam, radar = cams.get(camera_id), cams.get(radar_id)
+        if cam is None or radar is None or cam.intrinsics is None or cam.extrinsics is None \
+                or radar.extrinsics is None:
+            return None
+        R_rc, _ = cv2.Rodrigues(np.array(cam.extrinsics.rotation_rvec_rad, dtype=np.float64))
+        R_rr, _ = cv2.Rodrigues(np.array(radar.extrinsics.rotation_rvec_rad, dtype=np.float64))
+        t_rc = np.array(cam.extrinsics.translation_m, dtype=np.float64)
+        t_rr = np.array(radar.extrinsics.translation_m, dtype=np.float64)
+        # p_cam = R_rc^T (R_rr p_radar + t_rr - t_rc)
+        return cls(cam.intrinsics.camera_matrix, cam.intrinsics.dist_coeffs, cam.intrinsics.size,
+                   R_rc.T @ R_rr, R_rc.T @ (t_rr - t_rc))
+
+    def project(self, xyz: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (N, 2) in an image of ``image_size`` (w, h), and which points are in front and inside."""
+        p = xyz.astype(np.float64) @ self.R.T + self.t
+        front = p[:, 2] > 0.05
+        K = self.K.copy()
+        K[0] *= image_size[0] / self.size[0]
+        K[1] *= image_size[1] / self.size[1]
+        if not len(p):
+            return np.zeros((0, 2)), front
+        px, _ = cv2.projectPoints(p.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K, self.dist)
+        px = px.reshape(-1, 2)
+        inside = front & (px[:, 0] >= 0) & (px[:, 0] < image_size[0]) & (px[:, 1] >= 0) & (px[:, 1] < image_size[1])
+        return px, inside
