@@ -19,6 +19,8 @@ __all__ = [
     "FRAME_MODALITIES",
     "EventClass",
     "CLASSES",
+    "OBSERVES",
+    "WITNESSES",
     "RADAR_POINT_FIELDS",
     "WIRE_AUDIO_RATE_HZ",
     "SPEED_OF_SOUND_MPS",
@@ -34,6 +36,23 @@ FRAME_MODALITIES: tuple[str, ...] = ("camera", "radar")
 EventClass = Literal["person", "vehicle", "dog", "glass_break", "speech", "alarm"]
 # Event classes, in the order of the head's logits.
 CLASSES: tuple[str, ...] = get_args(EventClass)
+
+# What each modality can observe: its vote counts for these classes only (a radar does not hear
+# speech; a camera alone does not see glass breaking by its sound). Audio hears a person by their
+# footsteps, a vehicle by its engine or horn.
+OBSERVES: dict[str, tuple[str, ...]] = {
+    "camera": ("person", "vehicle", "dog"),
+    "radar": ("person", "vehicle"),
+    "audio": CLASSES,
+}
+# Classes whose *absence* a modality can vouch for over the rig's shared field of view: when two
+# witnesses of a class contradict each other, something is wrong with one of them. A microphone
+# vouches for nothing (a person can stand still and silent), so audio never contradicts.
+WITNESSES: dict[str, tuple[str, ...]] = {
+    "camera": ("person", "vehicle"),
+    "radar": ("person", "vehicle"),
+    "audio": (),
+}
 
 # Radar point columns, in payload order (radar frame, metres, metres per second, decibels).
 RADAR_POINT_FIELDS: tuple[str, ...] = ("x_m", "y_m", "z_m", "doppler_mps", "snr_db", "noise_db")

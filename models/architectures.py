@@ -9,7 +9,7 @@ Shapes (batch ``B``; the exported bundle fixes ``B = 1``)::
     CameraEncoder  image   (B, 3, H, W) float32, normalised RGB      -> (B, D) L2-normalised
     RadarEncoder   points  (B, P, 5) float32, mask (B, P) float32    -> (B, D) L2-normalised
     AudioEncoder   logmel  (B, 1, n_mels, T) float32                 -> (B, D) L2-normalised
-    FusionHead     camera, radar, audio (B, D), present (B, 3)       -> logits (B, C),
+    FusionHead     camera, radar, audio (B, D), present (B, 3)       -> logits (B, C) (masked votes),
                                                                         certainty (B, 3),
                                                                         weights (B, 3),
                                                                         consistency (B, 1)
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_node.vocabulary import CLASSES, MODALITIES
+from fusion_node.vocabulary import CLASSES, MODALITIES, OBSERVES, WITNESSES
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -199,91 +199,93 @@ class AudioEncoder(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """Gated late fusion of the three modality embeddings into multi-label event logits.
+    """Masked late fusion: each modality votes on the classes it can observe; the surest vote counts.
 
     Inputs ``camera``, ``radar``, ``audio`` ``(B, D)`` and ``present (B, 3)`` (1.0 where the
-    modality's embedding is real, 0.0 where it is missing and the embedding is a placeholder,
-    normally zeros). Returns the tuple ``(logits, certainty, weights, consistency)``:
+    modality's embedding is real, 0.0 where it is missing or faulty). Each modality has its own
+    linear classifier over the classes (trained with its encoder, against its own teacher). Then:
 
-    * ``logits (B, C)``: multi-label event logits (apply a sigmoid per class).
-    * ``certainty (B, 3)``: in [0, 1]; a per-modality sigmoid MLP on that modality's embedding,
-      multiplied by ``present`` so a missing modality reports 0.
-    * ``weights (B, 3)``: the gate. A learned score per modality, softmaxed over the *present*
-      modalities only: a missing modality gets exactly 0, the present ones sum to 1, and with
-      none present all weights are 0 (no NaN).
-    * ``consistency (B, 1)``: cross-modal agreement, the mean cosine similarity over pairs of
-      present modalities, each pair weighted by ``w_i * w_j + 1e-6`` (the small constant keeps
-      the mean defined when the gate puts almost all weight on one modality; it then tends to the
-      unweighted mean). In [-1, 1]; near 1 when the modalities agree. With fewer than two present
-      modalities nothing can disagree, so it is defined as exactly 1.0; consumers that need to
-      tell "agree" from "only one sensor" read ``present`` or ``weights``.
-
-    The fused representation is ``sum_m weights_m * embedding_m``; an MLP maps it to logits.
+    * a modality's vote counts only for the classes it observes (``observes``, by default
+      :data:`fusion_node.vocabulary.OBSERVES`): the mask is part of the graph, not of training, so
+      a radar can never report speech however it was trained;
+    * ``logits (B, C)``: per class, the largest logit among the present modalities that observe it
+      (a class nobody present can observe gets -30: probability ~1e-13). Each modality's own
+      decision threshold is folded into its classifier's bias at export (logit 0 = its threshold),
+      so one threshold of 0.5 serves every class and any subset of modalities;
+    * ``certainty (B, 3)``: how decisive each present modality is, the mean of ``|2p - 1|`` over the
+      classes it observes (0 when missing);
+    * ``weights (B, 3)``: the certainties normalised over the present modalities (sum 1; all 0 with
+      none present);
+    * ``consistency (B, 1)``: semantic agreement in [0, 1]: one minus the largest difference in
+      probability between two present modalities on a class both can vouch for (``witnesses``,
+      by default :data:`fusion_node.vocabulary.WITNESSES`: camera and radar on person and vehicle).
+      People on camera with people on radar and speech in the microphone agree (1.0); a radar full
+      of people with an empty picture does not. 1.0 when no two present modalities share a class.
     """
 
-    def __init__(self, embed_dim: int = 128, num_classes: int = len(DEFAULT_CLASSES), *, hidden: int = 128) -> None:
+    ABSENT_LOGIT = -30.0
+
+    def __init__(self, embed_dim: int = 128, num_classes: int = len(DEFAULT_CLASSES), *,
+                 classes: Sequence[str] = DEFAULT_CLASSES, observes: Mapping[str, Sequence[str]] = OBSERVES,
+                 witnesses: Mapping[str, Sequence[str]] = WITNESSES) -> None:
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.num_classes = int(num_classes)
+        if len(classes) != self.num_classes:
+            classes = tuple(f"class{k}" for k in range(self.num_classes))
+        self.classifiers = nn.ModuleList(nn.Linear(embed_dim, self.num_classes) for _ in MODALITIES)
+        # A class the tables do not name (a custom class list) is observed by every modality and
+        # vouched for by none: the masks restrict only what is declared.
+        declared = {c for cs in observes.values() for c in cs}
+        open_classes = {c: MODALITIES for c in classes if c not in declared}
+        self.register_buffer("observe", self._mask(classes, observes, open_classes), persistent=False)
+        self.register_buffer("witness", self._mask(classes, witnesses, {}), persistent=False)
         n = len(MODALITIES)
-        # Separate small MLPs per modality: what makes a camera embedding trustworthy is not
-        # what makes an audio one trustworthy.
-        certainty_hidden = max(8, hidden // 4)
-        self.certainty_mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(embed_dim, certainty_hidden), nn.ReLU(inplace=True), nn.Linear(certainty_hidden, 1))
-            for _ in range(n)
-        )
-        self.gate_scores = nn.ModuleList(nn.Linear(embed_dim, 1) for _ in range(n))
-        self.classifier = nn.Sequential(
-            nn.Linear(embed_dim, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, self.num_classes),
-        )
-        # Upper-triangular pair indices (0,1), (0,2), (1,2) for the pairwise consistency.
         pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
         self.register_buffer("_pair_i", torch.tensor([p[0] for p in pairs], dtype=torch.long), persistent=False)
         self.register_buffer("_pair_j", torch.tensor([p[1] for p in pairs], dtype=torch.long), persistent=False)
         _init_weights(self)
 
+    @staticmethod
+    def _mask(classes: Sequence[str], by_modality: Mapping[str, Sequence[str]],
+              by_class: Mapping[str, Sequence[str]]) -> torch.Tensor:
+        return torch.tensor([[1.0 if c in by_modality.get(m, ()) or m in by_class.get(c, ()) else 0.0
+                              for c in classes] for m in MODALITIES])
+
+    def modality_logits(self, camera: torch.Tensor, radar: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Each modality's own class logits ``(B, 3, C)``, before masking."""
+        return torch.stack([clf(e) for clf, e in zip(self.classifiers, (camera, radar, audio))], dim=1)
+
     def forward(
         self, camera: torch.Tensor, radar: torch.Tensor, audio: torch.Tensor, present: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        emb = torch.stack([camera, radar, audio], dim=1)  # (B, 3, D)
-        # Treat present as a 0/1 gate; clamping guards against callers passing e.g. 2.0.
-        p = present.clamp(0.0, 1.0)  # (B, 3)
+        p = present.clamp(0.0, 1.0)  # (B, 3); clamping guards against callers passing e.g. 2.0
+        per = self.modality_logits(camera, radar, audio)  # (B, 3, C)
+        votes = p.unsqueeze(-1) * self.observe  # (B, 3, C): 1 where a present modality observes the class
+        masked = per * votes + (1.0 - votes) * self.ABSENT_LOGIT
+        logits = masked.amax(dim=1)
 
-        certainty = torch.cat(
-            [torch.sigmoid(mlp(emb[:, k])) for k, mlp in enumerate(self.certainty_mlps)], dim=1
-        ) * p
+        probs = torch.sigmoid(per)
+        decisive = (torch.abs(2.0 * probs - 1.0) * self.observe).sum(-1) / self.observe.sum(-1).clamp_min(1.0)
+        certainty = decisive * p
+        # A floor per present modality keeps the weights summing to 1 when every vote sits at 0.5.
+        share = certainty + 1e-3 * p
+        weights = share / share.sum(dim=1, keepdim=True).clamp_min(_EPS)
 
-        scores = torch.cat([g(emb[:, k]) for k, g in enumerate(self.gate_scores)], dim=1)  # (B, 3)
-        # Masked softmax. Missing scores are pushed far down so they never set the max, and the
-        # exponentials are multiplied by p so a missing modality's weight is exactly 0 (not just
-        # tiny). Every exponent is <= 0, so exp() <= 1 and 0 * exp() is never inf * 0 = NaN.
-        masked_scores = scores * p - (1.0 - p) * 1e4
-        shifted = masked_scores - masked_scores.amax(dim=1, keepdim=True)
-        expd = torch.exp(shifted) * p
-        # All missing: expd is all 0, the clamp makes it 0 / eps = 0 rather than 0 / 0.
-        weights = expd / expd.sum(dim=1, keepdim=True).clamp_min(_EPS)
-
-        fused = (weights.unsqueeze(-1) * emb).sum(dim=1)  # (B, D)
-        logits = self.classifier(fused)
-
-        consistency = self._consistency(emb, p, weights)
+        shared = (self.witness * p.unsqueeze(-1))  # (B, 3, C)
+        both = shared[:, self._pair_i] * shared[:, self._pair_j]  # (B, pairs, C)
+        gap = torch.abs(probs[:, self._pair_i] - probs[:, self._pair_j]) * both
+        consistency = 1.0 - gap.flatten(1).amax(dim=1, keepdim=True)
         return logits, certainty, weights, consistency
 
-    def _consistency(self, emb: torch.Tensor, p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # Normalise here too: the encoders already do, but the head must not assume its inputs
-        # are unit vectors (a zero placeholder stays zero and has cosine 0 with everything).
-        unit = _l2_normalise(emb)
-        ei = unit[:, self._pair_i]  # (B, 3 pairs, D)
-        ej = unit[:, self._pair_j]
-        cos = (ei * ej).sum(dim=-1)  # (B, 3 pairs)
-        both = p[:, self._pair_i] * p[:, self._pair_j]  # 1 where both members are present
-        pair_w = both * (weights[:, self._pair_i] * weights[:, self._pair_j] + 1e-6)
-        mean_cos = (pair_w * cos).sum(dim=1, keepdim=True) / pair_w.sum(dim=1, keepdim=True).clamp_min(_EPS)
-        has_pair = both.sum(dim=1, keepdim=True).clamp(0.0, 1.0)  # 0 when < 2 modalities present
-        return has_pair * mean_cos + (1.0 - has_pair)
+    @torch.no_grad()
+    def fold_thresholds(self, thresholds: Mapping[str, Mapping[str, float]], classes: Sequence[str]) -> None:
+        """Shift each modality's classifier so that its own threshold per class becomes logit 0."""
+        for k, m in enumerate(MODALITIES):
+            for j, c in enumerate(classes):
+                t = float(thresholds.get(m, {}).get(c, 0.5))
+                t = min(max(t, 1e-4), 1 - 1e-4)
+                self.classifiers[k].bias[j] -= math.log(t / (1.0 - t))
 
 
 class AlignmentModel(nn.Module):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
-from models.dataset import DATA_VERSION, PREPROCESS, load_or_generate, windows_from_recordings
+from models.card import CONSISTENCY_THRESHOLD, write_model_card
+from models.dataset import DATA_VERSION, PREPROCESS, windows_from_recordings
 from models.evaluate import evaluate, write_report
 
 __all__ = ["add_parsers"]
@@ -34,63 +35,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, train  # torch
 
     real = _real_clips(args.real_clips)
-    cfg = TrainConfig(seed=args.seed, samples=args.samples, align_epochs=args.align_epochs,
-                      fuse_epochs=args.fuse_epochs, distill=args.distill, batch=args.batch,
-                      cache_dir=str(args.cache_dir), align_weight=args.align_weight, init_from=args.init_from,
-                      lr=args.lr, real_clips=None if real is None else str(real))
-    print(f"fusion train: third-party recordings: {real or 'none (only what ships)'}", flush=True)
+    cfg = TrainConfig(seed=args.seed, real_clips=None if real is None else str(real),
+                      audio_teacher=args.audio_teacher, camera_teacher=args.camera_teacher,
+                      image_teacher=args.image_teacher, audio_epochs=args.audio_epochs,
+                      audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 5 // 3,
+                      camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
+                      radar_samples=args.radar_samples, radar_epochs=args.radar_epochs, cache_dir=str(args.cache_dir))
+    print(f"fusion train: real recordings: {real or 'none'}", flush=True)
     recordings = None
     if args.recordings:
         recordings = windows_from_recordings(Path(args.recordings))
-        print(f"fusion train: {len(recordings)} windows from {args.recordings} (alignment only: no labels)")
+        print(f"fusion train: {len(recordings)} windows from {args.recordings} (radar binding only: no labels)")
     models = train(cfg, Path(args.out), resume=args.resume, recordings=recordings,
                    log=lambda m: print(f"fusion train: {m}", flush=True))
     if args.export:
-        _export(models, cfg, Path(args.export))
+        _export(models, cfg.seed, Path(args.export))
     return 0
 
 
-def _export(models, cfg, out: Path) -> Path:
+def _export(models, seed: int, out: Path) -> Path:
     from models.export import export_bundle  # torch
-    from models.train import choose_consistency_threshold, choose_thresholds  # torch
 
-    val = load_or_generate(Path(cfg.cache_dir), cfg.val_samples, cfg.seed + 1, "train",
-                           real_dir=Path(cfg.real_clips) if cfg.real_clips else None)
-    thresholds = choose_thresholds(models, val)
-    consistency_threshold = choose_consistency_threshold(models, val)
+    # Each modality's own thresholds are folded into the head (logit 0 = its threshold), so the
+    # fused probability is judged against 0.5 for every class and every subset of sensors.
     manifest = export_bundle(out, {"camera": models.camera, "radar": models.radar, "audio": models.audio},
-                             models.head, classes=CLASSES, preprocess=PREPROCESS, embed_dim=cfg.embed_dim,
-                             trained=True, seed=cfg.seed, data_version=DATA_VERSION,
-                             name=f"fusion-default-s{cfg.seed}", thresholds=thresholds,
-                             consistency_threshold=consistency_threshold)
-    print(f"fusion export: wrote {manifest} (thresholds {thresholds}, consistency threshold "
-          f"{consistency_threshold:.3f})")
+                             models.head, classes=CLASSES, preprocess=PREPROCESS, embed_dim=models.head.embed_dim,
+                             trained=True, seed=seed, data_version=f"{DATA_VERSION}+corpus-v1",
+                             name=f"fusion-distilled-s{seed}", thresholds={c: 0.5 for c in CLASSES},
+                             consistency_threshold=CONSISTENCY_THRESHOLD)
+    card = write_model_card(out, models.thresholds, models.metrics)
+    print(f"fusion export: wrote {manifest} and {card}")
     return manifest
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from models.train import load_students  # torch
 
-    from models.train import TrainConfig, _latest, build_models  # torch
-
-    ckpt = Path(args.checkpoint)
-    found = _latest(ckpt, "fuse")
-    if found is None:
-        raise ConfigError(f"{ckpt}: no fuse-stage checkpoint found; run `fusion train --out {ckpt}` first")
-    state = torch.load(found[1], weights_only=False)
-    cfg = TrainConfig(**state["config"])
-    models = build_models(cfg)
-    models.align.load_state_dict(state["align"])
-    models.head.load_state_dict(state["head"])
-    models.train(False)
-    _export(models, cfg, Path(args.out))
+    _export(load_students(Path(args.checkpoint)), args.seed, Path(args.out))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     real = _real_clips(args.real_clips)
+    teacher = Path(args.audio_teacher) if args.audio_teacher else None
+    if teacher is not None and not teacher.is_file():
+        raise ConfigError(f"--audio-teacher {args.audio_teacher}: no such file")
     metrics, extra = evaluate(Path(args.models), n_eval=args.windows, n_adverse=args.adverse_windows,
-                              cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real)
+                              cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real,
+                              audio_teacher=teacher)
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -103,16 +95,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"audio {f1['audio_only']:.3f}")
     print(f"adverse fused {f1['adverse']['fused']:.3f} vs best single {f1['adverse']['best_single']:.3f}")
     print("missing " + ", ".join(f"{k} {v:.3f}" for k, v in f1["missing"].items()))
-    if "tamper" in metrics:
-        t = metrics["tamper"]
-        print(f"tampering (swapped feeds) detected {t['detection_rate']:.3f}, false alarms {t['false_alarm_rate']:.3f}")
+    t = metrics["tamper"]
+    print(f"tampering (swapped feeds): similarity detects {t['similarity']['detection_rate']:.3f} "
+          f"(false alarms {t['similarity']['false_alarm_rate']:.3f})"
+          + (f", consistency detects {t['detection_rate']:.3f} (false alarms {t['false_alarm_rate']:.3f})"
+             if "detection_rate" in t else ""))
     real = metrics["real"]
     if real["folder"] is None:
         print("real recordings: not evaluated (give --real-clips DIR)")
     else:
-        print(f"real recordings in {real['folder']} correct: {real['correct']}/{real['total']} "
-              f"(never seen in training: {real['unseen_correct']}/{real['unseen_total']})"
-              f"{'; not found: ' + ', '.join(real['missing']) if real['missing'] else ''}")
+        teacher_f1 = real["teacher_macro_f1"]
+        print(f"real audio, held-out sources ({real['clips']} clips): macro-F1 {real['macro_f1']:.3f}"
+              f"{'' if teacher_f1 is None else f' (teacher {teacher_f1:.3f})'}, false labels on background "
+              f"{real['false_label_rate']:.3f}")
+        print("  " + ", ".join(f"{c} P {v['precision']:.2f} R {v['recall']:.2f}" for c, v in real["per_class"].items()))
     if not args.json:
         print(text)
     return 0
@@ -124,35 +120,37 @@ _REAL_HELP = ("a folder of third-party recordings laid out as the development da
 
 def add_parsers(sub) -> None:
     """Register the train/export/eval subcommands on the ``fusion`` parser."""
-    t = sub.add_parser("train", help="train the encoders and fusion head on simulated (and your) data",
-                       description="Stage 1: InfoNCE alignment (camera binds radar and audio). Stage 2: gated "
-                                   "fusion head with modality dropout. Optional stage 3: distillation.")
-    t.add_argument("--out", default=".cache/train", help="folder for checkpoints and the log (default .cache/train)")
+    t = sub.add_parser("train", help="distil the encoders from pretrained teachers and bind radar to camera",
+                       description="Audio: distilled from YAMNet on real clips. Camera: distilled from YOLOX-nano "
+                                   "and MobileNetV2 on real frames and simulator renders. Radar: bound to the camera "
+                                   "by InfoNCE on time-matched windows. The head takes each modality's classifier, "
+                                   "what it can observe, and its held-out thresholds.")
+    t.add_argument("--out", default=".cache/train", help="folder for the stages' results (default .cache/train)")
     t.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and order (default 0)")
-    t.add_argument("--samples", type=int, default=16000, help="simulated training windows (default 16000)")
-    t.add_argument("--align-epochs", type=int, default=3, help="alignment epochs (default 3)")
-    t.add_argument("--fuse-epochs", type=int, default=7, help="fusion epochs (default 7)")
-    t.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
-    t.add_argument("--align-weight", type=float, default=0.5,
-                   help="weight of the InfoNCE term during fusion training (default 0.5)")
-    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    t.add_argument("--init-from", default=None, metavar="DIR",
-                   help="start from the newest checkpoint of another training folder (fine-tuning)")
-    t.add_argument("--distill", action="store_true", help="train a wider teacher first and distil it")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoints in --out")
+    t.add_argument("--real-clips", default=None, metavar="DIR", required=True,
+                   help="the real recordings to learn from: " + _REAL_HELP)
+    t.add_argument("--audio-teacher", default=None, metavar="PATH", help="YAMNet ONNX file (training only)")
+    t.add_argument("--camera-teacher", default=None, metavar="PATH", help="YOLOX-nano ONNX file (training only)")
+    t.add_argument("--image-teacher", default=None, metavar="PATH", help="MobileNetV2 ONNX file (training only)")
+    t.add_argument("--audio-windows", type=int, default=1500, help="augmented audio windows per class (default 1500)")
+    t.add_argument("--audio-epochs", type=int, default=10, help="audio distillation epochs (default 10)")
+    t.add_argument("--camera-epochs", type=int, default=12, help="camera distillation epochs (default 12)")
+    t.add_argument("--camera-frames", type=int, default=None, help="camera training frames (default: the stage's own)")
+    t.add_argument("--radar-samples", type=int, default=8000, help="simulated windows for radar binding (default 8000)")
+    t.add_argument("--radar-epochs", type=int, default=6, help="radar binding epochs (default 6)")
+    t.add_argument("--resume", action="store_true", help="reload the stages already done in --out")
     t.add_argument("--recordings", default=None, metavar="DIR",
-                   help="also align on your own synchronised recordings: DIR holds sets of video + radar "
-                        ".dat + audio files with the same stem, captured together")
-    t.add_argument("--real-clips", default=None, metavar="DIR",
-                   help="mix these third-party recordings into the simulator's training assets: " + _REAL_HELP)
+                   help="also bind radar to camera on your own synchronised recordings: DIR holds sets of video + "
+                        "radar .dat + audio files with the same stem, captured together")
     t.add_argument("--export", default=None, metavar="DIR", help="export the trained models to DIR afterwards")
     t.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("export", help="export a trained checkpoint to ONNX + manifest",
+    e = sub.add_parser("export", help="export a finished training folder to ONNX + manifest",
                        description="One ONNX file per encoder and one for the head, fixed shapes, torch parity "
-                                   "checked, per-class thresholds chosen on validation windows.")
+                                   "checked; each modality's held-out thresholds folded into the head.")
     e.add_argument("--checkpoint", default=".cache/train", help="training output folder (default .cache/train)")
+    e.add_argument("--seed", type=int, default=0, help="the seed the folder was trained with (default 0)")
     e.add_argument("--out", default=str(DEFAULT_BUNDLE), help=f"bundle folder (default {DEFAULT_BUNDLE})")
     e.set_defaults(func=_cmd_export)
 
@@ -165,8 +163,10 @@ def add_parsers(sub) -> None:
     v.add_argument("--adverse-windows", type=int, default=250, help="windows per adverse condition (default 250)")
     v.add_argument("--provider", default="cpu", choices=["auto", "tensorrt", "cuda", "cpu"])
     v.add_argument("--real-clips", default=None, metavar="DIR",
-                   help="evaluate on the held-out parts of these real recordings (and use them in the simulated "
+                   help="evaluate on the held-out sources of these real recordings (and use them in the simulated "
                         "scenes): " + _REAL_HELP)
+    v.add_argument("--audio-teacher", default=None, metavar="PATH",
+                   help="YAMNet ONNX file: score the teacher on the same held-out clips, side by side")
     v.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     v.set_defaults(func=_cmd_eval)
 

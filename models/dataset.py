@@ -25,16 +25,14 @@ from fusion_node.errors import ConfigError
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
 from sensors.audio import load_audio_file
-from sensors.sim.assets import (MOVING_DOPPLER_MPS, REAL_CAR_VIDEO, REAL_PERSON_VIDEO, REAL_RADAR, REAL_SOUNDS,
-                                SAMPLE_SOUNDS, WHOLE_CLIP_S, load_assets, real_tag, split_part)
+from sensors.sim.assets import load_assets, real_tag
 from sensors.sim.render import render_audio, render_camera, render_radar
 from sensors.sim.world import RigGeometry, sample_scene, scene_labels
 from sensors.ti_mmwave import read_capture
 
-__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "REAL_CLIPS", "generate", "load_or_generate", "real_windows",
-           "windows_from_recordings"]
+__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "windows_from_recordings"]
 
-DATA_VERSION = "sim-v3"
+DATA_VERSION = "sim-v4"
 
 PREPROCESS = {
     "camera": CameraPreprocess(size_hw=(96, 96)),
@@ -137,74 +135,6 @@ def load_or_generate(cache_dir: Path, n: int, seed: int, split: str = "train", a
     data.save(tmp)
     tmp.rename(path)
     return data
-
-
-# Third-party recordings that real-clip evaluation looks for in the --real-clips folder (paths
-# relative to it) and the class each one shows or sounds like.
-REAL_CLIPS = {
-    "audio/speech_librispeech_198-209-0000.ogg": ("audio", "speech"),
-    "audio/speech_librispeech_5703-47212-0000.ogg": ("audio", "speech"),
-    "audio/dog_bark_1_gcompris_LA.ogg": ("audio", "dog"),
-    "audio/glass_break02_ufoai.ogg": ("audio", "glass_break"),
-    "audio/car_horn_modern_opensfx35_CC-BY-3.0.wav": ("audio", "alarm"),
-    "audio/level_crossing_bell_opensfx14_CC0.wav": ("audio", "alarm"),
-    "audio/engine_truck_start_pullaway_opensfx25_CC0.wav": ("audio", "vehicle"),
-    "audio/footsteps_gravel1_ufoai.ogg": ("audio", "person"),
-    "audio/footsteps_wood1_ufoai.ogg": ("audio", "person"),
-    "registry/audio/speech_en_asterisk_allison_demo-echotest.wav": ("audio", "speech"),
-    "registry/audio/dog_bark_bigsoundbank_ovos.mp3": ("audio", "dog"),
-    "registry/audio/glass_break_minetest_break_glass.2.ogg": ("audio", "glass_break"),
-    "registry/audio/siren_scorched3d_policecar.wav": ("audio", "alarm"),
-    "registry/audio/vehicle_supertuxkart_car_accel.ogg": ("audio", "vehicle"),
-    "registry/audio/footsteps_0ad_Footstep_Gravel_Walking.ogg": ("audio", "person"),
-    REAL_PERSON_VIDEO: ("camera", "person"),
-    REAL_CAR_VIDEO: ("camera", "vehicle"),
-    REAL_RADAR: ("radar", "person"),
-}
-
-
-def _simulator_sounds() -> set[str]:
-    """File names of every sound clip the simulator may train on."""
-    return {Path(f).name for fs in (*SAMPLE_SOUNDS.values(), *REAL_SOUNDS.values()) for f in fs}
-
-
-def real_windows(real_dir: Path, split: str = "eval") -> tuple[dict[str, tuple[str, str, list, bool]], list[str]]:
-    """Third-party recordings in ``real_dir`` cut into single-modality inputs.
-
-    Returns ({relative path: (modality, class, inputs, seen)}, [relative paths not found]). A
-    recording the simulator trains on contributes only its ``split`` part (the last 30 % for
-    "eval"), so these are windows training never saw, except for sound clips shorter than
-    ``WHOLE_CLIP_S``: those single events are used whole by training too (``seen`` is True). A
-    recording the simulator never uses is taken whole.
-    """
-    real_dir = Path(real_dir)
-    found = {rel: spec for rel, spec in REAL_CLIPS.items() if (real_dir / rel).is_file()}
-    missing = [rel for rel in REAL_CLIPS if rel not in found]
-    trained_on = _simulator_sounds()
-    win = WIRE_AUDIO_RATE_HZ  # one-second windows
-    out: dict[str, tuple[str, str, list, bool]] = {}
-    for rel, (modality, label) in found.items():
-        if modality != "audio":
-            continue
-        x = load_audio_file(real_dir / rel)
-        used = Path(rel).name in trained_on
-        seen = used and len(x) < WHOLE_CLIP_S * win
-        part = x[split_part(len(x), split)] if used and not seen else x
-        part = part / (np.abs(part).max() + 1e-9) * 0.3
-        # Windows of 1 s every 0.5 s; a part shorter than 1 s is one left-padded window.
-        starts = range(0, max(1, len(part) - win + 1), win // 2)
-        out[rel] = ("audio", label, [PREPROCESS["audio"](part[s:s + win])[0] for s in starts], seen)
-    assets = load_assets(split, RigGeometry(), real_dir)
-    if REAL_PERSON_VIDEO in found:
-        out[REAL_PERSON_VIDEO] = ("camera", "person", [camera_uint8(f) for f in assets.person_frames], False)
-    if REAL_CAR_VIDEO in found:
-        out[REAL_CAR_VIDEO] = ("camera", "vehicle", [camera_uint8(f) for f in assets.car_frames], False)
-    if REAL_RADAR in found:
-        frames = read_capture(real_dir / REAL_RADAR)
-        part = frames[split_part(len(frames), split)]
-        moving = [f.points for f in part if (np.abs(f.points[:, 3]) > MOVING_DOPPLER_MPS).sum() >= 2]
-        out[REAL_RADAR] = ("radar", "person", [PREPROCESS["radar"](p) for p in moving], False)
-    return out, missing
 
 
 def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: float = 0.5) -> Windows:

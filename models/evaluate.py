@@ -8,15 +8,16 @@ the held-out parts of those recordings, read from that folder.
 
 The JSON holds ``retrieval_r1.{camera_radar,camera_audio}`` (recall@1 among 100 candidate
 windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
-``f1.adverse.{fused,best_single}`` and per condition, ``f1.missing.{camera,radar,audio}``, and
-``real.clips`` (per real recording, expected and predicted classes; empty without a folder). The report is an HTML page
-with a confusion matrix and retrieval curves as inline SVG.
+``f1.adverse.{fused,best_single}`` and per condition, ``f1.missing.{camera,radar,audio}``,
+``tamper.*``, and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
+``real.macro_f1``, ``real.false_label_rate``, ``real.teacher_macro_f1`` (with ``--audio-teacher``),
+``real.per_class.<class>.{precision,recall,f1,clips}``. The report is an HTML page of tables, a
+confusion matrix and retrieval curves as inline SVG.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,14 @@ import numpy as np
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.manifest import load_manifest
 from fusion_node.vocabulary import CLASSES, MODALITIES
-from models.dataset import Windows, load_or_generate, real_windows
+from models.dataset import Windows, load_or_generate
+from models.real_eval import evaluate_real_audio
 
 __all__ = ["macro_f1", "recall_at_k", "evaluate", "write_report"]
 
 ADVERSE = ("night", "occlusion", "clutter", "noise")
+# The fall in camera-radar similarity that counts as drift or tampering (the node's default).
+DRIFT_FRACTION = 0.15
 EVAL_SEED = 7_000_001  # never used by training
 
 
@@ -82,7 +86,8 @@ class _OnnxEvaluator:
 
 
 def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),
-             provider: str = "cpu", real_clips: Path | None = None) -> tuple[dict, dict]:
+             provider: str = "cpu", real_clips: Path | None = None,
+             audio_teacher: Path | None = None) -> tuple[dict, dict]:
     """Compute every metric; returns (metrics JSON, extra arrays for the report).
 
     ``real_clips``: a folder of third-party recordings (laid out as the development data), mixed
@@ -137,43 +142,36 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
     metrics["f1"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f1.items()}
     metrics["f1"]["missing"] = {k: round(v, 4) for k, v in f1["missing"].items()}
 
-    # Real recordings: each through its own encoder, alone, as a single-sensor rig would see it.
-    clips = {}
-    found, missing = real_windows(real_clips, "eval") if real_clips is not None else ({}, [])
-    for name, (modality, expected, inputs, seen) in found.items():
-        votes = np.zeros(len(CLASSES))
-        for x in inputs:
-            if modality == "camera":
-                e = ev.rt.encode("camera", *ev.rt.preprocess("camera", x))
-            elif modality == "radar":
-                e = ev.rt.encode("radar", *x)
-            else:
-                e = ev.rt.encode("audio", x[None].astype(np.float32))
-            p = ev.rt.fuse({modality: e}).probabilities
-            votes += p >= ev.thresholds
-        frac = votes / max(1, len(inputs))
-        # A class is reported for a recording when most of its windows detect it.
-        predicted = [CLASSES[k] for k in np.argsort(-frac) if frac[k] >= 0.5]
-        top = CLASSES[int(np.argmax(frac))] if frac.max() > 0 else None
-        clips[name] = {"modality": modality, "expected": expected, "predicted": predicted, "top": top,
-                       "windows": len(inputs), "correct": expected in predicted, "seen_in_training": seen}
-    unseen = [c for c in clips.values() if not c["seen_in_training"]]
-    metrics["real"] = {"folder": None if real_clips is None else str(real_clips), "clips": clips,
-                       "missing": missing, "correct": sum(c["correct"] for c in clips.values()), "total": len(clips),
-                       "unseen_correct": sum(c["correct"] for c in unseen), "unseen_total": len(unseen)}
+    # Real recordings of sources training never saw, through the runtime as the node runs them.
+    metrics["real"] = {"folder": None if real_clips is None else str(real_clips)}
+    if real_clips is not None:
+        metrics["real"].update(evaluate_real_audio(ev.rt, real_clips, audio_teacher))
 
-    # Tampering: camera of one window with the radar and audio of another (a swapped or replayed
-    # feed). The head's consistency should fall below the manifest's threshold for those.
+    # Tampering: the camera of one window with the radar and audio of another (a swapped or
+    # replayed feed). Two signals: the semantic consistency (a witness contradicting another) and
+    # the camera-radar similarity in their shared space, judged as the drift monitor judges it
+    # (below the matched windows' median by the drift fraction).
+    shifted = np.roll(ok, -7)
     thr = ev.rt.consistency_threshold
+
+    def cons(cam_idx, other_idx):
+        return np.array([ev.rt.fuse({"camera": emb["camera"][i:i + 1], "radar": emb["radar"][j:j + 1],
+                                     "audio": emb["audio"][j:j + 1]}).consistency for i, j in zip(cam_idx, other_idx)])
+
+    def sim(cam_idx, other_idx):
+        return np.einsum("nd,nd->n", emb["camera"][cam_idx], emb["radar"][other_idx])
+
+    matched_sim, swapped_sim = sim(ok, ok), sim(ok, shifted)
+    floor = float(np.median(matched_sim)) * (1.0 - DRIFT_FRACTION)
+    metrics["tamper"] = {
+        "similarity": {"floor": round(floor, 4), "detection_rate": round(float((swapped_sim < floor).mean()), 4),
+                       "false_alarm_rate": round(float((matched_sim < floor).mean()), 4)},
+    }
     if thr is not None:
-        shifted = np.roll(ok, -7)
-        def cons(cam_idx, other_idx):
-            return np.array([ev.rt.fuse({"camera": emb["camera"][i:i + 1], "radar": emb["radar"][j:j + 1],
-                                         "audio": emb["audio"][j:j + 1]}).consistency for i, j in zip(cam_idx, other_idx)])
         matched, swapped = cons(ok, ok), cons(ok, shifted)
-        metrics["tamper"] = {"consistency_threshold": thr,
-                             "detection_rate": round(float((swapped < thr).mean()), 4),
-                             "false_alarm_rate": round(float((matched < thr).mean()), 4)}
+        metrics["tamper"].update({"consistency_threshold": thr,
+                                  "detection_rate": round(float((swapped < thr).mean()), 4),
+                                  "false_alarm_rate": round(float((matched < thr).mean()), 4)})
 
     confusion = _confusion(normal.labels, full >= ev.thresholds)
     return metrics, {"curves": {k: np.mean(v, axis=0).tolist() for k, v in curves.items()}, "confusion": confusion}
@@ -233,25 +231,65 @@ def _svg_curves(curves: dict[str, list[float]]) -> str:
     return "".join(parts)
 
 
+def _table(header: list[str], rows: list[list]) -> str:
+    """An HTML table of plain cells (numbers shown to 3 decimals; None as a dash)."""
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _real_section(real: dict) -> str:
+    if real.get("folder") is None or "per_class" not in real:
+        return "<p>Not evaluated: give <code>--real-clips DIR</code>.</p>"
+    teacher = real.get("teacher") or {}
+    rows = []
+    for c in CLASSES:
+        s, t = real["per_class"][c], (teacher.get("per_class") or {}).get(c, {})
+        rows.append([c, s["clips"], s["precision"], s["recall"], s["f1"], t.get("precision"), t.get("recall"), t.get("f1")])
+    summary = _table(["", "student (shipped)", "teacher"],
+                     [["macro-F1", real["macro_f1"], real.get("teacher_macro_f1")],
+                      ["false labels on background windows", real["false_label_rate"], teacher.get("false_label_rate")]])
+    return (f"<p>Held-out sources: {html.escape(', '.join(real['sources']))} ({real['clips']} clips, "
+            f"{real['background_windows']} background windows).</p>{summary}"
+            + _table(["class", "clips", "precision", "recall", "F1", "teacher precision", "teacher recall",
+                      "teacher F1"], rows))
+
+
 def write_report(metrics: dict, extra: dict, out_dir: Path) -> Path:
-    """An HTML page with the metrics, the confusion matrix and the retrieval curves."""
+    """An HTML page of tables (sim, adverse, missing, tampering, real recordings), the confusion matrix and curves."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                   for k, v in metrics.items() if k != "real")
-    clips = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{c['modality']}</td><td>{c['expected']}</td>"
-        f"<td>{', '.join(c['predicted']) or '-'}</td><td>{'yes' if c['correct'] else 'NO'}</td></tr>"
-        for n, c in metrics["real"]["clips"].items())
+    f1 = metrics["f1"]
+    overview = _table(["metric", "value"], [
+        ["retrieval R@1 camera-radar (100 candidates)", metrics["retrieval_r1"]["camera_radar"]],
+        ["retrieval R@1 camera-audio (100 candidates)", metrics["retrieval_r1"]["camera_audio"]],
+        ["macro-F1 fused", f1["fused"]], *[[f"macro-F1 {m} only", f1[f"{m}_only"]] for m in MODALITIES],
+        *[[f"macro-F1 without {m}", v] for m, v in f1["missing"].items()]])
+    adverse = _table(["condition", "fused", *[f"{m} only" for m in MODALITIES]],
+                     [[cond, a["fused"], *[a[f"{m}_only"] for m in MODALITIES]]
+                      for cond, a in f1["adverse"]["conditions"].items()])
+    tamper = metrics.get("tamper", {})
+    tamper_rows = [["camera-radar similarity below the drift floor", tamper.get("similarity", {}).get("detection_rate"),
+                    tamper.get("similarity", {}).get("false_alarm_rate")]]
+    if "detection_rate" in tamper:
+        tamper_rows.append(["semantic consistency below its threshold", tamper["detection_rate"],
+                            tamper["false_alarm_rate"]])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fusion eval: {html.escape(metrics['model'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}}</style>
+</head><body>
 <h1>Evaluation of {html.escape(metrics['model'])}</h1>
 <p>Exported ONNX models run by the node's runtime ({html.escape(metrics['provider'])}) on held-out simulated
-windows and the held-out parts of the real recordings.</p>
-<h2>Metrics</h2><table>{rows}</table>
+windows and on real recordings of sources that training never saw.</p>
+<h2>Real recordings: audio, held-out sources</h2>{_real_section(metrics['real'])}
+<h2>Simulator</h2>{overview}
+<h2>Adverse conditions (macro-F1)</h2>{adverse}
+<h2>Tampering (another window's radar and audio)</h2>{_table(["signal", "detected", "false alarms"], tamper_rows)}
 <h2>Confusion (rows: true class, columns: predicted; fused, all modalities)</h2>{_svg_confusion(extra['confusion'])}
 <h2>Cross-modal retrieval</h2>{_svg_curves(extra['curves'])}
-<h2>Real recordings</h2><table><tr><th>recording</th><th>modality</th><th>expected</th><th>predicted</th>
-<th>correct</th></tr>{clips}</table></body></html>"""
+</body></html>"""
     path = out_dir / "report.html"
     path.write_text(page)
     return path

@@ -1,18 +1,21 @@
-"""``fusion train``: contrastive alignment, then the gated fusion head, with resumable checkpoints.
+"""``fusion train``: the shipped encoders distilled from pretrained teachers, bound into one space.
 
-Stage 1, alignment: symmetric InfoNCE between time-matched windows with the camera as the
-binding modality (camera-radar and camera-audio), learnable temperature. Needs no labels, so
-it also fine-tunes on a user's own synchronised recordings (``--recordings``).
+Stages, each saved in ``--out`` as soon as it finishes (``--resume`` reloads finished stages):
 
-Stage 2, fusion: the head and the event classes, trained with whole-modality dropout so that a
-missing sensor is a normal case, while an InfoNCE term keeps the space aligned. Each modality's
-certainty is trained to predict how well that modality alone explains the labels.
+1. **audio** (``audio_student.pt``): the audio encoder and its classifier distilled from YAMNet on
+   the real corpus with augmentation (:mod:`models.audio_distill`); thresholds chosen on held-out
+   ``val`` sources, figures reported on held-out ``test`` sources.
+2. **camera** (``camera_student.pt``): the camera encoder distilled from YOLOX-nano (what and
+   where) and MobileNetV2 (a general image embedding) on real frames, composites and simulator
+   renders (:mod:`models.camera_distill`).
+3. **radar** (``radar_student.pt``): the radar encoder bound to the frozen camera encoder by
+   InfoNCE on time-matched simulated windows (and the user's own recordings, unlabelled), with a
+   classifier for what a radar can observe (:mod:`models.radar_bind`).
+4. **head**: :class:`models.architectures.FusionHead` takes the three classifiers, the
+   observability masks and each modality's thresholds (folded into its bias): nothing in the
+   head is fitted on a mixture of modalities, so any subset of sensors is a rig.
 
-Stage 3 (optional, ``--distill``): a wider teacher trained the same way, then the shipped
-student trained to match its probabilities as well as the labels.
-
-Everything is reproducible by seed: data, initialisation, batch order and dropout masks.
-Checkpoints are written after every epoch and ``--resume`` continues from the newest.
+The teachers are read by path at training time only and never exported.
 """
 
 from __future__ import annotations
@@ -24,310 +27,167 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fusion_node.vocabulary import CLASSES, MODALITIES
-from models.architectures import AlignmentModel, AudioEncoder, CameraEncoder, FusionHead, RadarEncoder
-from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
+from fusion_node.errors import ConfigError
+from fusion_node.vocabulary import CLASSES, OBSERVES
+from models import audio_distill, camera_distill
+from models.architectures import AudioEncoder, CameraEncoder, FusionHead
+from models.audio_distill import AudioDistillConfig
+from models.dataset import DATA_VERSION, Windows, load_or_generate
+from models.radar_bind import RadarBindConfig, RadarStudent, f1_threshold, radar_probs, train_radar
+from models.teacher_audio import YamnetTeacher
 
-__all__ = ["TrainConfig", "Models", "train", "camera_tensor", "build_models", "embed_all", "predict_probs"]
+__all__ = ["TrainConfig", "Models", "train", "load_students"]
+
+STAGE_FILES = {"audio": "audio_student.pt", "camera": "camera_student.pt", "radar": "radar_student.pt"}
 
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; saved with each checkpoint and in the manifest."""
+    """Every knob of a training run; saved beside the students and summarised in the manifest."""
 
     seed: int = 0
-    samples: int = 16000
-    val_samples: int = 1500
-    real_prob: float = 0.25
+    real_clips: str | None = None
+    audio_teacher: str | None = None
+    camera_teacher: str | None = None  # YOLOX-nano
+    image_teacher: str | None = None  # MobileNetV2
     embed_dim: int = 128
-    batch: int = 128
-    align_epochs: int = 3
-    fuse_epochs: int = 7
-    lr: float = 2e-3
-    modality_dropout: float = 0.35
-    align_weight: float = 0.5
-    width: float = 1.0  # encoder width multiplier (the teacher uses 2.0)
-    distill: bool = False
+    audio_windows_per_class: int = 1500
+    audio_background_windows: int = 2500
+    audio_epochs: int = 10
+    camera_epochs: int = 12
+    camera_frames: int | None = None  # None: the camera stage's own default
+    radar_samples: int = 8000
+    radar_epochs: int = 6
     cache_dir: str = ".cache/datasets"
-    init_from: str | None = None  # start from another run's final weights (fine-tuning)
-    real_clips: str | None = None  # a folder of third-party recordings mixed into the simulator's assets
     extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class Models:
+    """The trained encoders and head, with each modality's thresholds and the held-out figures."""
+
     camera: nn.Module
     radar: nn.Module
     audio: nn.Module
     head: FusionHead
-    align: AlignmentModel
-
-    def modules(self) -> list[nn.Module]:
-        return [self.align, self.head]  # align holds the three encoders
-
-    def parameters(self):
-        return [p for m in self.modules() for p in m.parameters()]
-
-    def train(self, mode: bool = True) -> None:
-        for m in self.modules():
-            m.train(mode)
+    thresholds: dict[str, dict[str, float]]
+    metrics: dict
 
 
-def build_models(cfg: TrainConfig, width: float | None = None) -> Models:
-    torch.manual_seed(cfg.seed)
-    w = width if width is not None else cfg.width
-    cam = CameraEncoder(cfg.embed_dim, stem_channels=int(16 * w)) if w != 1.0 else CameraEncoder(cfg.embed_dim)
-    rad = RadarEncoder(cfg.embed_dim, hidden=(int(64 * w), int(128 * w)))
-    aud = AudioEncoder(cfg.embed_dim, channels=tuple(int(c * w) for c in (16, 32, 64, 128)))
-    head = FusionHead(cfg.embed_dim, len(CLASSES), hidden=int(128 * w))
-    align = AlignmentModel({"camera": cam, "radar": rad, "audio": aud})
-    return Models(cam, rad, aud, head, align)
+def _require(path: str | None, option: str, what: str) -> Path:
+    if not path:
+        raise ConfigError(f"fusion train: {option} PATH is required ({what})")
+    p = Path(path)
+    if not p.is_file() and not p.is_dir():
+        raise ConfigError(f"fusion train: {option} {path}: no such file")
+    return p
 
 
-def camera_tensor(images_uint8: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 BGR -> the normalised (N, 3, H, W) tensor CameraPreprocess produces."""
-    pre = PREPROCESS["camera"]
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8[..., ::-1])).float()
-    mean = torch.tensor(pre.mean_rgb) * 255.0
-    std = torch.tensor(pre.std_rgb) * 255.0
-    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
+    teacher = YamnetTeacher(_require(cfg.audio_teacher, "--audio-teacher", "YAMNet ONNX, the audio teacher"))
+    acfg = AudioDistillConfig(seed=cfg.seed, windows_per_class=cfg.audio_windows_per_class,
+                              background_windows=cfg.audio_background_windows, epochs=cfg.audio_epochs,
+                              embed_dim=cfg.embed_dim)
+    splits = audio_distill.split_clips(Path(cfg.real_clips))
+    log("audio: " + ", ".join(f"{k} {len(v)} clips" for k, v in splits.items()))
+    pool = audio_distill.build_pool(splits["train"], teacher, acfg, progress="audio windows")
+    val = audio_distill.eval_windows(splits["val"], teacher, "audio val")
+    test = audio_distill.eval_windows(splits["test"], teacher, "audio test")
+    student = audio_distill.train_audio_student(pool, acfg)
+    thresholds = audio_distill.choose_thresholds(audio_distill.student_probs(student, val), val, acfg.target_precision)
+    teacher_thresholds = audio_distill.choose_thresholds(val.teacher, val, acfg.target_precision)
+    metrics = {"student": audio_distill.clip_metrics(audio_distill.student_probs(student, test), test, thresholds),
+               "teacher": audio_distill.clip_metrics(test.teacher, test, teacher_thresholds),
+               "thresholds": thresholds, "teacher_thresholds": teacher_thresholds,
+               "clips": {k: len(v) for k, v in splits.items()},
+               "trained_on": sorted({(c.source, c.licence, c.credit) for c in splits["train"]})}
+    log(f"audio: held-out macro-F1 {metrics['student']['macro_f1']:.3f} (teacher {metrics['teacher']['macro_f1']:.3f}), "
+        f"false labels on background {metrics['student']['false_label_rate']:.3f}")
+    state = {"encoder": student.encoder.state_dict(), "classifier": student.classifier.state_dict(),
+             "thresholds": thresholds, "metrics": metrics, "config": asdict(acfg)}
+    torch.save(state, out / STAGE_FILES["audio"])
+    return state
 
 
-def _tensors(w: Windows, idx: np.ndarray) -> dict[str, torch.Tensor]:
-    return {
-        "image": camera_tensor(w.image[idx]),
-        "points": torch.from_numpy(w.points[idx]),
-        "mask": torch.from_numpy(w.mask[idx]),
-        "logmel": torch.from_numpy(w.logmel[idx].astype(np.float32)),
-        "labels": torch.from_numpy(w.labels[idx]),
-        "pairable": torch.from_numpy(w.pairable[idx]),
-    }
+def _camera_stage(cfg: TrainConfig, out: Path, log) -> dict:
+    yolox = _require(cfg.camera_teacher, "--camera-teacher", "YOLOX-nano ONNX, the detector teacher")
+    mobilenet = _require(cfg.image_teacher, "--image-teacher", "MobileNetV2 ONNX, the image-embedding teacher")
+    kwargs = {} if cfg.camera_frames is None else {"frames": cfg.camera_frames}
+    metrics = camera_distill.train_camera_student(Path(cfg.real_clips), yolox, mobilenet, out, seed=cfg.seed,
+                                                  epochs=cfg.camera_epochs, **kwargs)
+    log(f"camera: {json.dumps(metrics.get('summary', {}))}")
+    return torch.load(out / STAGE_FILES["camera"], weights_only=False)
 
 
-def _info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    logits = scale * a @ b.t()
-    target = torch.arange(len(a))
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+def _radar_stage(cfg: TrainConfig, camera: nn.Module, out: Path, recordings: Windows | None, log) -> dict:
+    cache = Path(cfg.cache_dir)
+    real = Path(cfg.real_clips) if cfg.real_clips else None
+    data = load_or_generate(cache, cfg.radar_samples, cfg.seed, "train", real_dir=real)
+    if recordings is not None:
+        data = Windows.concat([data, recordings])
+    rcfg = RadarBindConfig(seed=cfg.seed, epochs=cfg.radar_epochs, embed_dim=cfg.embed_dim)
+    student = train_radar(data, camera, rcfg, log=lambda m: log(m))
+    val = load_or_generate(cache, max(500, cfg.radar_samples // 8), cfg.seed + 1, "train", real_dir=real)
+    _, probs = radar_probs(student, val)
+    thresholds = {c: f1_threshold(probs[:, k], val.labels[:, k] > 0) for k, c in enumerate(CLASSES)
+                  if c in OBSERVES["radar"]}
+    state = {"encoder": student.encoder.state_dict(), "classifier": student.classifier.state_dict(),
+             "thresholds": thresholds, "config": asdict(rcfg)}
+    torch.save(state, out / STAGE_FILES["radar"])
+    log(f"radar: thresholds {thresholds}")
+    return state
 
 
-def _alignment_loss(models: Models, emb: dict[str, torch.Tensor], pairable: torch.Tensor) -> torch.Tensor:
-    if pairable.sum() < 4:
-        return torch.zeros(())
-    scale = 1.0 / models.align.temperature
-    cam = emb["camera"][pairable]
-    return _info_nce(cam, emb["radar"][pairable], scale) + _info_nce(cam, emb["audio"][pairable], scale)
-
-
-def _dropout_mask(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
-    present = (torch.rand(n, 3, generator=gen) > p).float()
-    empty = present.sum(1) == 0
-    keep = torch.randint(0, 3, (n,), generator=gen)
-    present[empty, keep[empty]] = 1.0  # never drop everything
-    return present
-
-
-def _fusion_loss(models: Models, emb: dict[str, torch.Tensor], labels: torch.Tensor, present: torch.Tensor,
-                 teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
-    zeros = torch.zeros_like(emb["camera"])
-    inputs = [emb[m] * present[:, i:i + 1] + zeros * (1 - present[:, i:i + 1])
-              for i, m in enumerate(MODALITIES)]
-    # Windows from a user's own recordings carry no labels (-1): alignment only.
-    known = (labels >= 0).all(1)
-    if not known.any():
-        return torch.zeros(())
-    emb = {k: v[known] for k, v in emb.items()}
-    inputs = [x[known] for x in inputs]
-    labels, present, zeros = labels[known], present[known], zeros[known]
-    if teacher_probs is not None:
-        teacher_probs = teacher_probs[known]
-    logits, certainty, _, _ = models.head(*inputs, present)
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
-    if teacher_probs is not None:
-        loss = 0.5 * loss + 0.5 * F.binary_cross_entropy_with_logits(logits, teacher_probs)
-    # Certainty target: how well each modality alone explains the labels (exp of its BCE).
-    one = torch.eye(3)
-    targets = []
-    for i, m in enumerate(MODALITIES):
-        solo = [emb[k] if k == m else zeros for k in MODALITIES]
-        solo_logits = models.head(*solo, one[i].expand(len(labels), 3))[0]
-        bce = F.binary_cross_entropy_with_logits(solo_logits, labels, reduction="none").mean(1)
-        targets.append(torch.exp(-bce).detach())
-        loss = loss + 0.3 * bce.mean()  # each modality alone should also be as useful as it can be
-    certainty_target = torch.stack(targets, 1)
-    loss = loss + F.mse_loss(certainty[present > 0], certainty_target[present > 0])
-    return loss
-
-
-def embed_all(models: Models, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"camera": models.camera(batch["image"]), "radar": models.radar(batch["points"], batch["mask"]),
-            "audio": models.audio(batch["logmel"])}
-
-
-def predict_probs(models, data: Windows, present: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Class probabilities of the torch models with the modalities ``present`` (N, 3) (for thresholds)."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(data), batch):
-            idx = np.arange(s, min(len(data), s + batch))
-            emb = embed_all(models, _tensors(data, idx))
-            p = torch.from_numpy(present[idx])
-            inputs = [emb[m] * p[:, i:i + 1] for i, m in enumerate(MODALITIES)]
-            out.append(torch.sigmoid(models.head(*inputs, p)[0]).numpy())
-    return np.concatenate(out)
-
-
-def _checkpoint_path(out: Path, stage: str, epoch: int) -> Path:
-    return out / "checkpoints" / f"{stage}-epoch{epoch:03d}.pt"
-
-
-def _latest(out: Path, stage: str) -> tuple[int, Path] | None:
-    found = sorted((out / "checkpoints").glob(f"{stage}-epoch*.pt"))
-    if not found:
-        return None
-    return int(found[-1].stem.split("epoch")[1]), found[-1]
-
-
-def _run_stage(stage: str, models: Models, data: Windows, cfg: TrainConfig, epochs: int, out: Path,
-               resume: bool, teacher: Models | None = None, log=print) -> None:
-    from tqdm import tqdm
-
-    if epochs <= 0:
-        return
-    opt = torch.optim.AdamW(models.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps_per_epoch = max(1, len(data) // cfg.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    start = 0
-    if resume and (found := _latest(out, stage)) is not None:
-        start, path = found
-        state = torch.load(path, weights_only=False)
-        for name, m in zip(("align", "head"), models.modules()):
-            m.load_state_dict(state[name])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        log(f"{stage}: resumed from {path}")
-    for epoch in range(start, epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + (0 if stage.startswith("align") else 500))
-        order = torch.randperm(len(data), generator=gen).numpy()
-        models.train(True)
-        total = 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="step")
-        for step in bar:
-            idx = np.sort(order[step * cfg.batch:(step + 1) * cfg.batch])
-            batch = _tensors(data, idx)
-            emb = embed_all(models, batch)
-            loss = _alignment_loss(models, emb, batch["pairable"])
-            if not stage.startswith("align"):
-                present = _dropout_mask(len(idx), cfg.modality_dropout, gen)
-                teacher_probs = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        temb = embed_all(teacher, batch)
-                        teacher_probs = torch.sigmoid(teacher.head(temb["camera"], temb["radar"], temb["audio"],
-                                                                   torch.ones(len(idx), 3))[0])
-                loss = cfg.align_weight * loss + _fusion_loss(models, emb, batch["labels"], present, teacher_probs)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(models.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            total += loss.item()
-            bar.set_postfix(loss=f"{total / (step + 1):.3f}", T=f"{float(models.align.temperature):.3f}")
-        path = _checkpoint_path(out, stage, epoch + 1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"align": models.align.state_dict(), "head": models.head.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "config": asdict(cfg), "epoch": epoch + 1}, path)
-        log(f"{stage} epoch {epoch + 1}: loss {total / steps_per_epoch:.4f}, checkpoint {path}")
-
-
-def consistency_scores(models: Models, data: Windows, shift: int = 0) -> np.ndarray:
-    """Head consistency of each window; with ``shift`` > 0 the radar and audio come from another
-    window (``shift`` later), as when a sensor is swapped, replayed or pointed elsewhere."""
-    out = []
-    idx = np.flatnonzero(data.pairable)
-    with torch.no_grad():
-        for s in range(0, len(idx), 256):
-            part = idx[s:s + 256]
-            other = idx[(np.searchsorted(idx, part) + shift) % len(idx)]
-            emb = embed_all(models, _tensors(data, part))
-            if shift:
-                moved = embed_all(models, _tensors(data, other))
-                emb["radar"], emb["audio"] = moved["radar"], moved["audio"]
-            out.append(models.head(emb["camera"], emb["radar"], emb["audio"], torch.ones(len(part), 3))[3][:, 0].numpy())
-    return np.concatenate(out)
-
-
-def choose_consistency_threshold(models: Models, val: Windows) -> float:
-    """The threshold that best separates matched windows from mismatched ones (balanced accuracy)."""
-    matched = consistency_scores(models, val)
-    mismatched = consistency_scores(models, val, shift=7)
-    best, best_acc = 0.0, -1.0
-    for t in np.quantile(np.concatenate([matched, mismatched]), np.linspace(0.01, 0.99, 99)):
-        acc = 0.5 * ((matched >= t).mean() + (mismatched < t).mean())
-        if acc > best_acc:
-            best, best_acc = float(t), acc
-    return best
-
-
-def choose_thresholds(models: Models, val: Windows) -> dict[str, float]:
-    """Per-class decision thresholds that maximise F1 on the validation windows.
-
-    Every combination of present modalities counts (all three, each pair, each alone): a
-    threshold tuned only on complete sets would sit below what a lone sensor outputs for a class
-    it cannot observe (an alarm seen by radar alone), and report that prior as a detection.
-    """
-    patterns = [(1, 1, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
-    probs = np.concatenate([predict_probs(models, val, np.tile(np.array(p, np.float32), (len(val), 1)))
-                            for p in patterns])
-    labels = np.tile(val.labels, (len(patterns), 1))
-    out = {}
-    for k, c in enumerate(CLASSES):
-        best, best_f1 = 0.5, -1.0
-        for t in np.linspace(0.2, 0.8, 25):
-            pred = probs[:, k] >= t
-            tp = float((pred & (labels[:, k] > 0)).sum())
-            f1 = 2 * tp / max(1.0, pred.sum() + (labels[:, k] > 0).sum())
-            if f1 > best_f1 + 1e-9:
-                best, best_f1 = float(t), f1
-        out[c] = round(best, 3)
-    return out
+def load_students(out: Path, embed_dim: int = 128) -> Models:
+    """The encoders and head from a training folder whose three stages are done."""
+    states = {}
+    for m, f in STAGE_FILES.items():
+        if not (out / f).is_file():
+            raise ConfigError(f"{out / f}: stage {m!r} has not run; run `fusion train --out {out}` first")
+        states[m] = torch.load(out / f, weights_only=False)
+    cam_cfg = states["camera"].get("encoder_config", {"embed_dim": embed_dim})
+    camera = CameraEncoder(**cam_cfg)
+    camera.load_state_dict(states["camera"]["encoder"])
+    audio = AudioEncoder(embed_dim)
+    audio.load_state_dict(states["audio"]["encoder"])
+    radar = RadarStudent(embed_dim)
+    radar.encoder.load_state_dict(states["radar"]["encoder"])
+    head = FusionHead(embed_dim, len(CLASSES))
+    thresholds = {}
+    for k, m in enumerate(("camera", "radar", "audio")):
+        head.classifiers[k].load_state_dict(states[m]["classifier"])
+        thresholds[m] = {c: float(v) for c, v in states[m]["thresholds"].items()}
+    head.fold_thresholds(thresholds, CLASSES)
+    for module in (camera, audio, radar, head):
+        module.eval()
+    metrics = {m: states[m].get("metrics", {}) for m in STAGE_FILES}
+    return Models(camera, radar.encoder, audio, head, thresholds, metrics)
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Windows | None = None,
           log=print) -> Models:
-    """Run every stage; returns the trained student. ``out`` receives checkpoints and a log."""
+    """Run every stage not already done (with ``resume``); returns the encoders and head ready to export."""
+    if not cfg.real_clips:
+        raise ConfigError("fusion train: --real-clips DIR is required (the real recordings the encoders learn from)")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    cache = Path(cfg.cache_dir)
-    real_dir = Path(cfg.real_clips) if cfg.real_clips else None
-    data = load_or_generate(cache, cfg.samples, cfg.seed, "train", real_prob=cfg.real_prob, real_dir=real_dir)
-    if recordings is not None:
-        data = Windows.concat([data, recordings])
-    teacher = None
-    if cfg.distill:
-        teacher = build_models(cfg, width=2.0)
-        _run_stage("teacher-align", teacher, data, cfg, cfg.align_epochs, out, resume, log=log)
-        _run_stage("teacher-fuse", teacher, data, cfg, cfg.fuse_epochs, out, resume, log=log)
-        teacher.train(False)
-    models = build_models(cfg)
-    if cfg.init_from:
-        found = _latest(Path(cfg.init_from), "fuse") or _latest(Path(cfg.init_from), "align")
-        if found is None:
-            raise FileNotFoundError(f"{cfg.init_from}: no checkpoint to start from (expected checkpoints/*.pt)")
-        state = torch.load(found[1], weights_only=False)
-        models.align.load_state_dict(state["align"])
-        models.head.load_state_dict(state["head"])
-        log(f"starting from the weights of {found[1]}")
-    # With resume, a finished stage only reloads its last checkpoint; an unfinished one goes on.
-    _run_stage("align", models, data, cfg, cfg.align_epochs, out, resume, log=log)
-    _run_stage("fuse", models, data, cfg, cfg.fuse_epochs, out, resume, teacher=teacher, log=log)
-    models.train(False)
+    done = {m: resume and (out / f).is_file() for m, f in STAGE_FILES.items()}
+    for m, ok in done.items():
+        if ok:
+            log(f"{m}: done before, reloading {out / STAGE_FILES[m]}")
+    if not done["audio"]:
+        _audio_stage(cfg, out, log)
+    if not done["camera"]:
+        _camera_stage(cfg, out, log)
+    if not done["radar"]:
+        cam_state = torch.load(out / STAGE_FILES["camera"], weights_only=False)
+        camera = CameraEncoder(**cam_state.get("encoder_config", {"embed_dim": cfg.embed_dim}))
+        camera.load_state_dict(cam_state["encoder"])
+        _radar_stage(cfg, camera, out, recordings, log)
     (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "data_version": DATA_VERSION,
                                                        "minutes": round((time.monotonic() - t0) / 60, 2)}, indent=2))
-    return models
+    return load_students(out, cfg.embed_dim)

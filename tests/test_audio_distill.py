@@ -1,0 +1,110 @@
+"""The audio teacher, the real corpus split by source, augmentation, and the held-out metrics."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+
+from fusion_node.vocabulary import CLASSES
+
+from .conftest import SHARED_DATA
+
+pytest.importorskip("torch")
+
+from models import audio_distill  # noqa: E402
+from models.audio_corpus import BACKGROUND, SPLITS, Clip, load_clips  # noqa: E402
+from models.teacher_audio import AUDIOSET_GROUPS, PATCH_FRAMES, YamnetTeacher, yamnet_patch  # noqa: E402
+
+TEACHERS = SHARED_DATA.parent / "models" / "teachers"
+
+
+@pytest.fixture(scope="module")
+def yamnet() -> YamnetTeacher:
+    path = TEACHERS / "yamnet.onnx"
+    if not path.is_file():
+        pytest.skip(f"needs the YAMNet teacher at {path} (training-time only, not shipped)")
+    return YamnetTeacher(path)
+
+
+def test_audioset_groups_name_the_sounds_of_each_class():
+    table = TEACHERS / "yamnet_class_map.csv"
+    if not table.is_file():
+        pytest.skip(f"needs YAMNet's class map at {table}")
+    names = {int(r["index"]): r["display_name"].lower() for r in csv.DictReader(table.open())}
+    expect = {"person": "footsteps", "vehicle": "car", "dog": "bark", "glass_break": "shatter", "speech": "speech",
+              "alarm": "siren"}
+    for c, word in expect.items():
+        assert any(word in names[i] for i in AUDIOSET_GROUPS[c]), c
+    assert not any("car horn" in names[i] for i in AUDIOSET_GROUPS["alarm"])  # a horn is a vehicle
+    assert not any(n in names[i] for i in AUDIOSET_GROUPS["vehicle"] for n in ("chainsaw", "lawn mower", "drill"))
+
+
+def test_patch_matches_yamnets_front_end_shape_and_silence():
+    patch = yamnet_patch(np.zeros(16000, np.float32))
+    assert patch.shape == (PATCH_FRAMES, 64)
+    np.testing.assert_allclose(patch, np.log(0.001), rtol=1e-6)  # log(0 + offset)
+    tone = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000).astype(np.float32)
+    band = yamnet_patch(tone).mean(axis=0)
+    # HTK mel(1 kHz) = 1000; 66 edges from mel(125 Hz) = 185 to mel(7.5 kHz) = 2840 put band 19's peak there.
+    assert int(np.argmax(band)) == 19
+
+
+def test_teacher_hears_a_real_dog_and_real_speech(yamnet):
+    from sensors.audio import load_audio_file
+
+    dog = load_audio_file(SHARED_DATA / "audio" / "dog_bark_1_gcompris_LA.ogg")
+    speech = load_audio_file(SHARED_DATA / "audio" / "speech_librispeech_198-209-0000.ogg")[:32000]
+    out = yamnet.windows(np.stack([np.pad(dog, (0, max(0, 16000 - len(dog))))[:16000], speech[-16000:]]))
+    assert out.scores[0, CLASSES.index("dog")] > 0.8 and out.scores[1, CLASSES.index("speech")] > 0.9
+    assert out.embedding.shape == (2, 1024)
+
+
+def test_corpus_splits_are_by_source_and_every_class_is_held_out(shared_data):
+    clips = load_clips(shared_data)
+    by_source: dict[str, set] = {}
+    for c in clips:
+        by_source.setdefault(c.source, set()).add(c.split)
+    assert all(len(s) == 1 for s in by_source.values())  # no source in two splits
+    for split in ("val", "test"):
+        labels = {c.label for c in clips if c.split == split}
+        assert labels >= {*CLASSES, BACKGROUND}, (split, labels)
+    hashes = [hashlib.sha256(c.path.read_bytes()).hexdigest() for c in clips]
+    assert len(hashes) == len(set(hashes))  # a registry copy of a corpus file is not counted twice
+    assert {c.split for c in clips} == set(SPLITS)
+
+
+def test_augmented_windows_are_one_second_finite_and_hold_a_short_clip():
+    rng = np.random.default_rng(0)
+    step = np.zeros(2000, np.float32)
+    step[500:900] = rng.standard_normal(400).astype(np.float32)  # a 0.125 s clip with a 25 ms click
+    bg = [rng.standard_normal(40000).astype(np.float32) * 0.01]
+    for _ in range(50):
+        w, event_db = audio_distill._augmented_window(step, rng, bg)
+        assert w.shape == (16000,) and np.isfinite(w).all() and np.abs(w).max() <= 1.0
+        assert event_db > -40  # the click itself is inside the window, not cut away
+
+
+def _pool(probs_truth: list[tuple[str, list[float]]]) -> tuple[np.ndarray, audio_distill.WindowPool]:
+    clips = [Clip(path=__import__("pathlib").Path(f"/x/{i}"), label=lab, source=f"s{i}", split="test")
+             for i, (lab, _) in enumerate(probs_truth)]
+    probs = np.array([p for _, p in probs_truth], np.float32)
+    hard = np.array([[1.0 if lab == c else 0.0 for c in CLASSES] for lab, _ in probs_truth], np.float32)
+    n = len(probs_truth)
+    pool = audio_distill.WindowPool(np.zeros((n, 1, 64, 97), np.float16), probs, np.zeros((n, 4), np.float16),
+                                    hard, np.arange(n), clips)
+    return probs, pool
+
+
+def test_clip_metrics_count_precision_recall_and_false_labels():
+    dog = [0, 0, 0.9, 0, 0, 0]
+    quiet = [0, 0, 0, 0, 0, 0]
+    barky = [0, 0, 0.7, 0, 0, 0]  # background that looks like a dog
+    probs, pool = _pool([("dog", dog), ("dog", quiet), (BACKGROUND, quiet), (BACKGROUND, barky)])
+    m = audio_distill.clip_metrics(probs, pool, {c: 0.5 for c in CLASSES})
+    assert m["per_class"]["dog"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "clips": 2, "tp": 1, "fp": 1, "fn": 1}
+    assert m["false_label_rate"] == 0.5 and m["macro_f1"] == 0.5
+    th = audio_distill.choose_thresholds(probs, pool, target_precision=0.9)
+    assert 0.7 < th["dog"] <= 0.9  # above the barking background, at or below the real bark
