@@ -246,11 +246,11 @@ class LabelsConfig(_Strict):
 
     smoothing: bool = Field(True, description="smooth and hold labels; false: a label is every class whose "
                                               "probability in this one set reaches its threshold")
-    smoothing_sets: int = Field(3, ge=1, le=100, description="a class's smoothed probability is the mean of its "
+    smoothing_sets: int = Field(5, ge=1, le=100, description="a class's smoothed probability is the mean of its "
                                                              "last this many sets (1: no averaging)")
     release_ratio: float = Field(0.8, gt=0, le=1, description="a label that is on stays on until its smoothed "
                                                               "probability falls below threshold x this")
-    min_on_sets: int = Field(3, ge=1, le=1000, description="a label that turned on stays on for at least this "
+    min_on_sets: int = Field(5, ge=1, le=1000, description="a label that turned on stays on for at least this "
                                                            "many sets")
 
 
