@@ -137,9 +137,10 @@ class SyncConfig(_Strict):
         "reference", description="reference: the driver camera sets the time, others contribute their nearest "
                                  "message, released when complete or at the deadline (live default); "
                                  "approximate: message_filters ApproximateTime over the frame sensors; "
-                                 "epsilon: message_filters ApproximateEpsilonTime")
+                                 "epsilon: message_filters ApproximateEpsilonTime. With one frame sensor each of "
+                                 "its messages is a set; with none (microphones only) a set every audio_hop_s")
     driver: str | None = Field(None, description="sensor id that sets the reference time (reference policy); "
-                                                 "default: the first camera")
+                                                 "default: the first camera, else the first radar")
     tolerance_ms: float = Field(75.0, gt=0, description="largest |t - t_ref| for a non-driver frame to join a set")
     deadline_ms: float = Field(200.0, gt=0, description="release an incomplete set this long after its reference "
                                                         "time, with the missing modalities marked")
