@@ -11,7 +11,7 @@ from fusion_node.labels import LabelSmoother
 from fusion_node.vocabulary import CLASSES
 
 from .fake_runtime import FakeRuntime, logit
-from .test_core_runtime import KIND, T0, Clock, Feed
+from .test_core_runtime import KIND, MS, T0, Clock, Feed
 
 ONE = ("person",)
 
@@ -105,3 +105,25 @@ def test_the_core_reports_raw_scores_and_steady_smoothed_labels(smoothing):
         assert label["score"] == events[-1]["smoothed"]["person"]
     else:
         assert person == [p >= 0.5 for p in raw]
+
+
+def test_labels_start_afresh_after_the_rigs_sets_stop_for_seconds():
+    runtime = FakeRuntime(audio_window_s=0.2)
+    clock = Clock()
+    cfg = config_from_dict({
+        "rig": "r1", "sensors": [{"id": s, "kind": k, "endpoint": f"inproc://{s}", "liveness_timeout_s": 0.5}
+                                 for s, k in KIND.items()],
+        "sync": {"deadline_ms": 100}})
+    core = FusionCore(cfg, runtime, timer=clock)
+    feed = Feed([np.full((8, 8, 3), 40, np.uint8)], [np.ones((3, 6), np.float32)], np.full(3200, 0.1, np.float32),
+                16000)
+    runtime.set_probabilities({"person": 0.9})
+    assert "person" in [d["label"] for d in feed.drive(core, clock, T0, 2.0)[-1]["labels"]]
+    # Between the release level (0.4) and the threshold (0.5): a label that is on stays on...
+    runtime.set_probabilities({"person": 0.45})
+    held = feed.drive(core, clock, T0 + 2000 * MS, 1.0)
+    assert all("person" in [d["label"] for d in e["labels"]] for e in held)
+    # ...but after 3 s without sets (the rig's sensors stopped) nothing carries over.
+    after = feed.drive(core, clock, T0 + 6000 * MS, 1.0)
+    assert after and all("person" not in [d["label"] for d in e["labels"]] and e["smoothed"]["person"] == 0.45
+                         for e in after if e["scores"])
