@@ -363,6 +363,7 @@ class SetAssembler:
     """Builds the configured policy for a rig and routes members and audio progress to it."""
 
     def __init__(self, cfg: RigConfig, audio_window_s: float | None = None):
+        """``audio_window_s``: the audio window the core cuts (the model's); default the config's."""
         sync = cfg.sync
         frame_ids = [s.id for s in cfg.sensors if s.kind != "audio"]
         audio_ids = [s.id for s in cfg.sensors if s.kind == "audio"]
@@ -370,7 +371,8 @@ class SetAssembler:
         self.policy_name = sync.policy
         if not frame_ids:
             window_s = sync.audio_window_s if audio_window_s is None else audio_window_s
-            self._impl: Any = AudioClockPolicy(audio_ids, hop_ns=cfg.audio_hop_ns, window_ns=int(window_s * 1e9),
+            hop_s = window_s / 4 if sync.audio_hop_s is None else sync.audio_hop_s
+            self._impl: Any = AudioClockPolicy(audio_ids, hop_ns=int(hop_s * 1e9), window_ns=int(window_s * 1e9),
                                                max_pending=sync.queue_size)
         elif len(frame_ids) == 1 and sync.policy != "reference":
             self._impl = _MessageFiltersAdapter(_EachMessage(), frame_ids, audio_ids, deadline, sync.queue_size,

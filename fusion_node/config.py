@@ -159,7 +159,8 @@ class SyncConfig(_Strict):
     epsilon_ms: float = Field(50.0, gt=0, description="epsilon: largest distance from the pivot")
     audio_hop_s: float | None = Field(None, gt=0, le=10, description="a rig with no camera or radar (audio only): "
                                                                      "a set every this much captured audio; "
-                                                                     "default: a quarter of audio_window_s")
+                                                                     "default: a quarter of the audio window (the "
+                                                                     "model's, else audio_window_s)")
 
 
 class NodeConfig(_Strict):
@@ -378,12 +379,6 @@ class RigSpec(_Strict):
             if found is not None:
                 return found
         return None
-
-    @property
-    def audio_hop_ns(self) -> int:
-        """Period of the sets of an audio-only rig, in audio time."""
-        hop = self.sync.audio_hop_s if self.sync.audio_hop_s is not None else self.sync.audio_window_s / 4
-        return int(hop * 1e9)
 
     def sensor(self, sensor_id: str) -> SensorConfig | None:
         return next((s for s in self.sensors if s.id == sensor_id), None)

@@ -22,6 +22,7 @@ from fusion_node.vocabulary import MODALITIES
 from fusion_node.wire import AudioChunk
 
 from .conftest import ROOT
+from .fake_runtime import FakeRuntime
 from .test_core_runtime import KIND, MS, T0, Clock, recordings, shipped  # noqa: F401 - fixtures
 
 SUBSETS = [s for n in (1, 2, 3) for s in combinations(KIND, n)]
@@ -63,9 +64,13 @@ def test_real_misconfigurations_are_still_refused_naming_the_key(data, key, mess
     assert lines[1].strip().startswith(f"{key}:") and message in lines[1]
 
 
-def test_the_audio_hop_defaults_to_a_quarter_window():
-    assert _cfg(["mic0"], audio_window_s=1.0).audio_hop_ns == 250 * MS
-    assert _cfg(["mic0"], audio_hop_s=0.1).audio_hop_ns == 100 * MS
+@pytest.mark.parametrize("sync, runtime, hop_ms", [
+    pytest.param({"audio_window_s": 1.0}, None, 250, id="config-window"),
+    pytest.param({"audio_window_s": 1.0}, FakeRuntime(audio_window_s=0.2), 50, id="model-window"),
+    pytest.param({"audio_hop_s": 0.1}, FakeRuntime(audio_window_s=0.2), 100, id="configured"),
+])
+def test_the_audio_hop_defaults_to_a_quarter_of_the_window_the_core_cuts(sync, runtime, hop_ms):
+    assert FusionCore(_cfg(["mic0"], **sync), runtime).assembler._impl.hop_ns == hop_ms * MS
 
 
 @pytest.mark.parametrize("policy", ["reference", "approximate"])
