@@ -11,7 +11,12 @@ Three named policies, chosen in the rig config:
   when it returns: no single sensor can silence the node.
 - ``approximate``/``epsilon``: message_filters' ApproximateTime/ApproximateEpsilonTime
   (:mod:`fusion_node.sync`) over the frame sensors; the set's reference time is its newest
-  member, and it waits (up to the deadline) for audio to cover that time.
+  member, and it waits (up to the deadline) for audio to cover that time. With one frame sensor
+  there is nothing to match: each of its messages is a set.
+
+Any subset of modalities is a rig. A rig of microphones only, under any policy, has no frame to
+set the time: :class:`AudioClockPolicy` cuts a set every hop of captured audio, on the audio's
+own timeline (the ring's progress), so sets follow the recording, not the node's clock.
 
 All times here are on the rig clock, in nanoseconds, and passed in: nothing reads a clock.
 """
@@ -27,7 +32,7 @@ from .config import RigConfig
 from .sync import ApproximateEpsilonPolicy, ApproximateTimePolicy
 from .wire import TOPICS
 
-__all__ = ["Member", "SyncSet", "ReferencePolicy", "SetAssembler"]
+__all__ = ["Member", "SyncSet", "ReferencePolicy", "AudioClockPolicy", "SetAssembler"]
 
 
 @dataclass(frozen=True)
@@ -292,18 +297,89 @@ class _MessageFiltersAdapter:
         return out
 
 
+class _EachMessage:
+    """The one-stream case of a message_filters policy (which takes two or more): every message is a set."""
+
+    def add(self, topic_index: int, stamp_ns: int, item: Any) -> list[tuple]:  # noqa: ARG002 - policy signature
+        return [(item,)]
+
+
+class AudioClockPolicy:
+    """Sets for a rig of microphones only: one every ``hop_ns`` of captured audio.
+
+    Reference times are ``hop_ns`` apart on the audio's timeline. The first lies half a window
+    after the first audio seen (the window is then at least half covered, see the core's
+    ``MIN_AUDIO_COVERAGE``); a set is released as soon as the audio covers its reference time,
+    so it is always complete. A backlog of more than ``max_pending`` hops is skipped (counted as
+    ``reference_dropped``): fresh audio wins. A rebased ring (restart, clock jump) starts the
+    clock afresh from its new timeline; a silent microphone releases nothing.
+    """
+
+    def __init__(self, audio_ids: list[str], *, hop_ns: int, window_ns: int, max_pending: int):
+        if hop_ns <= 0:
+            raise ValueError("hop_ns must be positive")
+        self.audio_ids = list(audio_ids)
+        self.hop_ns = int(hop_ns)
+        self.window_ns = int(window_ns)
+        self.max_pending = int(max_pending)
+        self.audio_end_ns: dict[str, int | None] = {a: None for a in self.audio_ids}
+        self.dead: set[str] = set()
+        self.failed: set[str] = set()
+        self.reference: str | None = ReferencePolicy.TICK
+        self._next_ns: int | None = None
+        self.counters: Counter = Counter()
+
+    def next_deadline_ns(self) -> int | None:
+        return None  # sets come with audio, never from the passing of time
+
+    def add(self, member: Member) -> None:
+        raise ValueError(f"{member.sensor_id}: a rig of microphones only takes no frames")
+
+    def rebase(self, sensor_id: str) -> None:
+        if sensor_id in self.audio_end_ns:
+            self.audio_end_ns[sensor_id] = None
+            self._next_ns = None
+
+    def poll(self, now_ns: int) -> list[SyncSet]:
+        progress = max((e for e in self.audio_end_ns.values() if e is not None), default=None)
+        if progress is None:
+            return []
+        if self._next_ns is None:
+            self._next_ns = progress + self.window_ns // 2
+        behind = (progress - self._next_ns) // self.hop_ns + 1 - self.max_pending
+        if behind > 0:
+            self._next_ns += behind * self.hop_ns
+            self.counters["reference_dropped"] += behind
+        out = []
+        while self._next_ns <= progress:
+            out.append(SyncSet(self._next_ns, {}, [], now_ns, now_ns, list(self.audio_ids)))
+            self.counters["released_complete"] += 1
+            self.counters["released_on_tick"] += 1
+            self._next_ns += self.hop_ns
+        return out
+
+
 class SetAssembler:
     """Builds the configured policy for a rig and routes members and audio progress to it."""
 
-    def __init__(self, cfg: RigConfig):
+    def __init__(self, cfg: RigConfig, audio_window_s: float | None = None):
+        """``audio_window_s``: the audio window the core cuts (the model's); default the config's."""
         sync = cfg.sync
         frame_ids = [s.id for s in cfg.sensors if s.kind != "audio"]
         audio_ids = [s.id for s in cfg.sensors if s.kind == "audio"]
         deadline = int(sync.deadline_ms * 1e6)
         self.policy_name = sync.policy
-        if sync.policy == "reference":
-            driver = cfg.driver.id  # validated in RigConfig
-            self._impl: Any = ReferencePolicy(
+        if not frame_ids:
+            window_s = sync.audio_window_s if audio_window_s is None else audio_window_s
+            hop_s = window_s / 4 if sync.audio_hop_s is None else sync.audio_hop_s
+            self._impl: Any = AudioClockPolicy(audio_ids, hop_ns=int(hop_s * 1e9), window_ns=int(window_s * 1e9),
+                                               max_pending=sync.queue_size)
+        elif len(frame_ids) == 1 and sync.policy != "reference":
+            self._impl = _MessageFiltersAdapter(_EachMessage(), frame_ids, audio_ids, deadline, sync.queue_size,
+                                                sync.wait_for_audio)
+        elif sync.policy == "reference":
+            driver = cfg.driver.id  # a frame sensor: there is one
+            self._impl = ReferencePolicy(
                 driver, [f for f in frame_ids if f != driver], audio_ids,
                 tolerance_ns=int(sync.tolerance_ms * 1e6), deadline_ns=deadline, max_pending=sync.queue_size,
                 wait_for_audio=sync.wait_for_audio, tick_period_ns=TOPICS[cfg.driver.kind].period_ns)

@@ -48,7 +48,8 @@ from .wire import TOPICS
 
 __all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigSpec", "RigConfig", "MultiRigConfig", "load_config",
            "load_rigs", "config_from_dict", "rigs_from_dict", "read_yaml", "config_schema", "LifecycleConfig",
-           "EventLogConfig", "MqttTlsConfig", "MqttConfig", "SinksConfig", "endpoint_problem"]
+           "EventLogConfig", "LabelsConfig", "AlertsConfig", "MqttTlsConfig", "MqttConfig", "SinksConfig",
+           "endpoint_problem"]
 
 # ZeroMQ transports an endpoint may name; without one ZeroMQ answers only "Invalid argument".
 _ENDPOINT = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|udp|ws|wss|vmci)://\S+$")
@@ -136,9 +137,10 @@ class SyncConfig(_Strict):
         "reference", description="reference: the driver camera sets the time, others contribute their nearest "
                                  "message, released when complete or at the deadline (live default); "
                                  "approximate: message_filters ApproximateTime over the frame sensors; "
-                                 "epsilon: message_filters ApproximateEpsilonTime")
+                                 "epsilon: message_filters ApproximateEpsilonTime. With one frame sensor each of "
+                                 "its messages is a set; with none (microphones only) a set every audio_hop_s")
     driver: str | None = Field(None, description="sensor id that sets the reference time (reference policy); "
-                                                 "default: the first camera")
+                                                 "default: the first camera, else the first radar")
     tolerance_ms: float = Field(75.0, gt=0, description="largest |t - t_ref| for a non-driver frame to join a set")
     deadline_ms: float = Field(200.0, gt=0, description="release an incomplete set this long after its reference "
                                                         "time, with the missing modalities marked")
@@ -155,6 +157,10 @@ class SyncConfig(_Strict):
         None, description="approximate: per sensor id, the least time between two of its messages (ms); "
                           "lets a set be published before the next message arrives")
     epsilon_ms: float = Field(50.0, gt=0, description="epsilon: largest distance from the pivot")
+    audio_hop_s: float | None = Field(None, gt=0, le=10, description="a rig with no camera or radar (audio only): "
+                                                                     "a set every this much captured audio; "
+                                                                     "default: a quarter of the audio window (the "
+                                                                     "model's, else audio_window_s)")
 
 
 class NodeConfig(_Strict):
@@ -235,6 +241,38 @@ class LifecycleConfig(_Strict):
                                                           "over")
     snapshots: bool = Field(True, description="keep a JPEG of the camera frame at each occurrence's top score")
     snapshot_quality: int = Field(85, ge=1, le=100, description="JPEG quality of snapshots")
+
+
+class LabelsConfig(_Strict):
+    """How per-set probabilities become an event's labels: smoothing over sets, with hysteresis (fusion_node.labels)."""
+
+    smoothing: bool = Field(True, description="smooth and hold labels; false: a label is every class whose "
+                                              "probability in this one set reaches its threshold")
+    smoothing_sets: int = Field(5, ge=1, le=100, description="a class's smoothed probability is the mean of its "
+                                                             "last this many sets (1: no averaging)")
+    release_ratio: float = Field(0.8, gt=0, le=1, description="a label that is on stays on until its smoothed "
+                                                              "probability falls below threshold x this")
+    min_on_sets: int = Field(5, ge=1, le=1000, description="a label that turned on stays on for at least this "
+                                                           "many sets")
+
+
+class AlertsConfig(_Strict):
+    """When the cross-modal alerts fire: ``drift`` (fusion_node.drift) and ``modalities_disagree`` (fusion_node.alerts)."""
+
+    drift_fraction: float = Field(0.15, gt=0, lt=1, description="drift: a bound pair's cross-modal similarity "
+                                                                "fallen by this fraction of its baseline")
+    drift_sustain_s: float = Field(5.0, ge=0, description="drift: the fall must hold this long (reference time) "
+                                                          "before the alert fires")
+    drift_warmup_sets: int = Field(50, ge=1, le=100_000, description="drift: sets with both modalities of a pair "
+                                                                     "present whose median similarity is the "
+                                                                     "pair's baseline")
+    drift_clear_s: float = Field(2.0, ge=0, description="drift: the similarity must be back above half the fall "
+                                                        "for this long before the alert clears")
+    disagree_sustain_s: float = Field(1.5, ge=0, description="modalities_disagree: consistency below the model's "
+                                                             "threshold, with two or more modalities present, "
+                                                             "for this long (reference time) before it fires")
+    disagree_clear_s: float = Field(1.0, ge=0, description="modalities_disagree: the modalities must agree again "
+                                                           "for this long before the alert clears")
 
 
 class EventLogConfig(_Strict):
@@ -324,21 +362,23 @@ class RigSpec(_Strict):
                 raise ValueError(f"sync.driver {self.sync.driver!r} is not one of the sensors {ids}")
             if self.sensor(self.sync.driver).kind == "audio":
                 raise ValueError("sync.driver must be a camera or radar: audio is cut as a window, not matched")
-        if self.sync.policy == "reference" and self.driver is None:
-            raise ValueError("the reference policy needs a camera (or sync.driver) to set the reference time")
         for sid, bound in (self.sync.inter_message_lower_bounds_ms or {}).items():
             if sid not in ids or self.sensor(sid).kind == "audio" or bound < 0:
                 raise ValueError(f"sync.inter_message_lower_bounds_ms.{sid}: must name a camera or radar sensor "
                                  f"with a bound >= 0")
-        if self.sync.policy != "reference" and sum(k in FRAME_MODALITIES for k in kinds) < 2:
-            raise ValueError(f"policy {self.sync.policy!r} needs two or more camera/radar sensors")
         return self
 
     @property
     def driver(self) -> SensorConfig | None:
+        """The sensor setting reference times: sync.driver, else the first camera, else the first radar;
+        None for a rig of microphones only, whose sets are cut on the audio's own clock."""
         if self.sync.driver is not None:
             return next(s for s in self.sensors if s.id == self.sync.driver)
-        return next((s for s in self.sensors if s.kind == "camera"), None)
+        for kind in FRAME_MODALITIES:
+            found = next((s for s in self.sensors if s.kind == kind), None)
+            if found is not None:
+                return found
+        return None
 
     def sensor(self, sensor_id: str) -> SensorConfig | None:
         return next((s for s in self.sensors if s.id == sensor_id), None)
@@ -349,6 +389,8 @@ class RigConfig(RigSpec):
 
     node: NodeConfig = Field(default_factory=NodeConfig, description="node settings")
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig, description="event lifecycle")
+    labels: LabelsConfig = Field(default_factory=LabelsConfig, description="label smoothing and hysteresis")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="drift and disagreement alerts")
     event_log: EventLogConfig = Field(default_factory=EventLogConfig, description="durable event log")
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="event sinks (MQTT)")
 
@@ -359,6 +401,10 @@ class MultiRigConfig(_Strict):
     rigs: list[RigSpec] = Field(min_length=1, description="the rigs this node serves; each without a node block")
     node: NodeConfig = Field(default_factory=NodeConfig, description="node settings shared by every rig")
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig, description="event lifecycle, every rig")
+    labels: LabelsConfig = Field(default_factory=LabelsConfig, description="label smoothing and hysteresis, "
+                                                                           "every rig (state kept per rig)")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="drift and disagreement alerts, every "
+                                                                           "rig (state kept per rig)")
     event_log: EventLogConfig = Field(default_factory=EventLogConfig, description="one durable log for every rig")
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="event sinks (MQTT), every rig")
 
@@ -375,8 +421,8 @@ class MultiRigConfig(_Strict):
 
     def rig_configs(self) -> list[RigConfig]:
         """One :class:`RigConfig` per rig, each carrying the shared node settings."""
-        return [RigConfig(**dict(r), node=self.node, lifecycle=self.lifecycle, event_log=self.event_log,
-                          sinks=self.sinks) for r in self.rigs]
+        return [RigConfig(**dict(r), node=self.node, lifecycle=self.lifecycle, labels=self.labels,
+                          alerts=self.alerts, event_log=self.event_log, sinks=self.sinks) for r in self.rigs]
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

@@ -24,14 +24,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .alerts import DisagreementMonitor
 from .assembly import Member, SetAssembler, SyncSet
 from .audio_ring import AudioRing
 from .clock import ClockTracker
 from .config import RigConfig
+from .drift import DriftMonitor
+from .labels import LabelSmoother
 from .rig import Rig
 from .runtime import HeadOutput, Runtime
 from .stats import LatencyWindow
-from .vocabulary import MODALITIES, WIRE_AUDIO_RATE_HZ
+from .vocabulary import BOUND_PAIRS, MODALITIES, WIRE_AUDIO_RATE_HZ
 from .walltime import mono_to_wall_ns, utc_iso
 from .wire import (
     TOPICS,
@@ -49,6 +52,9 @@ __all__ = ["FusionCore", "SensorState"]
 MIN_AUDIO_COVERAGE = 0.5
 # Consecutive, mutually consistent out-of-order messages that re-base a sensor's timeline.
 STEP_CONFIRM = 3
+# Sets further apart than this (or going back in time) restart the label smoothing: the rig's
+# sensors restarted or stalled, and what was seen before says nothing of the scene now.
+LABEL_RESET_GAP_NS = 2_000_000_000
 
 
 @dataclass
@@ -98,7 +104,6 @@ class FusionCore:
         }
         if calibration is not None:
             self._apply_clocks(calibration)
-        self.assembler = SetAssembler(cfg)
         # Online clock tracking per sensor: offset and drift against the node clock for the
         # stats topic, and detection of jumps (a looped file, a restarted device) to re-base.
         self.clocks = {s.id: ClockTracker(s.id, expected_period_ns=TOPICS[s.kind].period_ns) for s in cfg.sensors}
@@ -109,6 +114,7 @@ class FusionCore:
         self.audio_rate_hz = WIRE_AUDIO_RATE_HZ if runtime is None else runtime.audio_sample_rate_hz
         ring_s = max(4.0, 2 * self.audio_window_s + cfg.sync.deadline_ms / 1e3)
         self.rings = {s.id: AudioRing(self.audio_rate_hz, ring_s) for s in cfg.sensors if s.kind == "audio"}
+        self.assembler = SetAssembler(cfg, self.audio_window_s)
         self.unattributed: Counter = Counter()
         self.events_out = 0
         self.latency = LatencyWindow()
@@ -124,6 +130,11 @@ class FusionCore:
         # Buffers are drained audio first so windows are ready when frames release sets; the
         # order is fixed by the config, so it is settled once here rather than sorted every step.
         self._drain_order = sorted(self.sensors.values(), key=lambda s: s.kind != "audio")
+        # Per-rig state across sets: smoothed labels, and the alerts that need a condition to last.
+        self.smoother = None if runtime is None else LabelSmoother(runtime.classes, runtime.thresholds, cfg.labels)
+        self.disagreement = DisagreementMonitor(cfg.alerts)
+        self.drift = DriftMonitor(BOUND_PAIRS, cfg.alerts)
+        self._last_fused_ref_ns: int | None = None
 
     def _apply_clocks(self, rig: Rig) -> None:
         """Each sensor's clock offset and drift against the rig clock, from the rig calibration file."""
@@ -358,23 +369,16 @@ class FusionCore:
                 entry["weight"] = round(float(fused.weights[idx]), 4)
             modalities[kind] = entry
         labels: list[dict] = []
-        scores = None
+        scores = smoothed = None
         consistency = None
-        if fused is not None:
-            probabilities = dict(zip(runtime.classes, fused.probabilities.tolist()))
-            scores = {c: round(p, 4) for c, p in probabilities.items()}
-            # The threshold applies to the probability itself, not to its rounded display.
-            labels = [{"label": c, "score": scores[c]} for c, p in probabilities.items()
-                      if p >= runtime.thresholds[c]]
-            labels.sort(key=lambda d: -d["score"])
-            consistency = round(float(fused.consistency), 4)
-        # Alerts for security consumers: a dead sensor, and modalities that stopped agreeing
-        # (a swapped or replayed feed, a sensor knocked out of alignment, a stale clock).
+        # Alerts for security consumers: a dead sensor; modalities that stopped agreeing (a swapped
+        # or replayed feed, a sensor knocked out of alignment, a stale clock) or drifted apart.
         alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if self._failed(st)]
-        threshold = runtime.consistency_threshold if fused is not None else None
-        n_present = sum(1 for entry in modalities.values() if entry["present"])
-        if threshold is not None and n_present >= 2 and float(fused.consistency) < threshold:
-            alerts.append("modalities_disagree")
+        if fused is not None:
+            n_present = sum(1 for entry in modalities.values() if entry["present"])
+            scores, smoothed, labels, cross = self._labels_and_alerts(sset.t_ref_ns, fused, n_present, embeddings)
+            alerts += cross
+            consistency = round(float(fused.consistency), 4)
         member_list = []
         node_capture = {sid: self._capture_on_node_clock(m) for sid, m in members.items()}
         for sid, m in members.items():
@@ -395,6 +399,7 @@ class FusionCore:
             "t_ref_ns": int(sset.t_ref_ns),
             "labels": labels,
             "scores": scores,
+            "smoothed": smoothed,
             "model": None if runtime is None else {
                 "name": runtime.name, "trained": runtime.trained, "provider": runtime.provider},
             "modalities": modalities,
@@ -406,6 +411,26 @@ class FusionCore:
             "latency_ms": latency,
             "_t_built_ns": self.timer(),
         }
+
+    def _labels_and_alerts(self, t_ref_ns: int, fused: HeadOutput, n_present: int,
+                           embeddings: dict) -> tuple[dict, dict, list[dict], list[str]]:
+        """Raw and smoothed scores, the smoothed labels (highest first) and the sustained cross-modal alerts."""
+        last = self._last_fused_ref_ns
+        if last is not None and (t_ref_ns < last or t_ref_ns - last > LABEL_RESET_GAP_NS):
+            self.smoother.reset()
+        self._last_fused_ref_ns = t_ref_ns
+        probabilities = fused.probabilities.tolist()
+        scores = {c: round(p, 4) for c, p in zip(self.runtime.classes, probabilities)}
+        smooth, on = self.smoother.update(probabilities)
+        smoothed = {c: round(p, 4) for c, p in smooth.items()}
+        labels = sorted(({"label": c, "score": smoothed[c]} for c in on), key=lambda d: -d["score"])
+        alerts = []
+        threshold = self.runtime.consistency_threshold
+        if threshold is not None and self.disagreement.update(t_ref_ns, float(fused.consistency), threshold, n_present):
+            alerts.append("modalities_disagree")
+        if self.drift.update(t_ref_ns, embeddings):
+            alerts.append("drift")
+        return scores, smoothed, labels, alerts
 
     def _capture_on_node_clock(self, m: Member) -> int:
         """A member's capture time for latency: its rig-clock time, but never after it reached the node.
@@ -472,4 +497,5 @@ class FusionCore:
                      **({} if self.assembler.reference is None else {"reference": self.assembler.reference})},
             "latency_ms": self.latency.summary(),
             "provider": None if self.runtime is None else self.runtime.provider,
+            "alignment": self.drift.summary(),
         }

@@ -64,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use the built-in tri-modal simulator (one world, three sensors that agree) instead of "
                         "the recordings")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (with --sim)")
-    p.add_argument("--no-camera", action="store_true", help="run without a camera (approximate policy)")
+    p.add_argument("--no-camera", action="store_true", help="run without a camera (the radar sets the time; with "
+                                                            "--no-radar too, sets are cut on the audio's clock)")
     p.add_argument("--no-radar", action="store_true", help="run without a radar")
     p.add_argument("--no-audio", action="store_true", help="run without a microphone")
     p.add_argument("--duration", type=float, default=12.0, metavar="S",
@@ -197,8 +198,8 @@ class _StopSignals:
 
 def run(args: argparse.Namespace) -> int:
     check_sources(args)
-    if args.no_camera and args.policy == "reference":
-        args.policy = "approximate"
+    if not args.sim and args.no_camera and args.no_radar and args.no_audio:
+        raise ConfigError("fusion demo: --no-camera, --no-radar and --no-audio leave no sensor; nothing was started")
     models = None
     if args.models == "default":
         models = default_models()

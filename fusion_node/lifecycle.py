@@ -25,7 +25,7 @@ Rules, for a detection (label) of one rig:
   ``timeout``: the driver sensor or the node stalled), or when the node stops (``node_stopped``).
 
 Alerts are occurrences too, keyed by rig and alert (``sensor_failed:mic0``): from the records'
-alerts (``sensor_failed:<id>``, ``modalities_disagree``) and from the node's stats
+alerts (``sensor_failed:<id>``, ``modalities_disagree``, ``drift``) and from the node's stats
 (``sensor_failed:<id>`` also when the driver camera itself is silent and no record comes,
 ``sensor_fault:<id>`` while a sensor's messages are being rejected or its clock jumps,
 ``clock_drift:<id>`` while its tracked drift exceeds ``drift_alert_ppm``). An alert starts at

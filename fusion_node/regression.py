@@ -6,8 +6,10 @@ readers, node, recorder), is committed with the events the core makes of it
 (:func:`fusion_node.replay.through_core`: deterministic, no sockets) and compares the events
 with the reference within tolerances: the same sets (members) with the same missing sensors,
 every class score and the consistency within ``TOLERANCE``, the same labels and alerts (a label
-or the ``modalities_disagree`` alert may differ only where its score sits within the tolerance
-of its threshold). Anything else is printed as a difference.
+may differ only where its smoothed score sits within the tolerance of its hysteresis band, from
+the release level to the threshold, where its state depends on the sets before; the
+``modalities_disagree`` alert only where the consistency sits within the tolerance of its
+threshold). Anything else is printed as a difference.
 
     python -m fusion_node.regression                      # check; exit 1 and the diff if it differs
     python -m fusion_node.regression --update-reference   # an intended change: new reference
@@ -33,6 +35,7 @@ from typing import Iterable, Sequence
 import yaml
 import zmq
 
+from .config import LabelsConfig
 from .manifest import file_sha256, load_manifest
 from .recording import Recording
 from .replay import reference_key, resolve_models, through_core
@@ -59,7 +62,7 @@ def summarise(event: dict) -> dict:
     return {"key": list(reference_key(event) or ()), "t_ref_ns": event["t_ref_ns"],
             "members": [[m["sensor_id"], m["seq"]] for m in event["members"]], "missing": event["missing"],
             "labels": [[d["label"], d["score"]] for d in event["labels"]], "scores": event.get("scores"),
-            "consistency": event.get("consistency"), "alerts": event.get("alerts", [])}
+            "smoothed": event.get("smoothed"), "consistency": event.get("consistency"), "alerts": event.get("alerts", [])}
 
 
 def make_reference(recording: Path, models: str = "default") -> dict:
@@ -72,7 +75,7 @@ def make_reference(recording: Path, models: str = "default") -> dict:
             "models": None if info is None else info.name,
             "thresholds": None if info is None else dict(info.thresholds),
             "consistency_threshold": None if info is None else info.consistency_threshold,
-            "tolerance": dict(TOLERANCE), "events": events}
+            "release_ratio": LabelsConfig().release_ratio, "tolerance": dict(TOLERANCE), "events": events}
 
 
 def write_reference(reference: dict, path: Path) -> Path:
@@ -88,6 +91,11 @@ def write_reference(reference: dict, path: Path) -> Path:
 
 def _near(value: float | None, threshold: float | None, tol: float) -> bool:
     return value is not None and threshold is not None and abs(value - threshold) <= tol
+
+
+def _in_band(value: float | None, band: tuple[float, float | None], tol: float) -> bool:
+    low, high = band
+    return value is not None and high is not None and low - tol <= value <= high + tol
 
 
 def compare(reference: dict, events: Iterable[dict]) -> list[str]:
@@ -119,11 +127,13 @@ def compare(reference: dict, events: Iterable[dict]) -> list[str]:
                 diffs.append(f"{where}: score {cls} {a} != reference {b} (tolerance {tol['score']})")
         labels = {name for name, _ in ev["labels"]}
         ref_labels = {name for name, _ in ref["labels"]}
+        smoothed, ref_smoothed = ev.get("smoothed") or scores, ref.get("smoothed") or ref_scores
         for name in sorted(labels ^ ref_labels):
-            if not (_near(scores.get(name), thresholds.get(name), tol["score"])
-                    or _near(ref_scores.get(name), thresholds.get(name), tol["score"])):
+            band = (thresholds.get(name, 0.0) * reference.get("release_ratio", 1.0), thresholds.get(name))
+            if not (_in_band(smoothed.get(name), band, tol["score"])
+                    or _in_band(ref_smoothed.get(name), band, tol["score"])):
                 diffs.append(f"{where}: label {name} {'added' if name in labels else 'lost'} "
-                             f"(score {scores.get(name)}, reference {ref_scores.get(name)}, "
+                             f"(smoothed score {smoothed.get(name)}, reference {ref_smoothed.get(name)}, "
                              f"threshold {thresholds.get(name)})")
         a, b = ev.get("consistency"), ref.get("consistency")
         if (a is None) != (b is None) or (a is not None and abs(a - b) > tol["consistency"]):

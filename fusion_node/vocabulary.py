@@ -17,6 +17,7 @@ __all__ = [
     "Modality",
     "MODALITIES",
     "FRAME_MODALITIES",
+    "BOUND_PAIRS",
     "EventClass",
     "CLASSES",
     "OBSERVES",
@@ -32,6 +33,11 @@ MODALITIES: tuple[str, ...] = get_args(Modality)
 # Modalities whose messages are discrete frames matched in time; audio is a continuous signal cut
 # as a window ending at the reference time.
 FRAME_MODALITIES: tuple[str, ...] = ("camera", "radar")
+
+# Pairs of modalities whose encoders are trained into one embedding space, so that the cosine of
+# their embeddings of one scene means something (the drift monitor's cross-modal similarity).
+# The radar is bound to the camera; the audio encoder is distilled on its own and shares no space.
+BOUND_PAIRS: tuple[tuple[str, str], ...] = (("camera", "radar"),)
 
 EventClass = Literal["person", "vehicle", "dog", "glass_break", "speech", "alarm"]
 # Event classes, in the order of the head's logits.

@@ -145,7 +145,7 @@ def test_stats_snapshot_has_the_documented_keys():
     core = FusionCore(_cfg(), None, timer=clock)
     _stream(core, clock, T0, T0 + 300 * MS)
     s = core.stats(clock.t, 0.3)
-    assert {"rig", "t_ns", "events", "sensors", "rejected_unattributed", "sync", "latency_ms", "provider"} <= set(s)
+    assert {"rig", "t_ns", "events", "sensors", "rejected_unattributed", "sync", "latency_ms", "provider", "alignment"} <= set(s)
     assert s["sensors"]["cam0"]["rate_hz"] == pytest.approx(3 / 0.3, rel=0.01)
 
 

@@ -78,13 +78,18 @@ class Feed:
         return events
 
 
-def _core(runtime: Runtime | None, clock: Clock) -> FusionCore:
+# Labels and alerts of each set on its own, as the head gives them: no smoothing, nothing to sustain.
+PER_SET = {"labels": {"smoothing": False}, "alerts": {"disagree_sustain_s": 0, "disagree_clear_s": 0}}
+
+
+def _core(runtime: Runtime | None, clock: Clock, **sections) -> FusionCore:
     cfg = config_from_dict({
         "rig": "r1",
         "sensors": [{"id": sid, "kind": kind, "endpoint": f"inproc://{sid}", "liveness_timeout_s": 0.5}
                     for sid, kind in KIND.items()],
         "sync": {"deadline_ms": 100},
         "lifecycle": {"sensor_grace_s": 0},  # a sensor never heard from fails after its liveness timeout
+        **sections,
     })
     return FusionCore(cfg, runtime, timer=clock)
 
@@ -144,7 +149,7 @@ def test_events_report_what_the_shipped_model_computed(shipped, recordings):
     manifest = json.loads(DEFAULT.read_text())
     clock = Clock()
     shipped.heads.clear()
-    events = recordings.drive(_core(shipped, clock), clock, T0, 3.0)
+    events = recordings.drive(_core(shipped, clock, **PER_SET), clock, T0, 3.0)
     assert len(events) >= 25 and len(shipped.heads) == len(events)
     labelled, unlabelled = set(), set()
     for ev, head in zip(events, shipped.heads):
@@ -216,7 +221,7 @@ def test_disagreement_threshold_comes_from_the_manifest(tmp_path, recordings, th
     runtime = ModelRuntime(_edited_bundle(tmp_path, edit), provider="cpu")
     assert runtime.consistency_threshold == threshold
     clock = Clock()
-    events = _with_model(recordings.drive(_core(runtime, clock), clock, T0, 2.0))
+    events = _with_model(recordings.drive(_core(runtime, clock, **PER_SET), clock, T0, 2.0))
     assert events and all(("modalities_disagree" in e["alerts"]) == fires for e in events)
 
 

@@ -8,7 +8,7 @@ Topics, with ``P`` the configured prefix (``fusion``) and every payload JSON unl
   where ``after`` is the lifecycle event as logged (with its ``seq``), ``before`` the previous one
   of the same occurrence (for ``new``, the same event);
 * ``P/alerts``: alerts (``sensor_failed``, ``sensor_fault``, ``clock_drift``,
-  ``modalities_disagree``) in the same shape;
+  ``modalities_disagree``, ``drift``) in the same shape;
 * ``P/<rig>/<label>``: number of open occurrences (retained), ``P/<rig>/<label>/state``:
   ``ON`` / ``OFF`` (retained), ``P/<rig>/<label>/attributes``: the last event (retained);
 * ``P/<rig>/<sensor>/problem``: ``ON`` while the sensor has an alert open (retained),
