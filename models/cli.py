@@ -40,6 +40,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       image_teacher=args.image_teacher, audio_epochs=args.audio_epochs,
                       audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 5 // 3,
                       camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
+                      camera_composites=args.camera_composites, camera_renders=args.camera_renders,
+                      camera_folds=not args.no_camera_folds,
                       radar_samples=args.radar_samples, radar_epochs=args.radar_epochs, cache_dir=str(args.cache_dir))
     print(f"fusion train: real recordings: {real or 'none'}", flush=True)
     recordings = None
@@ -134,8 +136,13 @@ def add_parsers(sub) -> None:
     t.add_argument("--image-teacher", default=None, metavar="PATH", help="MobileNetV2 ONNX file (training only)")
     t.add_argument("--audio-windows", type=int, default=1500, help="augmented audio windows per class (default 1500)")
     t.add_argument("--audio-epochs", type=int, default=10, help="audio distillation epochs (default 10)")
-    t.add_argument("--camera-epochs", type=int, default=12, help="camera distillation epochs (default 12)")
-    t.add_argument("--camera-frames", type=int, default=None, help="camera training frames (default: the stage's own)")
+    t.add_argument("--camera-epochs", type=int, default=20, help="camera distillation epochs (default 20)")
+    t.add_argument("--camera-frames", type=int, default=500, help="frames read per real video (default 500)")
+    t.add_argument("--camera-composites", type=int, default=1200,
+                   help="cut-outs pasted on real empty frames (default 1200)")
+    t.add_argument("--camera-renders", type=int, default=600, help="simulator renders (default 600)")
+    t.add_argument("--no-camera-folds", action="store_true",
+                   help="skip the held-out-video folds (no camera figures; thresholds default to 0.5)")
     t.add_argument("--radar-samples", type=int, default=8000, help="simulated windows for radar binding (default 8000)")
     t.add_argument("--radar-epochs", type=int, default=6, help="radar binding epochs (default 6)")
     t.add_argument("--resume", action="store_true", help="reload the stages already done in --out")

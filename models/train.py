@@ -56,8 +56,11 @@ class TrainConfig:
     audio_windows_per_class: int = 1500
     audio_background_windows: int = 2500
     audio_epochs: int = 10
-    camera_epochs: int = 12
-    camera_frames: int | None = None  # None: the camera stage's own default
+    camera_epochs: int = 20
+    camera_frames: int = 500  # frames read per real video (the teacher labels each)
+    camera_composites: int = 1200
+    camera_renders: int = 600
+    camera_folds: bool = True  # held-out-video folds before the shipped student (the figures and thresholds)
     radar_samples: int = 8000
     radar_epochs: int = 6
     cache_dir: str = ".cache/datasets"
@@ -114,10 +117,11 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
 def _camera_stage(cfg: TrainConfig, out: Path, log) -> dict:
     yolox = _require(cfg.camera_teacher, "--camera-teacher", "YOLOX-nano ONNX, the detector teacher")
     mobilenet = _require(cfg.image_teacher, "--image-teacher", "MobileNetV2 ONNX, the image-embedding teacher")
-    kwargs = {} if cfg.camera_frames is None else {"frames": cfg.camera_frames}
-    metrics = camera_distill.train_camera_student(Path(cfg.real_clips), yolox, mobilenet, out, seed=cfg.seed,
-                                                  epochs=cfg.camera_epochs, **kwargs)
-    log(f"camera: {json.dumps(metrics.get('summary', {}))}")
+    metrics = camera_distill.train_camera_student(
+        Path(cfg.real_clips), yolox, mobilenet, out, seed=cfg.seed, epochs=cfg.camera_epochs,
+        max_frames=cfg.camera_frames, n_composites=cfg.camera_composites, n_sim=cfg.camera_renders,
+        evaluate=cfg.camera_folds)
+    log(f"camera: thresholds {metrics.get('thresholds')}, pooled held-out {json.dumps(metrics.get('pooled_at_thresholds'))}")
     return torch.load(out / STAGE_FILES["camera"], weights_only=False)
 
 
