@@ -148,7 +148,8 @@ class SensorFaults:
         mean, std = cv2.meanStdDev(grey)
         covered = std[0, 0] <= self.cfg.camera_covered_std_max and mean[0, 0] <= self.cfg.camera_covered_mean_max
         prev, self._prev = self._prev, grey
-        frozen = prev is not None and prev.shape == grey.shape and \
+        # A covered lens sees one flat field frame after frame: that is covered, not also frozen.
+        frozen = not covered and prev is not None and prev.shape == grey.shape and \
             np.count_nonzero(prev != grey) <= self.cfg.camera_frozen_changed_max * grey.size
         return {"covered": float(covered), "frozen": float(frozen)}
 
@@ -210,5 +211,6 @@ class FaultMonitor:
         return out
 
     def onsets(self, sensor_id: str) -> dict[str, int]:
-        """How many times each fault kind was raised on ``sensor_id``."""
-        return dict(self.sensors[sensor_id].onsets)
+        """How many times each of the sensor's fault kinds was raised on ``sensor_id`` (zeros included)."""
+        s = self.sensors[sensor_id]
+        return {k: s.onsets[k] for k in FAULT_KINDS[s.kind]}
