@@ -185,8 +185,10 @@ class FaultsConfig(_Strict):
                                   "any microphone's noise floor and about one 16-bit step)")
     audio_clip_level: float = Field(0.99, gt=0, le=1, description="clipped: a sample at or beyond this |value| is "
                                                                   "at full scale")
-    audio_clipped_share: float = Field(0.02, gt=0, le=1, description="clipped: share of the window's samples at "
-                                                                     "full scale that raises the fault")
+    audio_clipped_share: float = Field(
+        0.1, gt=0, le=1, description="clipped: share of the window's samples at full scale that raises the fault "
+                                     "(100 ms of a 1 s window; real recordings measured 0.001 at most, so a short "
+                                     "clipped transient does not raise it)")
     audio_stuck_history_s: float = Field(0.5, ge=0, le=5, description="stuck: a chunk repeating exactly any stretch "
                                                                       "of this much past audio is stuck (a driver "
                                                                       "replaying its buffer)")
