@@ -39,6 +39,7 @@ from sensors.sim.faults import FaultInjection, parse_fault
 
 from .conftest import SHARED_DATA
 from .fake_runtime import FakeRuntime
+from .test_core import _cfg as core_rig
 
 S = 1_000_000_000
 AUDIO = DEFAULT_AUDIO
@@ -211,14 +212,8 @@ def test_parse_fault_reads_the_spec_and_names_what_is_wrong():
 
 
 def _rig(**faults):
-    return config_from_dict({
-        "rig": "r1",
-        "sensors": [{"id": "cam0", "kind": "camera", "endpoint": "inproc://c", "liveness_timeout_s": 0.5},
-                    {"id": "radar0", "kind": "radar", "endpoint": "inproc://r", "liveness_timeout_s": 0.5},
-                    {"id": "mic0", "kind": "audio", "endpoint": "inproc://a", "liveness_timeout_s": 0.5}],
-        "sync": {"deadline_ms": 100, "audio_window_s": 0.2},
-        "faults": faults,
-    })
+    """tests/test_core.py's rig (camera, radar, microphone) with fault detection on and these settings."""
+    return core_rig().model_copy(update={"faults": FaultsConfig(**faults)})
 
 
 def _through_core(core: FusionCore, injections: dict[str, FaultInjection], seconds: float) -> list[dict]:
