@@ -27,12 +27,14 @@ from bench.faults import (
     run_detector,
     video_frames,
 )
-from fusion_node.config import FaultsConfig, config_from_dict, config_schema
+from fusion_node.config import FaultsConfig, LifecycleConfig, config_from_dict, config_schema
 from fusion_node.core import FusionCore
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.errors import ConfigError
 from fusion_node.faults import FAULT_KINDS, FaultMonitor, SensorFaults
+from fusion_node.lifecycle import Lifecycle
 from fusion_node.paths import SHIPPED_MODELS
+from fusion_node.vocabulary import CLASSES
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, decode_map
 from sensors.samples import DEFAULT_AUDIO, DEFAULT_CAMERA, DEFAULT_RADAR
 from sensors.sim.faults import FaultInjection, parse_fault
@@ -271,6 +273,18 @@ def test_a_frozen_camera_is_alerted_in_events_and_left_out_of_the_fusion_until_i
     assert stats["sensors"]["cam0"]["faults"] == {"covered": 0, "frozen": 1}
     assert stats["sensors"]["cam0"]["faulty"] == []
     assert stats["sensors"]["mic0"]["faults"] == {"silent": 0, "clipped": 0, "stuck": 0}
+
+
+def test_a_fault_becomes_one_alert_occurrence_about_its_sensor():
+    core = FusionCore(_rig(), FakeRuntime())
+    events = _through_core(core, {"radar": FaultInjection("radar", "empty", 1.0)}, 3.0)
+    lc = Lifecycle(LifecycleConfig(), thresholds={c: 0.5 for c in CLASSES})
+    out = []
+    for e in events:
+        now = e["t_ref_ns"] + 10_000_000
+        out += lc.observe(e, now, now)
+    starts = [o for o in out if o["kind"] == "alert" and o["type"] == "start"]
+    assert [(o["label"], o["sensor_id"]) for o in starts] == [("sensor_fault:radar0:empty", "radar0")]
 
 
 def test_the_camera_is_not_encoded_while_faulty():
