@@ -173,7 +173,8 @@ class FaultsConfig(_Strict):
                                                               "audio_clipped_share")
     camera_covered_std_max: float = Field(
         5.0, ge=0, description="covered: largest spatial standard deviation (grey levels 0-255, frame sampled "
-                               "about 80 px wide); real scenes measured 10 or more, a capped lens about 1")
+                               "about 80 px wide); the real videos measured 10 or more, the street video darkened and blurred "
+                               "to a covered lens 1.5 at most")
     camera_covered_mean_max: float = Field(
         100.0, ge=0, le=255, description="covered: largest mean grey level; a uniform bright frame (glare, a lit "
                                          "wall) is not a covered lens")
