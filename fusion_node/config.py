@@ -48,8 +48,8 @@ from .wire import TOPICS
 
 __all__ = ["SensorConfig", "SyncConfig", "NodeConfig", "RigSpec", "RigConfig", "MultiRigConfig", "load_config",
            "load_rigs", "config_from_dict", "rigs_from_dict", "read_yaml", "config_schema", "LifecycleConfig",
-           "EventLogConfig", "LabelsConfig", "AlertsConfig", "MqttTlsConfig", "MqttConfig", "SinksConfig",
-           "endpoint_problem"]
+           "EventLogConfig", "LabelsConfig", "AlertsConfig", "FaultsConfig", "MqttTlsConfig", "MqttConfig",
+           "SinksConfig", "endpoint_problem"]
 
 # ZeroMQ transports an endpoint may name; without one ZeroMQ answers only "Invalid argument".
 _ENDPOINT = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|udp|ws|wss|vmci)://\S+$")
@@ -161,6 +161,49 @@ class SyncConfig(_Strict):
                                                                      "a set every this much captured audio; "
                                                                      "default: a quarter of the audio window (the "
                                                                      "model's, else audio_window_s)")
+
+
+class FaultsConfig(_Strict):
+    """Detection of faulty but alive sensors (fusion_node.faults): thresholds per fault kind."""
+
+    enabled: bool = Field(True, description="watch every sensor for sensor_fault:<id>:<kind>; a faulty sensor's "
+                                            "modality is left out of the fusion while its fault lasts")
+    window_s: float = Field(1.0, gt=0, le=2.0, description="capture time over which each kind's symptoms are "
+                                                           "averaged; a fault is raised about raise_fraction x "
+                                                           "this after its onset")
+    raise_fraction: float = Field(0.9, gt=0, le=1, description="share of the window's messages showing a symptom "
+                                                               "that raises the fault")
+    clear_fraction: float = Field(0.5, ge=0, lt=1, description="the fault clears when that share falls below this "
+                                                              "(hysteresis); for clipped, below this times "
+                                                              "audio_clipped_share")
+    camera_covered_std_max: float = Field(
+        5.0, ge=0, description="covered: largest spatial standard deviation (grey levels 0-255, frame sampled "
+                               "about 80 px wide); the real videos measured 10 or more, the street video darkened and blurred "
+                               "to a covered lens 1.5 at most")
+    camera_covered_mean_max: float = Field(
+        100.0, ge=0, le=255, description="covered: largest mean grey level; a uniform bright frame (glare, a lit "
+                                         "wall) is not a covered lens")
+    camera_frozen_changed_max: float = Field(
+        0.002, ge=0, lt=1, description="frozen: largest share of sampled pixels that changed at all since the "
+                                       "previous frame (a burnt-in clock may tick on a frozen picture)")
+    audio_silent_rms_max: float = Field(
+        3.2e-5, gt=0, description="silent: largest RMS of a chunk (full scale 1.0; 3.2e-5 is -90 dBFS, under "
+                                  "any microphone's noise floor and about one 16-bit step)")
+    audio_clip_level: float = Field(0.99, gt=0, le=1, description="clipped: a sample at or beyond this |value| is "
+                                                                  "at full scale")
+    audio_clipped_share: float = Field(
+        0.1, gt=0, le=1, description="clipped: share of the window's samples at full scale that raises the fault "
+                                     "(100 ms of a 1 s window; real recordings measured 0.001 at most, so a short "
+                                     "clipped transient does not raise it)")
+    audio_stuck_history_s: float = Field(0.5, ge=0, le=5, description="stuck: a chunk repeating exactly any stretch "
+                                                                      "of this much past audio is stuck (a driver "
+                                                                      "replaying its buffer)")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "FaultsConfig":
+        if self.clear_fraction >= self.raise_fraction:
+            raise ValueError("clear_fraction must be below raise_fraction (hysteresis)")
+        return self
 
 
 class NodeConfig(_Strict):
@@ -337,6 +380,7 @@ class RigSpec(_Strict):
     rig: str = Field(description="rig name carried in every fused event", min_length=1, max_length=64)
     sensors: list[SensorConfig] = Field(min_length=1, description="the sensors the node subscribes to")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="synchronisation policy")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig, description="faulty-sensor detection")
     calibration_file: str | None = Field(
         None, description="the rig calibration file (relative to the config file; `fusion calibrate` writes it): "
                           "each sensor's clock offset and drift against the rig clock, intrinsics and extrinsics; "

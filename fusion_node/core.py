@@ -11,7 +11,10 @@ Per step the core:
    a new ``run_id`` from a sensor means it restarted: its history is re-based, not rejected;
 2. keeps bounded per-sensor buffers (drop-oldest, counted) and per-sensor liveness;
 3. feeds the set assembler (the configured sync policy) and audio rings;
-4. for each released set runs preprocessing, the encoders and the fusion head, and builds the
+4. shows each admitted message once to the fault detectors (:mod:`fusion_node.faults`): a sensor
+   that is alive but faulty (covered, frozen, repeating, silent...) is left out of the fusion
+   like a missing one, and named in the event's ``faults`` and alerts;
+5. for each released set runs preprocessing, the encoders and the fusion head, and builds the
    fused event with member ages, missing modalities and the latency of every stage.
 """
 
@@ -31,6 +34,7 @@ from .clock import ClockTracker
 from .config import RigConfig
 from .drift import DriftMonitor
 from .labels import LabelSmoother
+from .faults import FaultMonitor
 from .rig import Rig
 from .runtime import HeadOutput, Runtime
 from .stats import LatencyWindow
@@ -115,6 +119,8 @@ class FusionCore:
         ring_s = max(4.0, 2 * self.audio_window_s + cfg.sync.deadline_ms / 1e3)
         self.rings = {s.id: AudioRing(self.audio_rate_hz, ring_s) for s in cfg.sensors if s.kind == "audio"}
         self.assembler = SetAssembler(cfg, self.audio_window_s)
+        self.faults = FaultMonitor(cfg.faults, {s.id: s.kind for s in cfg.sensors}, self.audio_rate_hz) \
+            if cfg.faults.enabled else None
         self.unattributed: Counter = Counter()
         self.events_out = 0
         self.latency = LatencyWindow()
@@ -269,6 +275,8 @@ class FusionCore:
         for st in self._drain_order:
             while st.buffer:
                 member = st.buffer.popleft()
+                if self.faults is not None:
+                    self._watch(member)
                 if st.kind == "audio":
                     ring = self.rings[st.sensor_id]
                     if ring.write(member.t_rig_ns, member.msg.samples) == "rebase":
@@ -278,6 +286,19 @@ class FusionCore:
                     self.assembler.add(member)
         self._update_liveness(now_ns)
         return self.assembler.poll(now_ns)
+
+    def _watch(self, member: Member) -> None:
+        """Show one admitted message to the fault detectors (its capture time on the rig clock)."""
+        msg = member.msg
+        data = msg.image if isinstance(msg, CameraFrame) else msg.points if isinstance(msg, RadarPoints) \
+            else msg.samples
+        self.faults.observe(member.sensor_id, msg.run_id, member.t_rig_ns, data)
+
+    def _faulty(self) -> dict[str, list[str]]:
+        """Sensor id -> active fault kinds, for live sensors (a silent one is failed, not faulty)."""
+        if self.faults is None:
+            return {}
+        return {sid: kinds for sid, kinds in self.faults.active().items() if self.sensors[sid].alive}
 
     def _update_liveness(self, now_ns: int) -> None:
         for st in self.sensors.values():
@@ -314,6 +335,11 @@ class FusionCore:
         t0 = self.timer()
         members = dict(sset.members)
         missing = set(sset.missing)
+        # A faulty sensor's data is no evidence: it is left out as if missing (zero weight in the head).
+        faults = self._faulty()
+        for sid in faults:
+            members.pop(sid, None)
+            missing.add(sid)
         embeddings: dict[str, np.ndarray | None] = {m: None for m in MODALITIES}
         stage_ms: dict[str, float] = {}
         audio_cov = {}
@@ -321,7 +347,7 @@ class FusionCore:
         for aid in sset.audio_ids:
             win = self.rings[aid].window(sset.t_ref_ns, self.audio_window_s)
             audio_cov[aid] = win.coverage
-            if win.coverage < MIN_AUDIO_COVERAGE:
+            if win.coverage < MIN_AUDIO_COVERAGE or aid in faults:
                 missing.add(aid)
             elif self.runtime is not None:
                 inputs["audio"] = (win.samples,)
@@ -348,10 +374,10 @@ class FusionCore:
                 stage_ms["head"] = (self.timer() - th) / 1e6
         else:
             head = None
-        return self._event(sset, members, sorted(missing), audio_cov, head, stage_ms, embeddings)
+        return self._event(sset, members, sorted(missing), audio_cov, head, stage_ms, embeddings, faults)
 
     def _event(self, sset: SyncSet, members: dict[str, Member], missing: list[str], audio_cov: dict,
-               head: HeadOutput | None, stage_ms: dict, embeddings: dict) -> dict:
+               head: HeadOutput | None, stage_ms: dict, embeddings: dict, faults: dict[str, list[str]]) -> dict:
         self._event_seq += 1
         runtime = self.runtime
         # An untrained model's outputs are noise: no scores, labels, certainties or disagreement.
@@ -363,6 +389,8 @@ class FusionCore:
             entry: dict[str, Any] = {"sensor_id": sid, "present": present}
             if kind == "audio":
                 entry["coverage"] = round(audio_cov.get(sid, 0.0), 3)
+            if sid in faults:
+                entry["faults"] = faults[sid]
             if fused is not None:
                 idx = MODALITIES.index(kind)
                 entry["certainty"] = round(float(fused.certainty[idx]), 4)
@@ -374,6 +402,7 @@ class FusionCore:
         # Alerts for security consumers: a dead sensor; modalities that stopped agreeing (a swapped
         # or replayed feed, a sensor knocked out of alignment, a stale clock) or drifted apart.
         alerts = [f"sensor_failed:{st.sensor_id}" for st in self.sensors.values() if self._failed(st)]
+        alerts += [f"sensor_fault:{sid}:{kind}" for sid, kinds in faults.items() for kind in kinds]
         if fused is not None:
             n_present = sum(1 for entry in modalities.values() if entry["present"])
             scores, smoothed, labels, cross = self._labels_and_alerts(sset.t_ref_ns, fused, n_present, embeddings)
@@ -405,6 +434,7 @@ class FusionCore:
             "modalities": modalities,
             "members": member_list,
             "missing": missing,
+            "faults": faults,
             "consistency": consistency,
             "alerts": alerts,
             "newest_capture_ns": max(node_capture.values(), default=sset.t_ref_ns),
@@ -486,6 +516,9 @@ class FusionCore:
             if st.kind == "audio":
                 ring = self.rings[st.sensor_id]
                 entry.update(audio_gaps=ring.gaps, audio_rebases=ring.rebases)
+            if self.faults is not None:
+                entry.update(faults=self.faults.onsets(st.sensor_id),
+                             faulty=self.faults.sensors[st.sensor_id].active if st.alive else [])
             sensors[st.sensor_id] = entry
         return {
             "rig": self.cfg.rig,

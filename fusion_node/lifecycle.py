@@ -27,7 +27,8 @@ Rules, for a detection (label) of one rig:
 Alerts are occurrences too, keyed by rig and alert (``sensor_failed:mic0``): from the records'
 alerts (``sensor_failed:<id>``, ``modalities_disagree``, ``drift``) and from the node's stats
 (``sensor_failed:<id>`` also when the driver camera itself is silent and no record comes,
-``sensor_fault:<id>`` while a sensor's messages are being rejected or its clock jumps,
+``sensor_fault:<id>`` while a sensor's messages are being rejected or its clock jumps (and, from
+the records, ``sensor_fault:<id>:<kind>`` while it is alive but faulty: ``fusion_node.faults``),
 ``clock_drift:<id>`` while its tracked drift exceeds ``drift_alert_ppm``). An alert starts at
 once and ends after ``end_timeout_s`` of node time without its condition.
 """
@@ -257,5 +258,5 @@ def _ns(seconds: float) -> int:
 
 
 def _alert_sensor(alert: str) -> str | None:
-    """The sensor an alert names (``sensor_failed:mic0`` -> ``mic0``), or None."""
-    return alert.split(":", 1)[1] if ":" in alert else None
+    """The sensor an alert names (``sensor_failed:mic0``, ``sensor_fault:cam0:frozen`` -> the id), or None."""
+    return alert.split(":")[1] if ":" in alert else None

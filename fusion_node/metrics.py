@@ -7,7 +7,9 @@ Families (labels in braces):
   ``{rig,sensor,kind}``, ``fusion_sensor_rejected_total{rig,sensor,reason}``, gauges
   ``fusion_sensor_alive``, ``fusion_sensor_rate_hz``, ``fusion_sensor_queue_depth``,
   ``fusion_sensor_clock_offset_seconds``, ``fusion_sensor_clock_drift_ppm``, and
-  ``fusion_rejected_unattributed_total{rig,reason}``;
+  ``fusion_rejected_unattributed_total{rig,reason}``, ``fusion_sensor_faults_total{rig,sensor,kind}`` (times a
+  fault was raised on an alive sensor: covered, frozen, repeating, empty, silent, clipped, stuck) and the gauge
+  ``fusion_sensor_faulty{rig,sensor,kind}`` (1 while it lasts);
 * per fused record: ``fusion_stage_latency_seconds{rig,stage}`` histograms (``receive``,
   ``sync_wait``, ``preprocess``, ``encode_*``, ``head``, ``publish``, ``e2e``) and
   ``fusion_fused_records_total{rig}``;
@@ -104,6 +106,10 @@ class _SnapshotCollector:
                                        labels=["rig", "sensor", "reason"])
         unattributed = CounterMetricFamily("fusion_rejected_unattributed", "rejected messages naming no "
                                            "configured sensor", labels=["rig", "reason"])
+        faults = CounterMetricFamily("fusion_sensor_faults", "faults raised on an alive sensor, by kind",
+                                     labels=["rig", "sensor", "kind"])
+        faulty = GaugeMetricFamily("fusion_sensor_faulty", "1 while the sensor has this fault",
+                                   labels=["rig", "sensor", "kind"])
         for rig, stats in snap.get("stats", {}).items():
             for sid, s in stats.get("sensors", {}).items():
                 key = [rig, sid, s.get("kind", "")]
@@ -118,11 +124,15 @@ class _SnapshotCollector:
                     drift.add_metric([rig, sid], clock["drift_ppm"])
                 for reason, n in s.get("rejected", {}).items():
                     rejected.add_metric([rig, sid, reason], float(n))
+                active = set(s.get("faulty", ()))
+                for kind, n in s.get("faults", {}).items():
+                    faults.add_metric([rig, sid, kind], float(n))
+                    faulty.add_metric([rig, sid, kind], 1.0 if kind in active else 0.0)
             for reason, n in stats.get("rejected_unattributed", {}).items():
                 unattributed.add_metric([rig, reason], float(n))
         yield from fams.values()
         yield from gauges.values()
-        yield from (offset, drift, rejected, unattributed)
+        yield from (offset, drift, rejected, unattributed, faults, faulty)
         depth = GaugeMetricFamily("fusion_sink_queue_depth", "events waiting for the sink (queued or unacknowledged)",
                                   labels=["sink"])
         dropped = CounterMetricFamily("fusion_sink_dropped", "events dropped, oldest first, while the sink's queue "

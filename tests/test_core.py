@@ -22,6 +22,9 @@ def _cfg(**sync):
                     {"id": "radar0", "kind": "radar", "endpoint": "inproc://r", "liveness_timeout_s": 0.5},
                     {"id": "mic0", "kind": "audio", "endpoint": "inproc://a", "liveness_timeout_s": 0.5}],
         "sync": {"deadline_ms": 100, "audio_window_s": 0.2, **sync},
+        # Blank frames, empty radar sets and a constant tone are what faulty sensors send: these tests
+        # are about admission and synchronisation (tests/test_faults.py feeds real data).
+        "faults": {"enabled": False},
     })
 
 

@@ -82,7 +82,8 @@ class Feed:
 PER_SET = {"labels": {"smoothing": False}, "alerts": {"disagree_sustain_s": 0, "disagree_clear_s": 0}}
 
 
-def _core(runtime: Runtime | None, clock: Clock, **sections) -> FusionCore:
+def _core(runtime: Runtime | None, clock: Clock, faults: bool = True, **sections) -> FusionCore:
+    """A core for the test rig; ``faults=False`` for constant synthetic feeds, which faulty sensors would send."""
     cfg = config_from_dict({
         "rig": "r1",
         "sensors": [{"id": sid, "kind": kind, "endpoint": f"inproc://{sid}", "liveness_timeout_s": 0.5}
@@ -90,6 +91,7 @@ def _core(runtime: Runtime | None, clock: Clock, **sections) -> FusionCore:
         "sync": {"deadline_ms": 100},
         "lifecycle": {"sensor_grace_s": 0},  # a sensor never heard from fails after its liveness timeout
         **sections,
+        "faults": {"enabled": faults},
     })
     return FusionCore(cfg, runtime, timer=clock)
 
@@ -260,7 +262,7 @@ def test_audio_is_admitted_at_the_models_rate_only(shipped):
 def test_a_model_at_another_rate_sets_the_rate_the_core_admits():
     fake = FakeRuntime(audio_sample_rate_hz=8000, audio_window_s=0.2)
     clock = Clock()
-    core = _core(fake, clock)
+    core = _core(fake, clock, faults=False)
     feed = Feed([np.zeros((8, 8, 3), np.uint8)], [np.zeros((2, 6), np.float32)],
                 np.full(8000, 0.1, np.float32), 8000)
     events = feed.drive(core, clock, T0, 1.0)
@@ -284,7 +286,7 @@ def fake_feed() -> Feed:
 
 def _last_full_event(fake: FakeRuntime, feed: Feed, silent: tuple[str, ...] = ()) -> dict:
     clock = Clock()
-    events = feed.drive(_core(fake, clock), clock, T0, 2.0, silent=silent)
+    events = feed.drive(_core(fake, clock, faults=False), clock, T0, 2.0, silent=silent)
     return events[-1]
 
 

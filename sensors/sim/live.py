@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
 from fusion_node.errors import SensorError
 from fusion_node.rig import load_rig
 from fusion_node.vocabulary import WIRE_AUDIO_RATE_HZ
@@ -18,10 +20,16 @@ from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints
 
 from ..publisher import SensorPublisher, add_shm_arguments, install_stop_handler, shm_options, sleep_until
 from .assets import load_assets
+from .faults import FaultInjection, parse_fault
 from .render import render_audio, render_camera, render_radar
 from .world import LiveWorld, RigGeometry
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "add_read_noise"]
+
+# Read noise of the simulated camera, in grey levels: every real image sensor has some, and
+# without it a static simulated scene renders bit-identical frames, which is exactly what a
+# frozen camera sends (fusion_node.faults would rightly call it frozen).
+READ_NOISE_LEVELS = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,11 +48,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rig calibration file: take the image size, field of view and radar mounting from it")
     p.add_argument("--wait-subscriber", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds for a subscriber before starting")
+    p.add_argument("--fault", action="append", default=[], metavar="MODALITY:KIND@START[-END]",
+                   help="make one sensor faulty from START seconds (to END): camera:covered, camera:frozen, "
+                        "radar:repeating, radar:empty, audio:silent, audio:clipped, audio:stuck; repeatable")
     add_shm_arguments(p)
+
+
+def add_read_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` (uint8) with uniform read noise of +-READ_NOISE_LEVELS, saturating at 0 and 255."""
+    noise = rng.integers(-READ_NOISE_LEVELS, READ_NOISE_LEVELS + 1, image.shape, dtype=np.int16)
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def _faults(specs: list[str]) -> dict[str, list[FaultInjection]]:
+    out: dict[str, list[FaultInjection]] = {"camera": [], "radar": [], "audio": []}
+    for spec in specs:
+        try:
+            f = parse_fault(spec)
+        except ValueError as exc:
+            raise SensorError(f"sim: --fault {exc}") from None
+        out[f.modality].append(f)
+    return out
+
+
+def _inject(faults: list[FaultInjection], t: float, data):
+    for f in faults:
+        data = f.apply(t, data)
+    return data
 
 
 def run(args: argparse.Namespace) -> int:
     """Publish the three simulated sensors from one world, on their own sockets, in real time."""
+    faults = _faults(args.fault)
     stop = install_stop_handler()
     geometry = RigGeometry()
     if args.rig:
@@ -54,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             raise SensorError(f"sim: {args.rig}: {exc}") from None
     assets = load_assets("eval", geometry)  # what ships only: the live sensor never reads development data
     world = LiveWorld(args.seed, geometry)
+    noise = np.random.default_rng(args.seed)
     pubs = {kind: SensorPublisher(kind, endpoint, sid, **shm_options(args))
             for kind, endpoint, sid in (("camera", args.camera_endpoint, args.camera_id),
                                         ("radar", args.radar_endpoint, args.radar_id),
@@ -76,12 +112,13 @@ def run(args: argparse.Namespace) -> int:
             world.update(t)
             t_ns = t0_ns + int(round(t * 1e9))
             if kind == "camera":
-                pubs[kind].publish(CameraFrame(args.camera_id, 0, t_ns, 0, render_camera(world.scene, t, assets, geometry)))
+                image = _inject(faults[kind], t, add_read_noise(render_camera(world.scene, t, assets, geometry), noise))
+                pubs[kind].publish(CameraFrame(args.camera_id, 0, t_ns, 0, image))
             elif kind == "radar":
-                pubs[kind].publish(RadarPoints(args.radar_id, 0, t_ns, 0, render_radar(world.scene, t, assets, geometry),
-                                               has_side_info=True))
+                points = _inject(faults[kind], t, render_radar(world.scene, t, assets, geometry))
+                pubs[kind].publish(RadarPoints(args.radar_id, 0, t_ns, 0, points, has_side_info=True))
             else:
-                samples = render_audio(world.scene, t + 0.02, 0.02, assets)
+                samples = _inject(faults[kind], t, render_audio(world.scene, t + 0.02, 0.02, assets))
                 pubs[kind].publish(AudioChunk(args.audio_id, 0, t_ns, 0, samples, WIRE_AUDIO_RATE_HZ))
             count[kind] += 1
     finally:
