@@ -122,7 +122,8 @@ def test_disagreement_needs_two_present_and_a_sustained_low_consistency():
 def _core(fake: FakeRuntime, clock: Clock, **alerts) -> FusionCore:
     cfg = config_from_dict({
         "rig": "r1", "sensors": [{"id": s, "kind": k, "endpoint": f"inproc://{s}"} for s, k in KIND.items()],
-        "sync": {"deadline_ms": 100}, "alerts": alerts})
+        "sync": {"deadline_ms": 100}, "alerts": alerts,
+        "faults": {"enabled": False}})  # a constant synthetic feed is what faulty sensors send
     return FusionCore(cfg, fake, timer=clock)
 
 

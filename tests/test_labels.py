@@ -89,7 +89,8 @@ def test_the_core_reports_raw_scores_and_steady_smoothed_labels(smoothing):
     clock = Clock()
     cfg = config_from_dict({
         "rig": "r1", "sensors": [{"id": s, "kind": k, "endpoint": f"inproc://{s}"} for s, k in KIND.items()],
-        "sync": {"deadline_ms": 100}, "labels": {"smoothing": smoothing}})
+        "sync": {"deadline_ms": 100}, "labels": {"smoothing": smoothing},
+        "faults": {"enabled": False}})  # a constant synthetic feed is what faulty sensors send
     core = FusionCore(cfg, runtime, timer=clock)
     feed = Feed([np.full((8, 8, 3), 40, np.uint8)], [np.ones((3, 6), np.float32)], np.full(3200, 0.1, np.float32),
                 16000)
@@ -113,7 +114,7 @@ def test_labels_start_afresh_after_the_rigs_sets_stop_for_seconds():
     cfg = config_from_dict({
         "rig": "r1", "sensors": [{"id": s, "kind": k, "endpoint": f"inproc://{s}", "liveness_timeout_s": 0.5}
                                  for s, k in KIND.items()],
-        "sync": {"deadline_ms": 100}})
+        "sync": {"deadline_ms": 100}, "faults": {"enabled": False}})
     core = FusionCore(cfg, runtime, timer=clock)
     feed = Feed([np.full((8, 8, 3), 40, np.uint8)], [np.ones((3, 6), np.float32)], np.full(3200, 0.1, np.float32),
                 16000)
