@@ -38,7 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(seed=args.seed, real_clips=None if real is None else str(real),
                       audio_teacher=args.audio_teacher, camera_teacher=args.camera_teacher,
                       image_teacher=args.image_teacher, audio_epochs=args.audio_epochs,
-                      audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 5 // 3,
+                      audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 2,
                       camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
                       camera_composites=args.camera_composites, camera_renders=args.camera_renders,
                       camera_folds=not args.no_camera_folds,
@@ -134,8 +134,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--audio-teacher", default=None, metavar="PATH", help="YAMNet ONNX file (training only)")
     t.add_argument("--camera-teacher", default=None, metavar="PATH", help="YOLOX-nano ONNX file (training only)")
     t.add_argument("--image-teacher", default=None, metavar="PATH", help="MobileNetV2 ONNX file (training only)")
-    t.add_argument("--audio-windows", type=int, default=1500, help="augmented audio windows per class (default 1500)")
-    t.add_argument("--audio-epochs", type=int, default=10, help="audio distillation epochs (default 10)")
+    t.add_argument("--audio-windows", type=int, default=2000,
+                   help="augmented audio windows per class, twice as many of background (default 2000)")
+    t.add_argument("--audio-epochs", type=int, default=12, help="audio distillation epochs (default 12)")
     t.add_argument("--camera-epochs", type=int, default=20, help="camera distillation epochs (default 20)")
     t.add_argument("--camera-frames", type=int, default=500, help="frames read per real video (default 500)")
     t.add_argument("--camera-composites", type=int, default=1200,

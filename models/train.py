@@ -53,9 +53,9 @@ class TrainConfig:
     camera_teacher: str | None = None  # YOLOX-nano
     image_teacher: str | None = None  # MobileNetV2
     embed_dim: int = 128
-    audio_windows_per_class: int = 1500
-    audio_background_windows: int = 2500
-    audio_epochs: int = 10
+    audio_windows_per_class: int = 2000
+    audio_background_windows: int = 4000
+    audio_epochs: int = 12
     camera_epochs: int = 20
     camera_frames: int = 500  # frames read per real video (the teacher labels each)
     camera_composites: int = 1200
