@@ -410,7 +410,7 @@ def _loss(student: CameraStudent, images: np.ndarray, presence: np.ndarray, grid
     l_cls = F.binary_cross_entropy_with_logits(logits[:, _VIS_LOGITS], torch.from_numpy(presence))
     l_grid = F.binary_cross_entropy_with_logits(grid_logits, torch.from_numpy(grid))
     loss = l_cls + l_grid
-    parts = {"presence": float(l_cls), "grid": float(l_grid)}
+    parts = {"presence": l_cls.item(), "grid": l_grid.item()}
     if has_emb.any():
         m = torch.from_numpy(has_emb)
         # MobileNet's embedding is a pooled ReLU6 output, all non-negative: every pair of images
@@ -418,7 +418,7 @@ def _loss(student: CameraStudent, images: np.ndarray, presence: np.ndarray, grid
         target = torch.from_numpy(emb)[m] - emb_mean
         l_emb = (1 - F.cosine_similarity(proj[m], target, dim=1)).mean()
         loss = loss + 0.5 * l_emb
-        parts["embedding"] = float(l_emb)
+        parts["embedding"] = l_emb.item()
     return loss, parts
 
 
@@ -455,11 +455,11 @@ def fit(data: FrameSet, *, seed: int = 0, epochs: int = 8, batch: int = 64, lr: 
         nn.utils.clip_grad_norm_(student.parameters(), 5.0)
         opt.step()
         sched.step()
-        window.append(float(loss))
+        window.append(loss.item())
         if len(window) == per_epoch or step == total - 1:
             history.append(float(np.mean(window)))
             window = []
-        bar.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+        bar.set_postfix(loss=f"{window[-1] if window else history[-1]:.3f}", **{k: f"{v:.3f}" for k, v in parts.items()})
     student.train(False)
     student.register_buffer("teacher_mean", emb_mean)
     return student, {"loss_first_epoch": round(history[0], 4), "loss_last_epoch": round(history[-1], 4),
@@ -587,7 +587,7 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
 
 
 def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path, out_dir: Path, *, seed: int = 0,
-                         epochs: int = 8, progress: bool = True, folds=None, max_frames: int = 500,
+                         epochs: int = 5, progress: bool = True, folds=None, max_frames: int = 500,
                          n_composites: int = 1200, n_sim: int = 600, evaluate: bool = True) -> dict:
     """Label, evaluate by held-out recording, train the shipped student on everything.
 
@@ -595,7 +595,8 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
     state dicts, thresholds, metrics) and ``out_dir/camera_student_metrics.json``; returns the
     metrics. The teacher labels are cached in ``out_dir`` (keyed by the arguments that shape them).
     """
-    torch.set_num_threads(2)
+    # One thread: on a shared machine a second one mostly spins waiting for a core.
+    torch.set_num_threads(1)
     t0 = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
