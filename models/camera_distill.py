@@ -489,7 +489,9 @@ def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_precision: f
                       max_false_rate: float = 0.05) -> dict[str, float]:
     """Per visual class, the lowest threshold whose out-of-fold precision is >= ``min_precision``
     and whose false rate on teacher-empty frames is <= ``max_false_rate`` (the most recall at that
-    precision); where none qualifies, the one of best F1. 0.5 for a class with no positives."""
+    precision); where none qualifies, the lowest one that keeps the false rate within bounds, and
+    failing that the one of best precision: a missed detection costs less than a false alarm.
+    0.5 for a class with no positives."""
     out = {}
     grid = np.round(np.linspace(0.05, 0.95, 91), 3)
     for k, c in enumerate(VISUAL_CLASSES):
@@ -497,7 +499,7 @@ def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_precision: f
         if not pos.any():
             out[c] = 0.5
             continue
-        best, best_f1, chosen = 0.5, -1.0, None
+        chosen, quiet, best, best_precision = None, None, 0.5, -1.0
         for t in grid:
             hit = prob[:, k] >= t
             tp, fp = float((hit & pos).sum()), float((hit & neg).sum())
@@ -505,10 +507,11 @@ def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_precision: f
             false_rate = fp / max(1.0, float(neg.sum()))
             if chosen is None and tp > 0 and precision >= min_precision and false_rate <= max_false_rate:
                 chosen = float(t)
-            f1 = 2 * tp / max(1.0, tp + fp + float(pos.sum()))
-            if f1 > best_f1 + 1e-9:
-                best, best_f1 = float(t), f1
-        out[c] = chosen if chosen is not None else best
+            if quiet is None and tp > 0 and false_rate <= max_false_rate:
+                quiet = float(t)
+            if tp > 0 and precision > best_precision + 1e-9:
+                best, best_precision = float(t), precision
+        out[c] = chosen if chosen is not None else quiet if quiet is not None else best
     return out
 
 
@@ -627,6 +630,8 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
                         row[name] = r
                 metrics["per_video"][src] = row
         done = real[~np.isnan(oof[real, 0])]
+        # Kept so that another threshold rule can be tried without training the folds again.
+        np.savez(out_dir / "camera_oof.npz", prob=oof[done], teacher=teacher[done], source=data.source[done])
         thresholds = choose_thresholds(oof[done], teacher[done])
         metrics["thresholds"] = thresholds
         metrics["at_thresholds"] = {
