@@ -164,10 +164,11 @@ def test_thresholds_are_chosen_for_precision():
     hit = prob[:, 0] >= t["person"]
     assert hit[:200].sum() / hit.sum() >= 0.95 and hit[200:].mean() <= 0.05
     assert t["person"] <= 0.62 and t["vehicle"] == 0.5 and t["dog"] == 0.5
-    # Where precision 0.95 is out of reach (few positives among many empty frames), the threshold
-    # still keeps false alarms on empty frames within 5 %, not the best F1's many more.
+    # A class the out-of-fold student cannot tell (few positives drowned in look-alike empty
+    # frames: best F0.5 under 0.5) votes rarely: its threshold is the top of the range, where
+    # false alarms are fewest, not the best F1's many more.
     teacher[:20, 1] = 0.9
     prob[:20, 1] = rng.uniform(0.5, 1.0, 20)
     prob[20:, 1] = rng.uniform(0.0, 1.0, 380)
     t = choose_thresholds(prob, teacher)
-    assert (prob[20:, 1] >= t["vehicle"]).mean() <= 0.05 and (prob[:20, 1] >= t["vehicle"]).any()
+    assert t["vehicle"] >= 0.9 and (prob[20:, 1] >= t["vehicle"]).mean() <= 0.1
