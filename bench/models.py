@@ -46,10 +46,12 @@ def _modules(seed: int, embed_dim: int):
         FusionHead,
         RadarEncoder,
     )
+    from models.camera_distill import STUDENT_CONFIG
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        encoders = {"camera": CameraEncoder(embed_dim), "radar": RadarEncoder(embed_dim),
+        # The shipped camera encoder's shape (its stem and blocks), so the timings are its own.
+        encoders = {"camera": CameraEncoder(**{**STUDENT_CONFIG, "embed_dim": embed_dim}), "radar": RadarEncoder(embed_dim),
                     "audio": AudioEncoder(embed_dim)}
         head = FusionHead(embed_dim, len(DEFAULT_CLASSES))
     for m in (*encoders.values(), head):
@@ -69,7 +71,8 @@ def prepare(seed: int = 0, embed_dim: int = 128, directory: Path | None = None):
     from models.export import MANIFEST_NAME, export_bundle
 
     encoders, head = _modules(seed, embed_dim)
-    out = (directory or cache_dir()) / f"untrained-seed{seed}-d{embed_dim}"
+    # v2: the distilled camera encoder's shape and the masked-vote head.
+    out = (directory or cache_dir()) / f"untrained-v2-seed{seed}-d{embed_dim}"
     manifest = out / MANIFEST_NAME
     if not manifest.exists():
         out.parent.mkdir(parents=True, exist_ok=True)

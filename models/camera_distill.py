@@ -485,7 +485,26 @@ def _rates(prob: np.ndarray, teacher: np.ndarray, threshold: float) -> dict:
     return out
 
 
-def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_f05: float = 0.5,
+MIN_F05 = 0.5  # below this out-of-fold F0.5, a class is not observed reliably on unseen recordings
+
+
+def best_f05(prob: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+    """Per visual class, the best out-of-fold F0.5 over thresholds (0 for a class with no positives)."""
+    out = {}
+    for k, c in enumerate(VISUAL_CLASSES):
+        pos, neg = teacher[:, k] >= PRESENT_SCORE, teacher[:, k] < EMPTY_SCORE
+        best = 0.0
+        for t in np.round(np.linspace(0.05, 0.95, 91), 3):
+            hit = prob[:, k] >= t
+            tp, fp = float((hit & pos).sum()), float((hit & neg).sum())
+            precision, recall = tp / max(1.0, tp + fp), tp / max(1.0, float(pos.sum()))
+            if precision + recall:
+                best = max(best, 1.25 * precision * recall / (0.25 * precision + recall))
+        out[c] = round(best, 4)
+    return out
+
+
+def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_f05: float = MIN_F05,
                       max_false_rate: float = 0.01) -> dict[str, float]:
     """Per visual class, the threshold of best out-of-fold F0.5 (precision counts twice: a false
     alarm costs more than a miss). A class whose best F0.5 stays under ``min_f05`` is not observed
@@ -632,6 +651,8 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
         np.savez(out_dir / "camera_oof.npz", prob=oof[done], teacher=teacher[done], source=data.source[done])
         thresholds = choose_thresholds(oof[done], teacher[done])
         metrics["thresholds"] = thresholds
+        metrics["best_f05"] = best_f05(oof[done], teacher[done])
+        metrics["reliable"] = [c for c, f in metrics["best_f05"].items() if f >= MIN_F05]
         metrics["at_thresholds"] = {
             src: {c: _rates(oof[done][data.source[done] == src, k], teacher[done][data.source[done] == src, k],
                             thresholds[c]) for k, c in enumerate(VISUAL_CLASSES)}
@@ -646,6 +667,7 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
                 "classifier": student.classifier.state_dict(), "grid": student.grid.state_dict(),
                 "projection": student.projection.state_dict(), "teacher_mean": student.teacher_mean,
                 "visual_classes": VISUAL_CLASSES, "grid_size": GRID,
-                "thresholds": metrics.get("thresholds", {}), "metrics": metrics}, out_dir / "camera_student.pt")
+                "thresholds": metrics.get("thresholds", {}), "reliable": metrics.get("reliable"),
+                "metrics": metrics}, out_dir / "camera_student.pt")
     (out_dir / "camera_student_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

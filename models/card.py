@@ -22,18 +22,20 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping) -> Path:
+def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping,
+                     witnesses: Mapping[str, tuple[str, ...]] = WITNESSES) -> Path:
     """Write ``MODEL_CARD.md`` in ``out_dir`` from the training stages' thresholds and metrics."""
     lines = ["# Model card: the shipped encoders and fusion head", "",
              "Written by `fusion train --export` / `fusion export`. The node reads only `manifest.json`.", "",
              "## What each modality votes on, and its thresholds", "",
              "A modality's vote counts only for the classes it can observe; its own threshold per class is folded "
-             "into the head, so the fused probability is compared with 0.5. Camera and radar vouch for the absence "
-             "of person and vehicle; their contradiction lowers the semantic consistency "
-             f"(alert threshold {CONSISTENCY_THRESHOLD}).", "",
+             "into the head, so the fused probability is compared with 0.5. A witness vouches for a class's absence: "
+             "two witnesses that contradict each other lower the semantic consistency "
+             f"(alert threshold {CONSISTENCY_THRESHOLD}). The camera is a witness only for classes whose held-out "
+             "recall reaches 0.9 (it must rarely miss what is there).", "",
              _row(["modality", *CLASSES]), _row(["---"] * (len(CLASSES) + 1))]
     for m in MODALITIES:
-        cells = [f"{thresholds.get(m, {}).get(c, 0.5):.3f}" + (" (witness)" if c in WITNESSES[m] else "")
+        cells = [f"{thresholds.get(m, {}).get(c, 0.5):.3f}" + (" (witness)" if c in witnesses.get(m, ()) else "")
                  if c in OBSERVES[m] else "-" for c in CLASSES]
         lines.append(_row([m, *cells]))
     audio = metrics.get("audio", {})
@@ -49,8 +51,19 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
                                *[f"{r['per_class'][c]['precision']:.2f} / {r['per_class'][c]['recall']:.2f}"
                                  for c in CLASSES]]))
     camera = metrics.get("camera", {})
-    if camera.get("summary"):
-        lines += ["", "## Camera: held-out videos", "", "```", str(camera["summary"]), "```"]
+    if camera.get("at_thresholds"):
+        lines += ["", "## Camera: held-out videos (each scored by a student that never saw it)", "",
+                  "Truth is the detector teacher's verdict (present: score >= 0.5; empty: < 0.25). Recall on frames "
+                  "with the class, false rate on empty frames. Classes with out-of-fold F0.5 under 0.5 "
+                  f"({', '.join(c for c, f in camera.get('best_f05', {}).items() if f < 0.5) or 'none'}) "
+                  "are not trusted to vouch for absence and keep false alarms under 1 %.", "",
+                  _row(["video", "class", "frames with / empty", "recall", "false rate"]), _row(["---"] * 5)]
+        for video, per_class in [("all held-out frames", camera.get("pooled_at_thresholds", {})),
+                                 *sorted(camera["at_thresholds"].items())]:
+            for c, r in per_class.items():
+                if r.get("teacher_positive") or c == "person":
+                    lines.append(_row([video, c, f"{r['teacher_positive']} / {r['teacher_empty']}",
+                                       r.get("recall", "-"), r.get("false_rate", "-")]))
     credits = audio.get("trained_on") or []
     if credits:
         lines += ["", "## Audio training recordings: sources, licences, credits", "",

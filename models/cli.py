@@ -65,7 +65,7 @@ def _export(models, seed: int, out: Path) -> Path:
                              trained=True, seed=seed, data_version=f"{DATA_VERSION}+corpus-v1",
                              name=f"fusion-distilled-s{seed}", thresholds={c: 0.5 for c in CLASSES},
                              consistency_threshold=CONSISTENCY_THRESHOLD)
-    card = write_model_card(out, models.thresholds, models.metrics)
+    card = write_model_card(out, models.thresholds, models.metrics, models.witnesses)
     print(f"fusion export: wrote {manifest} and {card}")
     return manifest
 
@@ -145,7 +145,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--no-camera-folds", action="store_true",
                    help="skip the held-out-video folds (no camera figures; thresholds default to 0.5)")
     t.add_argument("--radar-samples", type=int, default=8000, help="simulated windows for radar binding (default 8000)")
-    t.add_argument("--radar-epochs", type=int, default=6, help="radar binding epochs (default 6)")
+    t.add_argument("--radar-epochs", type=int, default=60, help="radar binding epochs (default 60)")
     t.add_argument("--resume", action="store_true", help="reload the stages already done in --out")
     t.add_argument("--recordings", default=None, metavar="DIR",
                    help="also bind radar to camera on your own synchronised recordings: DIR holds sets of video + "

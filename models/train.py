@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fusion_node.errors import ConfigError
-from fusion_node.vocabulary import CLASSES, OBSERVES
+from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
 from models import audio_distill, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_distill import AudioDistillConfig
@@ -40,6 +40,7 @@ from models.teacher_audio import YamnetTeacher
 
 __all__ = ["TrainConfig", "Models", "train", "load_students"]
 
+WITNESS_RECALL = 0.9
 STAGE_FILES = {"audio": "audio_student.pt", "camera": "camera_student.pt", "radar": "radar_student.pt"}
 
 
@@ -62,7 +63,7 @@ class TrainConfig:
     camera_renders: int = 600
     camera_folds: bool = True  # held-out-video folds before the shipped student (the figures and thresholds)
     radar_samples: int = 8000
-    radar_epochs: int = 6
+    radar_epochs: int = 60
     cache_dir: str = ".cache/datasets"
     extra: dict = field(default_factory=dict)
 
@@ -77,6 +78,7 @@ class Models:
     head: FusionHead
     thresholds: dict[str, dict[str, float]]
     metrics: dict
+    witnesses: dict[str, tuple[str, ...]]
 
 
 def _require(path: str | None, option: str, what: str) -> Path:
@@ -158,7 +160,15 @@ def load_students(out: Path, embed_dim: int = 128) -> Models:
     audio.load_state_dict(states["audio"]["encoder"])
     radar = RadarStudent(embed_dim)
     radar.encoder.load_state_dict(states["radar"]["encoder"])
-    head = FusionHead(embed_dim, len(CLASSES))
+    # A modality vouches for a class's absence only where, on recordings it never saw, it rarely
+    # misses the class when it is there (held-out recall >= WITNESS_RECALL at its threshold): a
+    # witness that misses people would contradict every radar that sees them.
+    pooled = states["camera"].get("metrics", {}).get("pooled_at_thresholds")
+    witnesses = dict(WITNESSES)
+    if pooled is not None:
+        witnesses["camera"] = tuple(c for c in WITNESSES["camera"]
+                                    if pooled.get(c, {}).get("recall", 0.0) >= WITNESS_RECALL)
+    head = FusionHead(embed_dim, len(CLASSES), witnesses=witnesses)
     thresholds = {}
     for k, m in enumerate(("camera", "radar", "audio")):
         head.classifiers[k].load_state_dict(states[m]["classifier"])
@@ -167,7 +177,7 @@ def load_students(out: Path, embed_dim: int = 128) -> Models:
     for module in (camera, audio, radar, head):
         module.eval()
     metrics = {m: states[m].get("metrics", {}) for m in STAGE_FILES}
-    return Models(camera, radar.encoder, audio, head, thresholds, metrics)
+    return Models(camera, radar.encoder, audio, head, thresholds, metrics, witnesses)
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Windows | None = None,
