@@ -114,22 +114,28 @@ def test_eval_without_real_clips_says_so(tmp_path):
     assert "real recordings: not evaluated" in proc.stdout
 
 
-def test_shipped_models_are_trained_and_classify_held_out_scenes(tmp_path):
+def test_shipped_models_are_the_distilled_bundle_with_its_card():
     from fusion_node.cpu_runtime import ModelRuntime
     from fusion_node.manifest import load_manifest
-    from models.evaluate import evaluate
 
     manifest = load_manifest(DEFAULT)
-    assert manifest.trained
+    assert manifest.trained and manifest.name == "fusion-distilled-s0"
     assert sum((DEFAULT.parent / f).stat().st_size for f in manifest.sha256) < 20 * 2**20
-    # Held-out simulated scenes (different seeds and held-out real assets from training). The shipped
-    # models were trained with the development data mixed in (data version sim-v2); without it the
-    # scenes lack the office background, real radar clutter and LibriSpeech they learnt from.
-    real = SHARED_DATA if (SHARED_DATA / "SOURCES.md").is_file() else None
-    metrics, _ = evaluate(DEFAULT, n_eval=200, n_adverse=20, cache_dir=tmp_path, real_clips=real)
-    assert metrics["f1"]["fused"] >= (0.85 if real else 0.8), metrics["f1"]
-    assert metrics["f1"]["fused"] >= metrics["f1"]["camera_only"]
+    assert set(manifest.thresholds.values()) == {0.5}  # each modality's own thresholds are in the head
+    card = (DEFAULT.parent / "MODEL_CARD.md").read_text()
+    assert "held-out sources" in card and "held-out videos" in card and "Wildfire Games" in card
     ModelRuntime(manifest, provider="cpu")  # loads and warms up on the node's runtime
+
+
+def test_shipped_audio_holds_its_figures_on_held_out_real_sources(shared_data):
+    """The model card's held-out audio figures, measured again through the node's runtime."""
+    from fusion_node.cpu_runtime import ModelRuntime
+    from models.real_eval import evaluate_real_audio
+
+    real = evaluate_real_audio(ModelRuntime(DEFAULT, provider="cpu"), shared_data)
+    # Measured at export: macro-F1 0.513, false labels on background windows 0.084 (see MODEL_CARD.md).
+    assert real["macro_f1"] >= 0.45 and real["false_label_rate"] <= 0.12, real
+    assert real["per_class"]["speech"]["recall"] >= 0.9 and real["per_class"]["speech"]["precision"] >= 0.9
 
 
 def test_own_recordings_become_unlabelled_alignment_windows(tmp_path):
