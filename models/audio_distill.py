@@ -1,4 +1,6 @@
-"""The audio encoder distilled from YAMNet on real recordings, with held-out thresholds and figures.
+"""The data side of the audio encoder's distillation: augmented, teacher-labelled windows of real
+recordings, held-out thresholds and figures (numpy only; the student itself is
+:mod:`models.audio_student`, which needs torch).
 
 The student is the shipped :class:`models.architectures.AudioEncoder` (the node's own log-mel
 input) plus a linear classifier over the product's classes. It learns from two teachers at once:
@@ -22,20 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.signal import fftconvolve, resample_poly
-from torch import nn
 
 from fusion_node.preprocess import AudioPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
-from models.architectures import AudioEncoder
 from models.audio_corpus import BACKGROUND, Clip, load_clips
 from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
-__all__ = ["AudioDistillConfig", "AudioStudent", "WindowPool", "build_pool", "eval_windows", "train_audio_student", "split_clips", "student_probs",
-           "choose_thresholds", "clip_metrics"]
+__all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "split_clips", "choose_thresholds",
+           "clip_metrics"]
 
 RATE = WIRE_AUDIO_RATE_HZ
 WIN = RATE  # one-second windows, the node's audio window
@@ -59,20 +57,6 @@ class AudioDistillConfig:
     embedding_weight: float = 0.5
     target_precision: float = 0.9
     extra: dict = field(default_factory=dict)
-
-
-class AudioStudent(nn.Module):
-    """The audio encoder, its product-class classifier, and a projection onto YAMNet's embedding (training only)."""
-
-    def __init__(self, embed_dim: int = 128, teacher_dim: int = 1024) -> None:
-        super().__init__()
-        self.encoder = AudioEncoder(embed_dim)
-        self.classifier = nn.Linear(embed_dim, len(CLASSES))
-        self.to_teacher = nn.Linear(embed_dim, teacher_dim)
-
-    def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        emb = self.encoder(logmel)
-        return emb, self.classifier(emb), self.to_teacher(emb)
 
 
 @dataclass
@@ -213,60 +197,6 @@ def eval_windows(clips: list[Clip], teacher: YamnetTeacher | None, progress: str
             w = _place(x, s)
             rows.append((w * np.float32(0.3), _label_row(c.label, _loudness_db(w) >= peak - EVENT_DB), ci))
     return _finish(rows, clips, teacher, AudioPreprocess(window_s=1.0), progress)
-
-
-def _bce_soft(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    known = ~torch.isnan(target)
-    if not known.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[known], target[known])
-
-
-def train_audio_student(pool: WindowPool, cfg: AudioDistillConfig, progress: bool = True) -> AudioStudent:
-    """Fit the student to the teacher and the labels on ``pool``; deterministic by ``cfg.seed``."""
-    from tqdm import tqdm
-
-    torch.manual_seed(cfg.seed)
-    model = AudioStudent(cfg.embed_dim, pool.teacher_emb.shape[1])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    n = len(pool.teacher)
-    steps = cfg.epochs * math.ceil(n / cfg.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x_all = torch.from_numpy(pool.logmel)
-    t_all = torch.from_numpy(pool.teacher)
-    e_all = torch.from_numpy(pool.teacher_emb)
-    h_all = torch.from_numpy(pool.hard)
-    model.train()
-    bar = tqdm(total=steps, desc="audio student", unit="step", disable=not progress)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        for k in range(0, n, cfg.batch):
-            b = order[k:k + cfg.batch]
-            if len(b) < 2:
-                continue
-            _, logits, proj = model(x_all[b].float())
-            loss = (cfg.teacher_weight * F.binary_cross_entropy_with_logits(logits, t_all[b])
-                    + cfg.label_weight * _bce_soft(logits, h_all[b])
-                    + cfg.embedding_weight * (1.0 - F.cosine_similarity(proj, e_all[b].float(), dim=1)).mean())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def student_probs(model: AudioStudent, pool: WindowPool, batch: int = 256) -> np.ndarray:
-    """Sigmoid class probabilities ``(N, C)`` of the student on every window of ``pool``."""
-    model.eval()
-    out = [torch.sigmoid(model(torch.from_numpy(pool.logmel[k:k + batch]).float())[1]).numpy()
-           for k in range(0, len(pool.logmel), batch)]
-    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
 
 
 def _clip_max(probs: np.ndarray, clip_idx: np.ndarray, n_clips: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from torch import nn
 
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
-from models import audio_distill, camera_distill
+from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_distill import AudioDistillConfig
 from models.dataset import DATA_VERSION, Windows, load_or_generate
@@ -100,10 +100,10 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
     pool = audio_distill.build_pool(splits["train"], teacher, acfg, progress="audio windows")
     val = audio_distill.eval_windows(splits["val"], teacher, "audio val")
     test = audio_distill.eval_windows(splits["test"], teacher, "audio test")
-    student = audio_distill.train_audio_student(pool, acfg)
-    thresholds = audio_distill.choose_thresholds(audio_distill.student_probs(student, val), val, acfg.target_precision)
+    student = audio_student.train_audio_student(pool, acfg)
+    thresholds = audio_distill.choose_thresholds(audio_student.student_probs(student, val), val, acfg.target_precision)
     teacher_thresholds = audio_distill.choose_thresholds(val.teacher, val, acfg.target_precision)
-    metrics = {"student": audio_distill.clip_metrics(audio_distill.student_probs(student, test), test, thresholds),
+    metrics = {"student": audio_distill.clip_metrics(audio_student.student_probs(student, test), test, thresholds),
                "teacher": audio_distill.clip_metrics(test.teacher, test, teacher_thresholds),
                "thresholds": thresholds, "teacher_thresholds": teacher_thresholds,
                "clips": {k: len(v) for k, v in splits.items()},
