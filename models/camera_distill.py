@@ -488,20 +488,23 @@ def _rates(prob: np.ndarray, teacher: np.ndarray, threshold: float) -> dict:
 MIN_F05 = 0.5  # below this out-of-fold F0.5, a class is not observed reliably on unseen recordings
 
 
+_THRESHOLD_GRID = np.round(np.linspace(0.05, 0.95, 91), 3)
+
+
+def _sweep(prob: np.ndarray, teacher: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over :data:`_THRESHOLD_GRID`: F0.5 and the false rate on teacher-empty frames, each ``(91,)``."""
+    pos, neg = teacher >= PRESENT_SCORE, teacher < EMPTY_SCORE
+    hit = prob[None, :] >= _THRESHOLD_GRID[:, None]
+    tp, fp = (hit & pos).sum(1).astype(float), (hit & neg).sum(1).astype(float)
+    precision, recall = tp / np.maximum(1.0, tp + fp), tp / max(1.0, float(pos.sum()))
+    denom = 0.25 * precision + recall
+    f05 = np.where(denom > 0, 1.25 * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
+    return f05, fp / max(1.0, float(neg.sum()))
+
+
 def best_f05(prob: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
     """Per visual class, the best out-of-fold F0.5 over thresholds (0 for a class with no positives)."""
-    out = {}
-    for k, c in enumerate(VISUAL_CLASSES):
-        pos, neg = teacher[:, k] >= PRESENT_SCORE, teacher[:, k] < EMPTY_SCORE
-        best = 0.0
-        for t in np.round(np.linspace(0.05, 0.95, 91), 3):
-            hit = prob[:, k] >= t
-            tp, fp = float((hit & pos).sum()), float((hit & neg).sum())
-            precision, recall = tp / max(1.0, tp + fp), tp / max(1.0, float(pos.sum()))
-            if precision + recall:
-                best = max(best, 1.25 * precision * recall / (0.25 * precision + recall))
-        out[c] = round(best, 4)
-    return out
+    return {c: round(float(_sweep(prob[:, k], teacher[:, k])[0].max()), 4) for k, c in enumerate(VISUAL_CLASSES)}
 
 
 def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_f05: float = MIN_F05,
@@ -512,23 +515,15 @@ def choose_thresholds(prob: np.ndarray, teacher: np.ndarray, *, min_f05: float =
     alarms on teacher-empty frames within ``max_false_rate``, so its vote is rare and right.
     0.5 for a class with no positives."""
     out = {}
-    grid = np.round(np.linspace(0.05, 0.95, 91), 3)
     for k, c in enumerate(VISUAL_CLASSES):
-        pos, neg = teacher[:, k] >= PRESENT_SCORE, teacher[:, k] < EMPTY_SCORE
-        if not pos.any():
+        if not (teacher[:, k] >= PRESENT_SCORE).any():
             out[c] = 0.5
             continue
-        best, best_f05, quiet = 0.5, -1.0, float(grid[-1])
-        for t in grid:
-            hit = prob[:, k] >= t
-            tp, fp = float((hit & pos).sum()), float((hit & neg).sum())
-            precision, recall = tp / max(1.0, tp + fp), tp / float(pos.sum())
-            f05 = 1.25 * precision * recall / (0.25 * precision + recall) if precision + recall else 0.0
-            if f05 > best_f05 + 1e-9:
-                best, best_f05 = float(t), f05
-            if fp / max(1.0, float(neg.sum())) <= max_false_rate:
-                quiet = min(quiet, float(t))
-        out[c] = best if best_f05 >= min_f05 else quiet
+        f05, false_rate = _sweep(prob[:, k], teacher[:, k])
+        quiet = _THRESHOLD_GRID[false_rate <= max_false_rate]
+        best = int(np.argmax(f05))  # the first (lowest) threshold of the best F0.5
+        out[c] = float(_THRESHOLD_GRID[best]) if f05[best] >= min_f05 else \
+            float(quiet[0]) if len(quiet) else float(_THRESHOLD_GRID[-1])
     return out
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion_node.config import AlertsConfig
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.manifest import load_manifest
 from fusion_node.vocabulary import CLASSES, MODALITIES
@@ -31,8 +32,8 @@ from models.real_eval import evaluate_real_audio
 __all__ = ["macro_f1", "recall_at_k", "evaluate", "write_report"]
 
 ADVERSE = ("night", "occlusion", "clutter", "noise")
-# The fall in camera-radar similarity that counts as drift or tampering (the node's default).
-DRIFT_FRACTION = 0.15
+# The fall in camera-radar similarity that counts as drift or tampering: the node's own default.
+DRIFT_FRACTION = AlertsConfig.model_fields["drift_fraction"].default
 EVAL_SEED = 7_000_001  # never used by training
 
 

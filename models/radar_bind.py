@@ -13,7 +13,6 @@ and join the InfoNCE term only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,4 +145,4 @@ def f1_threshold(probs: np.ndarray, truth: np.ndarray, target_precision: float =
         key = (1.0 if prec >= target_precision else 0.0, rec if prec >= target_precision else f1)
         if key > best_key:
             best, best_key = float(t), key
-    return best if not math.isnan(best) else 0.5
+    return best

@@ -85,7 +85,7 @@ def _require(path: str | None, option: str, what: str) -> Path:
     if not path:
         raise ConfigError(f"fusion train: {option} PATH is required ({what})")
     p = Path(path)
-    if not p.is_file() and not p.is_dir():
+    if not p.is_file():
         raise ConfigError(f"fusion train: {option} {path}: no such file")
     return p
 
@@ -134,7 +134,7 @@ def _radar_stage(cfg: TrainConfig, camera: nn.Module, out: Path, recordings: Win
     if recordings is not None:
         data = Windows.concat([data, recordings])
     rcfg = RadarBindConfig(seed=cfg.seed, epochs=cfg.radar_epochs, embed_dim=cfg.embed_dim)
-    student = train_radar(data, camera, rcfg, log=lambda m: log(m))
+    student = train_radar(data, camera, rcfg, log=log)
     val = load_or_generate(cache, max(500, cfg.radar_samples // 8), cfg.seed + 1, "train", real_dir=real)
     _, probs = radar_probs(student, val)
     thresholds = {c: f1_threshold(probs[:, k], val.labels[:, k] > 0) for k, c in enumerate(CLASSES)
