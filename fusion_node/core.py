@@ -35,6 +35,7 @@ from .config import RigConfig
 from .drift import DriftMonitor
 from .labels import LabelSmoother
 from .faults import FaultMonitor
+from .radar_projection import RadarProjection
 from .rig import Rig
 from .runtime import HeadOutput, Runtime
 from .stats import LatencyWindow
@@ -108,6 +109,7 @@ class FusionCore:
         }
         if calibration is not None:
             self._apply_clocks(calibration)
+        self.radar_projections = self._projections(cfg, calibration)
         # Online clock tracking per sensor: offset and drift against the node clock for the
         # stats topic, and detection of jumps (a looped file, a restarted device) to re-base.
         self.clocks = {s.id: ClockTracker(s.id, expected_period_ns=TOPICS[s.kind].period_ns) for s in cfg.sensors}
@@ -141,6 +143,21 @@ class FusionCore:
         self.disagreement = DisagreementMonitor(cfg.alerts)
         self.drift = DriftMonitor(BOUND_PAIRS, cfg.alerts)
         self._last_fused_ref_ns: int | None = None
+
+    @staticmethod
+    def _projections(cfg: RigConfig, calibration: Rig | None) -> dict[str, RadarProjection]:
+        """Each radar's projection into the rig's first camera, where the calibration file gives one.
+        A radar without one is fed through the bundle's nominal geometry."""
+        cameras = [s.id for s in cfg.sensors if s.kind == "camera"]
+        if calibration is None or not cameras:
+            return {}
+        out = {}
+        for s in cfg.sensors:
+            if s.kind == "radar":
+                proj = RadarProjection.from_rig(calibration, cameras[0], s.id)
+                if proj is not None:
+                    out[s.id] = proj
+        return out
 
     def _apply_clocks(self, rig: Rig) -> None:
         """Each sensor's clock offset and drift against the rig clock, from the rig calibration file."""
@@ -357,9 +374,14 @@ class FusionCore:
                     inputs["camera"] = (m.msg.image,)
                 elif isinstance(m.msg, RadarPoints):
                     inputs["radar"] = (m.msg.points,)
+                    radar_id = sid
             tensors = {}
             for modality, args in inputs.items():
-                tensors[modality] = self.runtime.preprocess(modality, *args)
+                if modality == "radar":
+                    tensors[modality] = self.runtime.preprocess(modality, *args,
+                                                                projection=self.radar_projections.get(radar_id))
+                else:
+                    tensors[modality] = self.runtime.preprocess(modality, *args)
             t1 = self.timer()
             stage_ms["preprocess"] = (t1 - t0) / 1e6
             for modality in MODALITIES:

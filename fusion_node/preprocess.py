@@ -10,7 +10,7 @@ onnxruntime + numpy.
 class               input                                  output (batch of 1, float32)
 ==================  =====================================  ======================================
 CameraPreprocess    BGR uint8 image (H, W, 3)              (1, 3, size_h, size_w) normalised RGB
-RadarPreprocess     points float (N, 6): x_m, y_m, z_m,    points (1, max_points, 5), mask
+RadarPreprocess     points float (N, 6): x_m, y_m, z_m,    points (1, max_points, 5 or 8), mask
                     doppler_mps, snr_db, noise_db          (1, max_points)
 AudioPreprocess     mono float samples (n,)                log-mel (1, 1, n_mels, num_frames)
 ==================  =====================================  ======================================
@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .radar_projection import RadarProjection
 from .vocabulary import WIRE_AUDIO_RATE_HZ
 
 __all__ = ["CameraPreprocess", "RadarPreprocess", "AudioPreprocess", "PREPROCESSORS"]
@@ -136,32 +137,71 @@ class CameraPreprocess:
 class RadarPreprocess:
     """Radar detections ``(N, 6)`` -> fixed-size padded point set plus validity mask.
 
-    Input columns: x_m, y_m, z_m, doppler_mps, snr_db, noise_db. Output ``points (1, P, 5)``
+    Input columns: x_m, y_m, z_m, doppler_mps, snr_db, noise_db. Output ``points (1, P, F)``
     holds x, y, z, doppler, snr each divided by ``scale`` (bringing them to roughly unit range;
     noise_db is dropped because snr already carries the signal quality), and ``mask (1, P)`` is
     1.0 for real points, 0.0 for padding. With more than ``P = max_points`` detections the
     highest-SNR ones are kept (clutter and multipath tend to be weak); kept points are ordered by
     descending SNR, ties in input order. Rows with a non-finite value are dropped. No detections
     gives an all-zero mask.
+
+    With ``image_features`` each point also carries where it lands in the camera's picture
+    (``F = 8``): u and v as fractions of the picture's width and height (clipped to -1..2; 0 for
+    a point behind the camera) and 1.0 when it falls inside the picture. The projection comes
+    from the rig calibration (a :class:`~fusion_node.radar_projection.RadarProjection` passed to
+    the call); without one, from the nominal geometry the bundle was trained with
+    (``nominal_hfov_deg``, ``nominal_aspect``, ``nominal_below_m``). A radar encoder that sees
+    points where the camera sees pixels learns *where* a thing is, and a rig that mounts its
+    sensors differently from the training rig still feeds it the same kind of input.
     """
 
-    KEYS = ("max_points", "scale")
+    KEYS = ("max_points", "scale", "image_features", "nominal_hfov_deg", "nominal_aspect", "nominal_below_m")
     IN_COLUMNS = ("x_m", "y_m", "z_m", "doppler_mps", "snr_db", "noise_db")
-    OUT_FEATURES = 5
+    BASE_FEATURES = 5
+    IMAGE_FEATURES = ("u", "v", "in_view")
     _SNR_COLUMN = 4
 
-    def __init__(self, max_points: int = 64, scale: Sequence[float] = (10.0, 10.0, 5.0, 5.0, 30.0)) -> None:
+    def __init__(self, max_points: int = 64, scale: Sequence[float] = (10.0, 10.0, 5.0, 5.0, 30.0),
+                 image_features: bool = False, nominal_hfov_deg: float = 70.0, nominal_aspect: float = 16 / 9,
+                 nominal_below_m: float = 0.1) -> None:
         name = type(self).__name__
         self.max_points = _positive_int(name, "max_points", max_points)
-        self.scale = _float_tuple(name, "scale", scale, self.OUT_FEATURES, positive=True)
+        self.scale = _float_tuple(name, "scale", scale, self.BASE_FEATURES, positive=True)
         self._inv_scale = (1.0 / np.asarray(self.scale, dtype=np.float64)).astype(np.float32)
+        if not isinstance(image_features, bool):
+            raise ValueError(f"{name}: image_features must be true or false, got {image_features!r}")
+        self.image_features = image_features
+        self.nominal_hfov_deg = _float_tuple(name, "nominal_hfov_deg", [nominal_hfov_deg], 1, positive=True)[0]
+        self.nominal_aspect = _float_tuple(name, "nominal_aspect", [nominal_aspect], 1, positive=True)[0]
+        self.nominal_below_m = _float_tuple(name, "nominal_below_m", [nominal_below_m], 1)[0]
+        if not 1.0 <= self.nominal_hfov_deg <= 179.0:
+            raise ValueError(f"{name}: nominal_hfov_deg must be within 1..179, got {self.nominal_hfov_deg}")
+        self._nominal = RadarProjection.nominal(self.nominal_hfov_deg, self.nominal_aspect, self.nominal_below_m) \
+            if image_features else None
+
+    @property
+    def out_features(self) -> int:
+        """Features per point: 5, or 8 with the image coordinates."""
+        return self.BASE_FEATURES + (len(self.IMAGE_FEATURES) if self.image_features else 0)
 
     @property
     def output_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int]]:
         """Shapes of ``(points, mask)`` that ``__call__`` returns."""
-        return (1, self.max_points, self.OUT_FEATURES), (1, self.max_points)
+        return (1, self.max_points, self.out_features), (1, self.max_points)
 
-    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def image_columns(self, xyz_m: np.ndarray, projection: RadarProjection | None = None) -> np.ndarray:
+        """``(N, 3)`` float32 u, v, in_view of radar points ``(N, 3)`` in metres (see the class doc)."""
+        proj = projection if projection is not None else self._nominal
+        if proj is None:
+            raise ValueError("RadarPreprocess: image columns need image_features or a projection")
+        out = np.zeros((len(xyz_m), 3), np.float32)
+        if len(xyz_m):
+            uv, front, inside = proj.normalised(np.asarray(xyz_m, np.float64))
+            out[:, :2] = np.where(front[:, None], np.clip(uv, -1.0, 2.0), 0.0)
+            out[:, 2] = inside
+        return out
+
+    def __call__(self, points: np.ndarray, projection: RadarProjection | None = None) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(points, np.ndarray):
             raise ValueError(f"radar points must be a numpy float array (N, 6), got {type(points).__name__}")
         if not np.issubdtype(points.dtype, np.floating):
@@ -170,7 +210,7 @@ class RadarPreprocess:
         if points.ndim != 2 or points.shape[1] != len(self.IN_COLUMNS):
             raise ValueError(f"radar points must have shape (N, 6) [{', '.join(self.IN_COLUMNS)}], "
                              f"got {points.shape}")
-        pts = points[:, : self.OUT_FEATURES]
+        pts = points[:, : self.BASE_FEATURES]
         finite = np.isfinite(pts).all(axis=1)
         if not finite.all():
             pts = pts[finite]
@@ -178,16 +218,23 @@ class RadarPreprocess:
         # selection (when N > max_points) and the layout are deterministic.
         order = np.argsort(-pts[:, self._SNR_COLUMN], kind="stable")[: self.max_points]
         n = len(order)
-        out = np.zeros((1, self.max_points, self.OUT_FEATURES), dtype=np.float32)
+        out = np.zeros((1, self.max_points, self.out_features), dtype=np.float32)
         mask = np.zeros((1, self.max_points), dtype=np.float32)
         # Cast to float32, then scale, straight into the padded output (no float32 copy first).
-        np.multiply(pts[order], self._inv_scale, out=out[0, :n], dtype=np.float32)
+        kept = pts[order]
+        np.multiply(kept, self._inv_scale, out=out[0, :n, : self.BASE_FEATURES], dtype=np.float32)
+        if self.image_features:
+            out[0, :n, self.BASE_FEATURES:] = self.image_columns(kept[:, :3], projection)
         mask[0, :n] = 1.0
         return out, mask
 
     def to_dict(self) -> dict[str, Any]:
         """Parameters as JSON-ready values (the manifest's ``preprocess`` block)."""
-        return {"max_points": self.max_points, "scale": list(self.scale)}
+        d: dict[str, Any] = {"max_points": self.max_points, "scale": list(self.scale)}
+        if self.image_features:
+            d.update(image_features=True, nominal_hfov_deg=self.nominal_hfov_deg,
+                     nominal_aspect=self.nominal_aspect, nominal_below_m=self.nominal_below_m)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RadarPreprocess":
@@ -196,7 +243,8 @@ class RadarPreprocess:
         return cls(**d)
 
     def __repr__(self) -> str:
-        return f"RadarPreprocess(max_points={self.max_points}, scale={self.scale})"
+        return (f"RadarPreprocess(max_points={self.max_points}, scale={self.scale}"
+                + (", image_features=True" if self.image_features else "") + ")")
 
 
 def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:

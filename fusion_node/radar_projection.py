@@ -40,6 +40,29 @@ class RadarProjection:
         return cls(cam.intrinsics.camera_matrix, cam.intrinsics.dist_coeffs, cam.intrinsics.size,
                    R_rc.T @ R_rr, R_rc.T @ (t_rr - t_rc))
 
+    @classmethod
+    def nominal(cls, hfov_deg: float, aspect_wh: float, radar_below_m: float) -> "RadarProjection":
+        """An ideal pinhole looking along the radar's boresight, the radar ``radar_below_m`` below it.
+
+        The radar frame is x right, y forward, z up; the camera optical frame x right, y down, z
+        forward. This is the geometry a model bundle was trained with, used for a rig whose
+        calibration file does not give the pair's intrinsics and extrinsics.
+        """
+        w = 1600  # 16:9 and 4:3 pictures get whole-pixel heights
+        h = max(1, int(round(w / float(aspect_wh))))
+        f = w / (2.0 * np.tan(np.radians(float(hfov_deg)) / 2.0))
+        K = np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]])
+        R = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        return cls(K, np.zeros(5), (w, h), R, np.array([0.0, float(radar_below_m), 0.0]))
+
+    def normalised(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(uv (N, 2), front (N,), inside (N,))``: pixel coordinates as fractions of the picture's
+        width and height (0..1 inside it), whether each point is in front of the camera, and
+        whether it falls inside the picture."""
+        px, inside = self.project(xyz, self.size)
+        p = xyz.astype(np.float64) @ self.R.T + self.t
+        return px / np.asarray(self.size, np.float64), p[:, 2] > 0.05, inside
+
     def project(self, xyz: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (N, 2) in an image of ``image_size`` (w, h), and which points are in front and inside."""
         p = xyz.astype(np.float64) @ self.R.T + self.t

@@ -22,6 +22,7 @@ import numpy as np
 
 from .manifest import Manifest, load_manifest
 from .preprocess import PREPROCESSORS
+from .radar_projection import RadarProjection
 from .vocabulary import MODALITIES
 
 __all__ = ["HeadOutput", "Runtime", "BundleRuntime", "sigmoid"]
@@ -98,8 +99,10 @@ class Runtime(Protocol):
     def audio_sample_rate_hz(self) -> int:
         """Sample rate the audio preprocessing expects; the core admits audio at this rate only."""
 
-    def preprocess(self, modality: str, *raw: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One modality's raw data -> the arrays :meth:`encode` takes."""
+    def preprocess(self, modality: str, *raw: np.ndarray,
+                   projection: RadarProjection | None = None) -> tuple[np.ndarray, ...]:
+        """One modality's raw data -> the arrays :meth:`encode` takes (``projection``: radar only,
+        the rig's radar-to-camera projection)."""
 
     def encode(self, modality: str, *arrays: np.ndarray) -> np.ndarray:
         """Preprocessed arrays -> the embedding ``(1, D)`` float32."""
@@ -192,15 +195,20 @@ class BundleRuntime:
 
     # ------------------------------------------------------------------ the calls
 
-    def preprocess(self, modality: str, *raw: np.ndarray) -> tuple[np.ndarray, ...]:
+    def preprocess(self, modality: str, *raw: np.ndarray,
+                   projection: RadarProjection | None = None) -> tuple[np.ndarray, ...]:
         """Preprocess one modality's raw data; returns the tuple ``encode(modality, *result)`` takes.
 
         ``preprocess("camera", image)`` -> ``(image_tensor,)``; ``preprocess("radar", points)``
-        -> ``(points, mask)``; ``preprocess("audio", samples)`` -> ``(logmel,)``.
+        -> ``(points, mask)``; ``preprocess("audio", samples)`` -> ``(logmel,)``. ``projection``
+        (radar only): the rig's radar-to-camera projection, for a bundle whose radar encoder reads
+        where points land in the picture; None uses the bundle's nominal geometry.
         """
         _check_modality(modality)
         if len(raw) != 1:
             raise ValueError(f"{modality}: preprocess takes one raw array, got {len(raw)}")
+        if modality == "radar":
+            return self.preprocessors["radar"](raw[0], projection)
         out = self.preprocessors[modality](raw[0])
         return out if isinstance(out, tuple) else (out,)
 

@@ -7,7 +7,7 @@ training and export only; the node never imports this file.
 Shapes (batch ``B``; the exported bundle fixes ``B = 1``)::
 
     CameraEncoder  image   (B, 3, H, W) float32, normalised RGB      -> (B, D) L2-normalised
-    RadarEncoder   points  (B, P, 5) float32, mask (B, P) float32    -> (B, D) L2-normalised
+    RadarEncoder   points  (B, P, F) float32, mask (B, P) float32    -> (B, D) L2-normalised
     AudioEncoder   logmel  (B, 1, n_mels, T) float32                 -> (B, D) L2-normalised
     FusionHead     camera, radar, audio (B, D), present (B, 3)       -> logits (B, C) (masked votes),
                                                                         certainty (B, 3),
@@ -98,6 +98,11 @@ class CameraEncoder(nn.Module):
 
     Input ``(B, 3, H, W)`` normalised RGB (any H, W large enough for the strides); output
     ``(B, embed_dim)`` L2-normalised. ``blocks`` lists ``(out_channels, stride)`` per block.
+
+    ``spatial_channels > 0`` keeps *where* in the embedding: a 1x1 convolution squeezes the last
+    feature map to that many channels, which are averaged into a ``spatial_grid`` x
+    ``spatial_grid`` layout and flattened beside the global mean. A global mean alone forgets
+    where things are, and a radar bound to the camera can then only learn *what*.
     """
 
     def __init__(
@@ -106,6 +111,8 @@ class CameraEncoder(nn.Module):
         *,
         stem_channels: int = 16,
         blocks: Sequence[tuple[int, int]] = ((32, 2), (64, 2), (96, 2), (128, 1)),
+        spatial_channels: int = 0,
+        spatial_grid: int = 3,
     ) -> None:
         super().__init__()
         self.embed_dim = int(embed_dim)
@@ -119,21 +126,34 @@ class CameraEncoder(nn.Module):
             layers.append(_DepthwiseSeparable(ch, out_ch, stride))
             ch = out_ch
         self.features = nn.Sequential(*layers)
-        self.proj = nn.Linear(ch, self.embed_dim)
+        self.spatial_channels, self.spatial_grid = int(spatial_channels), int(spatial_grid)
+        pooled = ch
+        if self.spatial_channels > 0:
+            self.squeeze = nn.Sequential(nn.Conv2d(ch, self.spatial_channels, 1), nn.ReLU(inplace=True))
+            pooled += self.spatial_channels * self.spatial_grid ** 2
+        self.proj = nn.Linear(pooled, self.embed_dim)
         _init_weights(self)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.features(image)
         # Mean over H and W rather than AdaptiveAvgPool2d: same maths, and a plain ReduceMean
         # exports identically under every exporter and provider.
-        x = x.mean(dim=(2, 3))
-        return _l2_normalise(self.proj(x))
+        pooled = x.mean(dim=(2, 3))
+        if self.spatial_channels > 0:
+            s = self.squeeze(x)
+            b, c, h, w = s.shape
+            g = self.spatial_grid
+            # Average pooling into g x g cells written as reshapes and means, for the same reason
+            # (the feature map's side must be a multiple of g: 6 x 6 at 96 px with stride 16).
+            s = s.reshape(b, c, g, h // g, g, w // g).mean(dim=(3, 5))
+            pooled = torch.cat([pooled, s.flatten(1)], dim=1)
+        return _l2_normalise(self.proj(pooled))
 
 
 class RadarEncoder(nn.Module):
     """PointNet-style point-set encoder with masked max- and mean-pooling.
 
-    Input ``points (B, P, 5)`` and ``mask (B, P)`` (1 = real point, 0 = padding); output
+    Input ``points (B, P, in_features)`` (5, or 8 with image coordinates) and ``mask (B, P)`` (1 = real point, 0 = padding); output
     ``(B, embed_dim)`` L2-normalised. A shared MLP embeds every point independently, so the
     result does not depend on point order; padding never contributes. An all-zero mask (a
     frame with no detections) gives a finite embedding, never NaN.

@@ -60,7 +60,8 @@ MAX_BOXES = 3  # box centres kept per class and frame (the best-scoring ones)
 # The student: a deeper MobileNet-style encoder than the untrained default that keeps the
 # 48x48 stage narrow (training time on a CPU goes there); well under 1.2 ms p50 on one core.
 STUDENT_CONFIG = {"embed_dim": 128, "stem_channels": 16,
-                  "blocks": ((32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (192, 1))}
+                  "blocks": ((32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (192, 1)),
+                  "spatial_channels": 8, "spatial_grid": 3}
 # The teacher "says present" at 0.5, the score at which its published person counts are made;
 # it "says empty" below 0.25. Frames between the two are ambiguous and left out of the rates.
 PRESENT_SCORE = 0.5

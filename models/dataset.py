@@ -36,7 +36,8 @@ DATA_VERSION = "sim-v4"
 
 PREPROCESS = {
     "camera": CameraPreprocess(size_hw=(96, 96)),
-    "radar": RadarPreprocess(max_points=64),
+    # The sim's own geometry (RigGeometry's defaults) is the nominal one the bundle records.
+    "radar": RadarPreprocess(max_points=64, image_features=True),
     "audio": AudioPreprocess(window_s=1.0),
 }
 
@@ -46,7 +47,7 @@ class Windows:
     """A batch of preprocessed windows (arrays share their first axis)."""
 
     image: np.ndarray  # (N, 96, 96, 3) uint8 BGR, resized as CameraPreprocess does
-    points: np.ndarray  # (N, 64, 5) float32
+    points: np.ndarray  # (N, 64, F) float32 (F: PREPROCESS["radar"].out_features)
     mask: np.ndarray  # (N, 64) float32
     logmel: np.ndarray  # (N, 1, 64, T) float16
     labels: np.ndarray  # (N, C) float32 multi-hot, CLASSES order
@@ -65,7 +66,26 @@ class Windows:
     @classmethod
     def load(cls, path: Path) -> "Windows":
         with np.load(path) as z:
-            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
+            w = cls(**{k: z[k] for k in cls.__dataclass_fields__})
+        return w.with_image_features()
+
+    def with_image_features(self) -> "Windows":
+        """Windows saved before the radar points carried image coordinates, given them.
+
+        The stored x, y, z are the preprocessed ones (divided by the scale), so the columns come
+        out exactly as generating the windows again would make them.
+        """
+        pp = PREPROCESS["radar"]
+        if self.points.shape[-1] == pp.out_features:
+            return self
+        if self.points.shape[-1] != pp.BASE_FEATURES:
+            raise ValueError(f"radar points with {self.points.shape[-1]} features per point; "
+                             f"expected {pp.BASE_FEATURES} or {pp.out_features}")
+        n, p, _ = self.points.shape
+        xyz = self.points[..., :3].reshape(-1, 3).astype(np.float64) * np.asarray(pp.scale[:3])
+        cols = pp.image_columns(xyz).reshape(n, p, -1) * self.mask[..., None]
+        points = np.concatenate([self.points, cols.astype(np.float32)], axis=-1)
+        return Windows(self.image, points, self.mask, self.logmel, self.labels, self.pairable)
 
     @classmethod
     def concat(cls, parts: list["Windows"]) -> "Windows":
@@ -86,7 +106,7 @@ def _chunk(args: tuple) -> Windows:
     assets = load_assets(split, geometry, real_dir)
     rng = np.random.default_rng([seed, start])
     n_mels, frames = PREPROCESS["audio"].output_shape[2:]
-    out = Windows(np.zeros((count, 96, 96, 3), np.uint8), np.zeros((count, 64, 5), np.float32),
+    out = Windows(np.zeros((count, 96, 96, 3), np.uint8), np.zeros((count, 64, PREPROCESS["radar"].out_features), np.float32),
                   np.zeros((count, 64), np.float32), np.zeros((count, 1, n_mels, frames), np.float16),
                   np.zeros((count, len(CLASSES)), np.float32), np.zeros(count, bool))
     for i in range(count):

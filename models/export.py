@@ -47,7 +47,7 @@ marked optional, and no other key is allowed)::
       }
     }
 
-Tensor names: camera ``image (1, 3, H, W)``; radar ``points (1, P, 5)`` and ``mask (1, P)``;
+Tensor names: camera ``image (1, 3, H, W)``; radar ``points (1, P, F)`` (F = 5, or 8 with image coordinates) and ``mask (1, P)``;
 audio ``logmel (1, 1, n_mels, T)``; every encoder outputs ``embedding (1, D)``. The head takes
 ``camera``, ``radar``, ``audio`` ``(1, D)`` and ``present (1, 3)`` and outputs ``logits (1, C)``,
 ``certainty (1, 3)``, ``weights (1, 3)`` and ``consistency (1, 1)`` (see

@@ -45,9 +45,9 @@ class RadarBindConfig:
 class RadarStudent(nn.Module):
     """The radar encoder and its classifier over the product's classes (only observable ones trained)."""
 
-    def __init__(self, embed_dim: int = 128) -> None:
+    def __init__(self, embed_dim: int = 128, in_features: int = PREPROCESS["radar"].out_features) -> None:
         super().__init__()
-        self.encoder = RadarEncoder(embed_dim)
+        self.encoder = RadarEncoder(embed_dim, in_features=in_features)
         self.classifier = nn.Linear(embed_dim, len(CLASSES))
 
     def forward(self, points: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

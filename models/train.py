@@ -158,7 +158,8 @@ def load_students(out: Path, embed_dim: int = 128) -> Models:
     camera.load_state_dict(states["camera"]["encoder"])
     audio = AudioEncoder(embed_dim)
     audio.load_state_dict(states["audio"]["encoder"])
-    radar = RadarStudent(embed_dim)
+    # Stages saved before the radar read image coordinates have 5 features per point.
+    radar = RadarStudent(embed_dim, in_features=int(states["radar"]["encoder"]["point_mlp.0.weight"].shape[1]))
     radar.encoder.load_state_dict(states["radar"]["encoder"])
     # A modality vouches for a class's absence only where, on recordings it never saw, it rarely
     # misses the class when it is there (held-out recall >= WITNESS_RECALL at its threshold): a

@@ -23,6 +23,7 @@ from itertools import combinations
 
 import numpy as np
 
+from fusion_node.radar_projection import RadarProjection
 from fusion_node.runtime import HeadOutput, sigmoid
 from fusion_node.vocabulary import CLASSES, MODALITIES, WIRE_AUDIO_RATE_HZ
 
@@ -109,7 +110,8 @@ class FakeRuntime:
     def audio_sample_rate_hz(self) -> int:
         return self._audio_rate
 
-    def preprocess(self, modality: str, *raw: np.ndarray) -> tuple[np.ndarray, ...]:
+    def preprocess(self, modality: str, *raw: np.ndarray,
+                   projection: RadarProjection | None = None) -> tuple[np.ndarray, ...]:
         _check_modality(modality)
         if len(raw) != 1 or not isinstance(raw[0], np.ndarray):
             raise ValueError(f"{modality}: preprocess takes one raw array, got {len(raw)}")
