@@ -13,6 +13,7 @@ node's session options, torch with ``torch.set_num_threads(1)``), as the node ru
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import time
@@ -27,6 +28,8 @@ from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPrepr
 from fusion_node.runtime import Runtime
 from fusion_node.vocabulary import MODALITIES
 from models.batched import export_batched
+
+RADAR_PREPROCESS = RadarPreprocess(image_features=True)
 
 __all__ = ["cache_dir", "prepare", "fused_step_baseline", "gpu_step_baseline", "sample_inputs"]
 
@@ -50,8 +53,10 @@ def _modules(seed: int, embed_dim: int):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        # The shipped camera encoder's shape (its stem and blocks), so the timings are its own.
-        encoders = {"camera": CameraEncoder(**{**STUDENT_CONFIG, "embed_dim": embed_dim}), "radar": RadarEncoder(embed_dim),
+        # The shipped encoders' shapes (the camera's stem, blocks and spatial layout; the radar's
+        # points with image coordinates), so the timings are theirs.
+        encoders = {"camera": CameraEncoder(**{**STUDENT_CONFIG, "embed_dim": embed_dim}),
+                    "radar": RadarEncoder(embed_dim, in_features=RADAR_PREPROCESS.out_features),
                     "audio": AudioEncoder(embed_dim)}
         head = FusionHead(embed_dim, len(DEFAULT_CLASSES))
     for m in (*encoders.values(), head):
@@ -71,15 +76,17 @@ def prepare(seed: int = 0, embed_dim: int = 128, directory: Path | None = None):
     from models.export import MANIFEST_NAME, export_bundle
 
     encoders, head = _modules(seed, embed_dim)
-    # v2: the distilled camera encoder's shape and the masked-vote head.
-    out = (directory or cache_dir()) / f"untrained-v2-seed{seed}-d{embed_dim}"
+    # Keyed by the camera's shape too: a cached export of another shape would not match the
+    # torch modules the bench compares it with.
+    shape = hashlib.sha256("".join(repr(m) for m in (*encoders.values(), head)).encode()).hexdigest()[:8]
+    out = (directory or cache_dir()) / f"untrained-v3-{shape}-seed{seed}-d{embed_dim}"
     manifest = out / MANIFEST_NAME
     if not manifest.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".bench-export-", dir=out.parent))
         try:
             export_bundle(tmp, encoders, head, classes=DEFAULT_CLASSES,
-                          preprocess={"camera": CameraPreprocess(), "radar": RadarPreprocess(),
+                          preprocess={"camera": CameraPreprocess(), "radar": RADAR_PREPROCESS,
                                       "audio": AudioPreprocess()},
                           embed_dim=embed_dim, trained=False, seed=seed, data_version="none",
                           name=f"untrained-seed{seed}")

@@ -99,10 +99,14 @@ class CameraEncoder(nn.Module):
     Input ``(B, 3, H, W)`` normalised RGB (any H, W large enough for the strides); output
     ``(B, embed_dim)`` L2-normalised. ``blocks`` lists ``(out_channels, stride)`` per block.
 
-    ``spatial_channels > 0`` keeps *where* in the embedding: a 1x1 convolution squeezes the last
-    feature map to that many channels, which are averaged into a ``spatial_grid`` x
-    ``spatial_grid`` layout and flattened beside the global mean. A global mean alone forgets
-    where things are, and a radar bound to the camera can then only learn *what*.
+    ``spatial_dim > 0`` keeps *where* in the embedding as a part of its own: a 1x1 convolution
+    squeezes the last feature map to ``spatial_channels``, averaged into a ``spatial_grid`` x
+    ``spatial_grid`` layout and projected to the last ``spatial_dim`` entries; the first
+    ``embed_dim - spatial_dim`` come from the global mean as before (*what*). Each part is
+    normalised and scaled by 1/sqrt(2), so both weigh the same in a cosine similarity and the
+    whole stays unit length. A global mean alone forgets where things are, and a radar bound to
+    the camera can then only learn what; a classifier that reads only the first part cannot learn
+    a training video's layout instead of the thing in it.
     """
 
     def __init__(
@@ -111,11 +115,15 @@ class CameraEncoder(nn.Module):
         *,
         stem_channels: int = 16,
         blocks: Sequence[tuple[int, int]] = ((32, 2), (64, 2), (96, 2), (128, 1)),
-        spatial_channels: int = 0,
-        spatial_grid: int = 3,
+        spatial_dim: int = 0,
+        spatial_channels: int = 8,
+        spatial_grid: int = 6,
     ) -> None:
         super().__init__()
         self.embed_dim = int(embed_dim)
+        self.spatial_dim = int(spatial_dim)
+        if not 0 <= self.spatial_dim < self.embed_dim:
+            raise ValueError(f"CameraEncoder: spatial_dim must be within 0..{self.embed_dim - 1}, got {spatial_dim}")
         layers: list[nn.Module] = [
             nn.Conv2d(3, stem_channels, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(stem_channels),
@@ -126,28 +134,32 @@ class CameraEncoder(nn.Module):
             layers.append(_DepthwiseSeparable(ch, out_ch, stride))
             ch = out_ch
         self.features = nn.Sequential(*layers)
-        self.spatial_channels, self.spatial_grid = int(spatial_channels), int(spatial_grid)
-        pooled = ch
-        if self.spatial_channels > 0:
-            self.squeeze = nn.Sequential(nn.Conv2d(ch, self.spatial_channels, 1), nn.ReLU(inplace=True))
-            pooled += self.spatial_channels * self.spatial_grid ** 2
-        self.proj = nn.Linear(pooled, self.embed_dim)
+        self.proj = nn.Linear(ch, self.embed_dim - self.spatial_dim)
+        self.spatial_grid = int(spatial_grid)
+        if self.spatial_dim:
+            self.squeeze = nn.Sequential(nn.Conv2d(ch, int(spatial_channels), 1), nn.ReLU(inplace=True))
+            self.spatial_proj = nn.Linear(int(spatial_channels) * self.spatial_grid ** 2, self.spatial_dim)
         _init_weights(self)
+
+    @property
+    def semantic_dim(self) -> int:
+        """Entries of the embedding that say *what* (the first ones); the rest say where."""
+        return self.embed_dim - self.spatial_dim
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.features(image)
         # Mean over H and W rather than AdaptiveAvgPool2d: same maths, and a plain ReduceMean
         # exports identically under every exporter and provider.
-        pooled = x.mean(dim=(2, 3))
-        if self.spatial_channels > 0:
-            s = self.squeeze(x)
-            b, c, h, w = s.shape
-            g = self.spatial_grid
-            # Average pooling into g x g cells written as reshapes and means, for the same reason
-            # (the feature map's side must be a multiple of g: 6 x 6 at 96 px with stride 16).
-            s = s.reshape(b, c, g, h // g, g, w // g).mean(dim=(3, 5))
-            pooled = torch.cat([pooled, s.flatten(1)], dim=1)
-        return _l2_normalise(self.proj(pooled))
+        what = self.proj(x.mean(dim=(2, 3)))
+        if not self.spatial_dim:
+            return _l2_normalise(what)
+        s = self.squeeze(x)
+        b, c, h, w = s.shape
+        g = self.spatial_grid
+        # Average pooling into g x g cells written as reshapes and means, for the same reason
+        # (the feature map's side must be a multiple of g: 6 x 6 at 96 px with stride 16).
+        where = self.spatial_proj(s.reshape(b, c, g, h // g, g, w // g).mean(dim=(3, 5)).flatten(1))
+        return torch.cat([_l2_normalise(what), _l2_normalise(where)], dim=1) * (0.5 ** 0.5)
 
 
 class RadarEncoder(nn.Module):

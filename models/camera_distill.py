@@ -61,7 +61,7 @@ MAX_BOXES = 3  # box centres kept per class and frame (the best-scoring ones)
 # 48x48 stage narrow (training time on a CPU goes there); well under 1.2 ms p50 on one core.
 STUDENT_CONFIG = {"embed_dim": 128, "stem_channels": 16,
                   "blocks": ((32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (192, 1)),
-                  "spatial_channels": 8, "spatial_grid": 3}
+                  "spatial_dim": 48, "spatial_channels": 8, "spatial_grid": 6}
 # The teacher "says present" at 0.5, the score at which its published person counts are made;
 # it "says empty" below 0.25. Frames between the two are ambiguous and left out of the rates.
 PRESENT_SCORE = 0.5
@@ -381,16 +381,30 @@ class CameraStudent(nn.Module):
         super().__init__()
         self.encoder_config = dict(encoder_config or STUDENT_CONFIG)
         self.encoder = CameraEncoder(**self.encoder_config)
-        d = self.encoder.embed_dim
-        self.classifier = nn.Linear(d, len(CLASSES))
-        self.grid = nn.Linear(d, len(VISUAL_CLASSES) * GRID * GRID)
-        self.projection = nn.Linear(d, MobileNetTeacher.DIM)
+        # With a spatial part, the classes and the image embedding are read from the semantic
+        # part only and the grid from the spatial part only (see CameraEncoder).
+        d, k = self.encoder.embed_dim, self.encoder.semantic_dim
+        self.classifier = nn.Linear(k, len(CLASSES))
+        self.grid = nn.Linear(d - k if d > k else d, len(VISUAL_CLASSES) * GRID * GRID)
+        self.projection = nn.Linear(k, MobileNetTeacher.DIM)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(embedding (B, D), logits (B, C), grid (B, V, GRID, GRID), projection (B, 1280))``."""
         emb = self.encoder(image)
-        return (emb, self.classifier(emb), self.grid(emb).view(-1, len(VISUAL_CLASSES), GRID, GRID),
-                self.projection(emb))
+        k = self.encoder.semantic_dim
+        what, where = emb[:, :k], (emb[:, k:] if k < emb.shape[1] else emb)
+        return (emb, self.classifier(what), self.grid(where).view(-1, len(VISUAL_CLASSES), GRID, GRID),
+                self.projection(what))
+
+    def full_classifier(self) -> nn.Linear:
+        """The classifier as the fusion head holds it: over the whole embedding, zero on the spatial part."""
+        d, k = self.encoder.embed_dim, self.encoder.semantic_dim
+        full = nn.Linear(d, len(CLASSES))
+        with torch.no_grad():
+            full.weight.zero_()
+            full.weight[:, :k] = self.classifier.weight
+            full.bias.copy_(self.classifier.bias)
+        return full
 
 
 def _loss(student: CameraStudent, images: np.ndarray, presence: np.ndarray, grid: np.ndarray, emb: np.ndarray,
@@ -660,7 +674,7 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
     metrics["encoder_onnx_p50_ms_1thread"] = encoder_p50_ms(student.encoder)
     metrics["minutes"] = round((time.monotonic() - t0) / 60, 2)
     torch.save({"encoder": student.encoder.state_dict(), "encoder_config": student.encoder_config,
-                "classifier": student.classifier.state_dict(), "grid": student.grid.state_dict(),
+                "classifier": student.full_classifier().state_dict(), "grid": student.grid.state_dict(),
                 "projection": student.projection.state_dict(), "teacher_mean": student.teacher_mean,
                 "visual_classes": VISUAL_CLASSES, "grid_size": GRID,
                 "thresholds": metrics.get("thresholds", {}), "reliable": metrics.get("reliable"),

@@ -67,10 +67,13 @@ class _OnnxEvaluator:
         from tqdm import tqdm
 
         rt = self.rt
+        # The windows carry image coordinates; a bundle whose radar does not read them takes the
+        # first five columns, which are what its preprocessing produces.
+        nf = rt.preprocessors["radar"].out_features
         emb = {m: [] for m in MODALITIES}
         for i in tqdm(range(len(data)), desc=progress or "embedding", unit="win", leave=False):
             emb["camera"].append(rt.encode("camera", *rt.preprocess("camera", data.image[i]))[0])
-            emb["radar"].append(rt.encode("radar", data.points[i][None], data.mask[i][None])[0])
+            emb["radar"].append(rt.encode("radar", data.points[i][None, :, :nf], data.mask[i][None])[0])
             emb["audio"].append(rt.encode("audio", data.logmel[i][None].astype(np.float32))[0])
         return {m: np.stack(v) for m, v in emb.items()}
 

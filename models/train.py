@@ -34,8 +34,9 @@ from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
 from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_distill import AudioDistillConfig
-from models.dataset import DATA_VERSION, Windows, load_or_generate
-from models.radar_bind import RadarBindConfig, RadarStudent, f1_threshold, radar_probs, train_radar
+from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
+from models.evaluate import recall_at_k
+from models.radar_bind import RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar
 from models.teacher_audio import YamnetTeacher
 
 __all__ = ["TrainConfig", "Models", "train", "load_students"]
@@ -136,14 +137,25 @@ def _radar_stage(cfg: TrainConfig, camera: nn.Module, out: Path, recordings: Win
     rcfg = RadarBindConfig(seed=cfg.seed, epochs=cfg.radar_epochs, embed_dim=cfg.embed_dim)
     student = train_radar(data, camera, rcfg, log=log)
     val = load_or_generate(cache, max(500, cfg.radar_samples // 8), cfg.seed + 1, "train", real_dir=real)
-    _, probs = radar_probs(student, val)
+    emb, probs = radar_probs(student, val)
     thresholds = {c: f1_threshold(probs[:, k], val.labels[:, k] > 0) for k, c in enumerate(CLASSES)
                   if c in OBSERVES["radar"]}
+    metrics = {"image_features": bool(PREPROCESS["radar"].image_features),
+               "retrieval_r1_camera_radar": _retrieval_r1(embed_images(camera, val.image).numpy(), emb, val.pairable),
+               "held_out_windows": len(val)}
     state = {"encoder": student.encoder.state_dict(), "classifier": student.classifier.state_dict(),
-             "thresholds": thresholds, "config": asdict(rcfg)}
+             "thresholds": thresholds, "config": asdict(rcfg), "metrics": metrics}
     torch.save(state, out / STAGE_FILES["radar"])
-    log(f"radar: thresholds {thresholds}")
+    log(f"radar: thresholds {thresholds}, camera-radar R@1 among 100 {metrics['retrieval_r1_camera_radar']}")
     return state
+
+
+def _retrieval_r1(camera: np.ndarray, radar: np.ndarray, pairable: np.ndarray, group: int = 100) -> float | None:
+    """Camera-to-radar recall@1 among ``group`` candidates, over disjoint groups of paired windows."""
+    ok = np.flatnonzero(pairable)
+    runs = [recall_at_k(camera[ok[g * group:(g + 1) * group]], radar[ok[g * group:(g + 1) * group]], 1)
+            for g in range(len(ok) // group)]
+    return round(float(np.mean(runs)), 4) if runs else None
 
 
 def load_students(out: Path, embed_dim: int = 128) -> Models:

@@ -109,18 +109,33 @@ def test_the_shipped_radar_encoder_reads_the_image_columns_through_the_runtime()
     assert not np.allclose(nominal, calibrated, atol=1e-4)
 
 
-def test_a_spatial_camera_encoder_keeps_where_and_exports():
+def test_a_spatial_camera_encoder_keeps_where_in_a_part_of_its_own():
     torch = pytest.importorskip("torch")
     from models.architectures import CameraEncoder
+    from models.camera_distill import CameraStudent
 
-    enc = CameraEncoder(32, blocks=((16, 2), (32, 2), (32, 2), (32, 1)), spatial_channels=4, spatial_grid=3).eval()
-    assert enc.proj.in_features == 32 + 4 * 9
-    img = torch.zeros(1, 3, 96, 96)
-    left, right = img.clone(), img.clone()
-    left[..., 30:50, 5:25] = 2.0
-    right[..., 30:50, 71:91] = 2.0
+    enc = CameraEncoder(32, blocks=((16, 2), (32, 2), (32, 2), (32, 1)), spatial_dim=8, spatial_channels=4,
+                        spatial_grid=3).eval()
+    assert enc.semantic_dim == 24 and enc.spatial_proj.in_features == 4 * 9
+    # Feed feature maps directly: the same content in another cell of the 6 x 6 map.
+    enc.features = torch.nn.Identity()
+    left, right = torch.zeros(1, 32, 6, 6), torch.zeros(1, 32, 6, 6)
+    left[..., 2, 0] = 1.0
+    right[..., 2, 5] = 1.0
     with torch.no_grad():
         e_left, e_right = enc(left), enc(right)
-        # The same blob moved: the global mean barely changes, the spatial cells do.
-        assert float((e_left - e_right).abs().max()) > 1e-3
-        assert torch.linalg.norm(e_left).item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.linalg.norm(e_left).item() == pytest.approx(1.0, abs=1e-5)
+    # Each part is half of the unit length.
+    assert torch.linalg.norm(e_left[0, :24]).item() == pytest.approx(0.5 ** 0.5, abs=1e-5)
+    # The global part cannot tell where the content is; the spatial part can.
+    assert torch.allclose(e_left[0, :24], e_right[0, :24], atol=1e-6)
+    assert float(torch.linalg.norm(e_left[0, 24:] - e_right[0, 24:])) > 1e-2
+
+    student = CameraStudent({"embed_dim": 32, "blocks": ((16, 2), (32, 2), (32, 2), (32, 1)), "spatial_dim": 8,
+                             "spatial_channels": 4, "spatial_grid": 3}).eval()
+    with torch.no_grad():
+        emb, logits, grid, _ = student(torch.rand(1, 3, 96, 96))
+        full = student.full_classifier()
+        assert torch.allclose(full(emb), logits, atol=1e-6)  # the head's copy reads what, never where
+        assert not full.weight[:, 24:].any()
+        assert grid.shape == (1, 3, 4, 4)
