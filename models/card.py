@@ -22,6 +22,14 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _clip_counts(clips) -> str:
+    """``{"train": 234, "val": 37, "test": 63}`` -> "63 held-out (thresholds on 37 others; 234 trained on)"."""
+    if not isinstance(clips, Mapping):
+        return str(clips)
+    return (f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others; "
+            f"{clips.get('train')} trained on)")
+
+
 def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping,
                      witnesses: Mapping[str, tuple[str, ...]] = WITNESSES) -> Path:
     """Write ``MODEL_CARD.md`` in ``out_dir`` from the training stages' thresholds and metrics."""
@@ -41,7 +49,7 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
     audio = metrics.get("audio", {})
     if audio.get("student"):
         lines += ["", "## Audio: held-out sources (never trained on, never used to choose a threshold)", "",
-                  f"Clips: {audio.get('clips')}. Clip-level: a clip carries a class when any of its one-second "
+                  f"Clips: {_clip_counts(audio.get('clips'))}. Clip-level: a clip carries a class when any of its one-second "
                   "windows does. False labels: share of background windows carrying any label.", "",
                   _row(["", "macro-F1", "false labels", *[f"{c} P / R" for c in CLASSES]]),
                   _row(["---"] * (len(CLASSES) + 3))]
