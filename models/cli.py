@@ -82,9 +82,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     teacher = Path(args.audio_teacher) if args.audio_teacher else None
     if teacher is not None and not teacher.is_file():
         raise ConfigError(f"--audio-teacher {args.audio_teacher}: no such file")
+    if args.tamper_scenes < 0:
+        raise ConfigError(f"--tamper-scenes {args.tamper_scenes}: must be 0 or more")
     metrics, extra = evaluate(Path(args.models), n_eval=args.windows, n_adverse=args.adverse_windows,
                               cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real,
-                              audio_teacher=teacher)
+                              audio_teacher=teacher, tamper_scenes=args.tamper_scenes)
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -102,6 +104,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           f"(false alarms {t['similarity']['false_alarm_rate']:.3f})"
           + (f", consistency detects {t['detection_rate']:.3f} (false alarms {t['false_alarm_rate']:.3f})"
              if "detection_rate" in t else ""))
+    ep = t["episodes"]
+    if ep["scenes"]:
+        print(f"tampering, scenes followed through time: the drift alert detects {ep['detection_rate']:.3f} within "
+              f"{ep['seconds_after']:g} s (median {ep['median_delay_s']} s), false alarms {ep['false_alarm_rate']:.3f} "
+              f"({ep['scenes']} scenes)")
     real = metrics["real"]
     if real["folder"] is None:
         print("real recordings: not evaluated (give --real-clips DIR)")
@@ -169,6 +176,8 @@ def add_parsers(sub) -> None:
     v.add_argument("--report", default=None, metavar="DIR", help="write report.html here")
     v.add_argument("--windows", type=int, default=1000, help="held-out windows (default 1000)")
     v.add_argument("--adverse-windows", type=int, default=250, help="windows per adverse condition (default 250)")
+    v.add_argument("--tamper-scenes", type=int, default=100,
+                   help="simulated scenes followed through time for the drift alert's tamper figures (default 100; 0: none)")
     v.add_argument("--provider", default="cpu", choices=["auto", "tensorrt", "cuda", "cpu"])
     v.add_argument("--real-clips", default=None, metavar="DIR",
                    help="evaluate on the held-out sources of these real recordings (and use them in the simulated "

@@ -30,7 +30,8 @@ from sensors.sim.render import render_audio, render_camera, render_radar
 from sensors.sim.world import RigGeometry, sample_scene, scene_labels
 from sensors.ti_mmwave import read_capture
 
-__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "windows_from_recordings"]
+__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "scene_sequences",
+           "windows_from_recordings"]
 
 DATA_VERSION = "sim-v4"
 
@@ -140,6 +141,25 @@ def generate(n: int, seed: int, split: str = "train", adverse: str | None = None
             parts = list(tqdm(pool.imap(_chunk, jobs), total=len(jobs), desc=desc, unit="chunk",
                               disable=not progress))
     return Windows.concat(parts)
+
+
+def scene_sequences(n_scenes: int, steps: int, seed: int, split: str = "eval", real_dir: Path | None = None,
+                    period_s: float = 0.1):
+    """``n_scenes`` simulated scenes, each as ``steps`` camera frames and radar frames ``period_s`` apart.
+
+    Yields ``(scene index, step, camera BGR uint8, radar points (N, 6))`` in order. A scene is
+    drawn as :func:`generate` draws its windows and then followed through time (targets walk in
+    and out of view), as a live rig sees it; deterministic by ``seed``.
+    """
+    geometry = RigGeometry()
+    assets = load_assets(split, geometry, real_dir)
+    rng = np.random.default_rng([seed, 11])
+    for i in range(n_scenes):
+        t_ref = float(rng.uniform(10.0, 60.0))
+        scene = sample_scene(rng, t_ref, geometry, assets=assets)
+        for k in range(steps):
+            t = t_ref - steps * period_s / 3 + k * period_s
+            yield i, k, render_camera(scene, t, assets, geometry), render_radar(scene, t, assets, geometry)
 
 
 def load_or_generate(cache_dir: Path, n: int, seed: int, split: str = "train", adverse: str | None = None,

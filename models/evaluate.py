@@ -9,7 +9,8 @@ the held-out parts of those recordings, read from that folder.
 The JSON holds ``retrieval_r1.{camera_radar,camera_audio}`` (recall@1 among 100 candidate
 windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
 ``f1.adverse.{fused,best_single}`` and per condition, ``f1.missing.{camera,radar,audio}``,
-``tamper.*``, and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
+``tamper.*`` (per window, and ``tamper.episodes.*``: the node's drift monitor on simulated scenes
+followed through time, the radar swapped for another scene's after the baseline is learnt), and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
 ``real.macro_f1``, ``real.false_label_rate``, ``real.teacher_macro_f1`` (with ``--audio-teacher``),
 ``real.per_class.<class>.{precision,recall,f1,clips}``. The report is an HTML page of tables, a
 confusion matrix and retrieval curves as inline SVG.
@@ -24,9 +25,10 @@ import numpy as np
 
 from fusion_node.config import AlertsConfig
 from fusion_node.cpu_runtime import ModelRuntime
+from fusion_node.drift import MIN_BASELINE, DriftMonitor
 from fusion_node.manifest import load_manifest
-from fusion_node.vocabulary import CLASSES, MODALITIES
-from models.dataset import Windows, load_or_generate
+from fusion_node.vocabulary import BOUND_PAIRS, CLASSES, MODALITIES
+from models.dataset import Windows, load_or_generate, scene_sequences
 from models.real_eval import evaluate_real_audio
 
 __all__ = ["macro_f1", "recall_at_k", "evaluate", "write_report"]
@@ -89,9 +91,52 @@ class _OnnxEvaluator:
         return macro_f1(labels, probs >= self.thresholds)
 
 
+def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, real_clips: Path | None = None,
+                    after_s: float = 10.0) -> dict:
+    """The drift alert as a tamper detector, as a live rig meets it.
+
+    Each simulated scene is followed at 10 sets a second. The node's :class:`DriftMonitor` (its
+    default ``alerts`` config) learns its baseline on the scene's own camera and radar; then, for
+    ``after_s`` seconds, the radar either stays (a false alarm if ``drift`` fires) or is replaced
+    by the next scene's radar at the same moments (detected if ``drift`` fires). Scenes whose
+    baseline is too low for any alert (under :data:`~fusion_node.drift.MIN_BASELINE`) count as
+    missed, not left out.
+    """
+    from tqdm import tqdm
+
+    cfg = AlertsConfig()
+    period = 0.1
+    warm = cfg.drift_warmup_sets
+    steps = warm + int(round(after_s / period))
+    cam = np.zeros((n_scenes, steps, rt.embedding_dim), np.float32)
+    rad = np.zeros_like(cam)
+    frames = scene_sequences(n_scenes, steps, seed, "eval", real_clips, period)
+    for i, k, image, points in tqdm(frames, total=n_scenes * steps, desc="tamper episodes", unit="set", leave=False):
+        cam[i, k] = rt.encode("camera", *rt.preprocess("camera", image))[0]
+        rad[i, k] = rt.encode("radar", *rt.preprocess("radar", points))[0]
+
+    def first_alert(i: int, j: int) -> float | None:
+        mon = DriftMonitor(BOUND_PAIRS, cfg)
+        for k in range(steps):
+            if mon.update(int(k * period * 1e9), {"camera": cam[i, k], "radar": rad[i if k < warm else j, k]}) \
+                    and k >= warm:
+                return (k - warm) * period
+        return None
+
+    matched = [first_alert(i, i) for i in range(n_scenes)]
+    swapped = [first_alert(i, (i + 1) % n_scenes) for i in range(n_scenes)]
+    delays = [d for d in swapped if d is not None]
+    baselines = np.median(np.einsum("skd,skd->sk", cam[:, :warm], rad[:, :warm]), axis=1)
+    return {"scenes": n_scenes, "seconds_after": after_s,
+            "detection_rate": round(float(np.mean([d is not None for d in swapped])), 4) if n_scenes else None,
+            "false_alarm_rate": round(float(np.mean([d is not None for d in matched])), 4) if n_scenes else None,
+            "median_delay_s": round(float(np.median(delays)), 2) if delays else None,
+            "never_aligned": round(float(np.mean(baselines < MIN_BASELINE)), 4) if n_scenes else None}
+
+
 def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),
              provider: str = "cpu", real_clips: Path | None = None,
-             audio_teacher: Path | None = None) -> tuple[dict, dict]:
+             audio_teacher: Path | None = None, tamper_scenes: int = 100) -> tuple[dict, dict]:
     """Compute every metric; returns (metrics JSON, extra arrays for the report).
 
     ``real_clips``: a folder of third-party recordings (laid out as the development data), mixed
@@ -171,6 +216,7 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
         "similarity": {"floor": round(floor, 4), "detection_rate": round(float((swapped_sim < floor).mean()), 4),
                        "false_alarm_rate": round(float((matched_sim < floor).mean()), 4)},
     }
+    metrics["tamper"]["episodes"] = tamper_episodes(ev.rt, tamper_scenes, real_clips=real_clips)
     if thr is not None:
         matched, swapped = cons(ok, ok), cons(ok, shifted)
         metrics["tamper"].update({"consistency_threshold": thr,
@@ -278,6 +324,11 @@ def write_report(metrics: dict, extra: dict, out_dir: Path) -> Path:
     tamper = metrics.get("tamper", {})
     tamper_rows = [["camera-radar similarity below the drift floor", tamper.get("similarity", {}).get("detection_rate"),
                     tamper.get("similarity", {}).get("false_alarm_rate")]]
+    episodes = tamper.get("episodes", {})
+    if episodes.get("scenes"):
+        tamper_rows.append([f"drift alert within {episodes['seconds_after']:g} s, {episodes['scenes']} scenes followed "
+                            f"(median delay {episodes['median_delay_s']} s)", episodes["detection_rate"],
+                            episodes["false_alarm_rate"]])
     if "detection_rate" in tamper:
         tamper_rows.append(["semantic consistency below its threshold", tamper["detection_rate"],
                             tamper["false_alarm_rate"]])

@@ -17,6 +17,7 @@ TEACHERS = SHARED_DATA.parent / "models" / "teachers"
 REQUIRED = ("retrieval_r1.camera_radar", "retrieval_r1.camera_audio", "f1.fused", "f1.camera_only",
             "f1.radar_only", "f1.audio_only", "f1.adverse.fused", "f1.adverse.best_single",
             "f1.missing.camera", "f1.missing.radar", "f1.missing.audio", "tamper.similarity.detection_rate",
+            "tamper.episodes.detection_rate", "tamper.episodes.false_alarm_rate",
             "real.folder")
 REAL_REQUIRED = ("real.macro_f1", "real.false_label_rate", "real.teacher_macro_f1",
                  *(f"real.per_class.{c}.{k}" for c in ("person", "vehicle", "dog", "glass_break", "speech", "alarm")
@@ -93,22 +94,26 @@ def test_eval_writes_every_required_key_and_a_report_of_tables(tiny_run, tmp_pat
     out, _, _ = tiny_run
     report = tmp_path / "report"
     proc = _fusion("eval", "--models", str(out / "bundle" / "manifest.json"), "--windows", "200",
-                   "--adverse-windows", "20", "--cache-dir", str(out / "cache"), "--json", str(tmp_path / "m.json"),
+                   "--adverse-windows", "20", "--tamper-scenes", "6", "--cache-dir", str(out / "cache"),
+                   "--json", str(tmp_path / "m.json"),
                    "--report", str(report), "--real-clips", str(SHARED_DATA),
                    "--audio-teacher", str(TEACHERS / "yamnet.onnx"))
     metrics = json.loads((tmp_path / "m.json").read_text())
     for key in REQUIRED + REAL_REQUIRED:
         assert isinstance(_get(metrics, key), (int, float, str)), key
     assert 0.0 <= metrics["real"]["macro_f1"] <= 1.0 and 0.0 <= metrics["real"]["false_label_rate"] <= 1.0
+    episodes = metrics["tamper"]["episodes"]
+    assert episodes["scenes"] == 6 and episodes["seconds_after"] == 10.0
+    assert all(0.0 <= episodes[k] <= 1.0 for k in ("detection_rate", "false_alarm_rate", "never_aligned"))
     page = (report / "report.html").read_text()
-    assert "<svg" in page and "teacher recall" in page
+    assert "<svg" in page and "teacher recall" in page and "drift alert within 10 s, 6 scenes" in page
     assert '{"' not in page  # tables a person reads, not JSON
     assert "real audio, held-out sources" in proc.stdout
 
 
 def test_eval_without_real_clips_says_so(tmp_path):
     proc = _fusion("eval", "--models", str(DEFAULT), "--windows", "100", "--adverse-windows", "10",
-                   "--cache-dir", str(tmp_path), "--json", str(tmp_path / "m.json"))
+                   "--tamper-scenes", "0", "--cache-dir", str(tmp_path), "--json", str(tmp_path / "m.json"))
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["real"] == {"folder": None}
     assert "real recordings: not evaluated" in proc.stdout
