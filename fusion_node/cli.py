@@ -31,6 +31,7 @@ from .eventlog import EventLog
 from .node import main_loop
 from .outputs import LIFECYCLE_TOPIC, default_log_path
 from .security import client_keys, connect_client, new_key_pair
+from .tap import stop_on_signals
 from .walltime import parse_utc_ns
 from .tools import add_parsers as add_recording_parsers
 from .wire import decode_map
@@ -146,9 +147,13 @@ def _cmd_events(args: argparse.Namespace) -> int:
     connect_client(sub, args.endpoint, keys, server_key)
     n = 0
     quiet = _Silence(args.endpoint, args.timeout)
+    # SIGINT and SIGTERM end the loop cleanly, also when this process was started with SIGINT
+    # ignored (a background job of a shell script inherits that); polls are bounded to see them.
+    stopped = stop_on_signals()
     try:
-        while args.count is None or n < args.count:
-            if not sub.poll(quiet.wait_ms()):
+        while (args.count is None or n < args.count) and not stopped():
+            wait = quiet.wait_ms()
+            if not sub.poll(STOP_CHECK_MS if wait < 0 else min(wait, STOP_CHECK_MS)):
                 if quiet.over():
                     print(f"fusion events: nothing from {args.endpoint} for {args.timeout} s", file=sys.stderr)
                     return 1
@@ -167,6 +172,9 @@ def _cmd_events(args: argparse.Namespace) -> int:
     finally:
         sub.close(0)
     return 0
+
+
+STOP_CHECK_MS = 200  # how often a waiting `fusion events` looks for a stop request
 
 
 class _Silence:

@@ -184,6 +184,25 @@ def test_events_pointed_at_nothing_says_so_and_keeps_waiting():
     assert "Traceback" not in "".join(rest)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_events_stops_on_a_signal_even_when_started_with_sigint_ignored(sig):
+    # A background job of a shell script starts with SIGINT ignored; a stop request must still work.
+    with zmq.Context.instance().socket(zmq.PUB) as probe:
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+    events = subprocess.Popen([*FUSION, "events", "--endpoint", f"tcp://127.0.0.1:{port}"], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    err = _lines(events.stderr)
+    try:
+        _wait_line(err, lambda line: "nothing from" in line, 30, [])  # running, its handlers in place
+        events.send_signal(sig)
+        assert events.wait(10) == 0
+    finally:
+        if events.poll() is None:
+            events.kill()
+            events.wait()
+
+
 def test_events_with_a_timeout_gives_up_after_it():
     with zmq.Context.instance().socket(zmq.PUB) as probe:
         port = probe.bind_to_random_port("tcp://127.0.0.1")
