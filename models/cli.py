@@ -46,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"fusion train: real recordings: {real or 'none'}", flush=True)
     recordings = None
     if args.recordings:
-        recordings = windows_from_recordings(Path(args.recordings))
+        recordings = windows_from_recordings(Path(args.recordings), calibration=args.recordings_calibration)
         print(f"fusion train: {len(recordings)} windows from {args.recordings} (radar binding only: no labels)")
     models = train(cfg, Path(args.out), resume=args.resume, recordings=recordings,
                    log=lambda m: print(f"fusion train: {m}", flush=True))
@@ -157,6 +157,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--recordings", default=None, metavar="DIR",
                    help="also bind radar to camera on your own synchronised recordings: DIR holds sets of video + "
                         "radar .dat + audio files with the same stem, captured together")
+    t.add_argument("--recordings-calibration", default=None, metavar="FILE",
+                   help="the rig calibration file of those recordings, to project their radar points into the "
+                        "picture (default: DIR/rig_calibration.yaml when there is one, else the nominal geometry)")
     t.add_argument("--export", default=None, metavar="DIR", help="export the trained models to DIR afterwards")
     t.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     t.set_defaults(func=_cmd_train)

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 
 from fusion_node.errors import ConfigError
+from fusion_node.radar_projection import RadarProjection
+from fusion_node.rig import load_rig
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
 from sensors.audio import load_audio_file
@@ -177,15 +179,33 @@ def load_or_generate(cache_dir: Path, n: int, seed: int, split: str = "train", a
     return data
 
 
-def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: float = 0.5) -> Windows:
+def recording_projection(calibration: Path) -> RadarProjection:
+    """The radar-to-camera projection of a rig calibration file (its first camera and radar)."""
+    rig = load_rig(calibration)
+    cams = [s.id for s in rig.sensors if s.kind == "camera"]
+    radars = [s.id for s in rig.sensors if s.kind == "radar"]
+    proj = RadarProjection.from_rig(rig, cams[0], radars[0]) if cams and radars else None
+    if proj is None:
+        raise ConfigError(f"{calibration}: needs a camera with intrinsics and extrinsics and a radar with extrinsics "
+                          "(fusion calibrate intrinsics / extrinsics write them)")
+    return proj
+
+
+def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: float = 0.5,
+                            calibration: Path | None = None) -> Windows:
     """Unlabelled windows from a user's synchronised recordings, for alignment fine-tuning.
 
     ``folder`` holds sets of files sharing a stem: a video (.mp4/.avi/.mkv/.mov), a TI radar
     capture (.dat) and an audio file (.wav/.ogg/.flac), all started at the same instant. Every
     ``step_s`` of video gives one window: that frame, the radar frame nearest in time and the
     second of audio ending at it. Labels are unknown (-1): these windows only train alignment.
+    The radar points are projected into the picture through ``calibration`` (by default the
+    folder's ``rig_calibration.yaml`` when it has one; otherwise the nominal geometry).
     """
     folder = Path(folder)
+    if calibration is None and (folder / "rig_calibration.yaml").is_file():
+        calibration = folder / "rig_calibration.yaml"
+    projection = recording_projection(Path(calibration)) if calibration is not None else None
     videos = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".mov")]
     parts = []
     for video in videos:
@@ -213,7 +233,7 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
             end = int(t * WIRE_AUDIO_RATE_HZ)
             if k >= len(frames) or end > len(samples):
                 break
-            pts, mask = PREPROCESS["radar"](frames[k].points)
+            pts, mask = PREPROCESS["radar"](frames[k].points, projection)
             rows.append((camera_uint8(img), pts[0], mask[0],
                          PREPROCESS["audio"](samples[end - WIRE_AUDIO_RATE_HZ:end])[0]))
         cap.release()

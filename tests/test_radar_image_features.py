@@ -114,11 +114,16 @@ def test_a_spatial_camera_encoder_keeps_where_in_a_part_of_its_own():
     from models.architectures import CameraEncoder
     from models.camera_distill import CameraStudent
 
+    torch.manual_seed(0)
     enc = CameraEncoder(32, blocks=((16, 2), (32, 2), (32, 2), (32, 1)), spatial_dim=8, spatial_channels=4,
                         spatial_grid=3).eval()
     assert enc.semantic_dim == 24 and enc.spatial_proj.in_features == 4 * 9
-    # Feed feature maps directly: the same content in another cell of the 6 x 6 map.
+    # Feed feature maps directly: the same content in another cell of the 6 x 6 map. The squeeze
+    # passes the first four channels through, so nothing depends on the random initialisation.
     enc.features = torch.nn.Identity()
+    with torch.no_grad():
+        enc.squeeze[0].weight.copy_(torch.eye(4, 32)[:, :, None, None])
+        enc.squeeze[0].bias.zero_()
     left, right = torch.zeros(1, 32, 6, 6), torch.zeros(1, 32, 6, 6)
     left[..., 2, 0] = 1.0
     right[..., 2, 5] = 1.0

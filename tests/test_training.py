@@ -157,6 +157,23 @@ def test_own_recordings_become_unlabelled_alignment_windows(tmp_path):
     assert len(w) == 18  # one window every 0.5 s from 1 s until the 10 s video's last frame (9.96 s)
     assert (w.labels == -1).all() and w.pairable.all()
     assert w.image.shape[1:] == (96, 96, 3) and np.isfinite(w.logmel.astype(np.float32)).all()
+    # With the rig's calibration file beside them, the radar points land where that rig's camera sees them.
+    from fusion_node.radar_projection import RadarProjection
+    from fusion_node.rig import load_rig
+
+    shutil.copy(ROOT / "examples" / "rig_calibration.yaml", tmp_path / "rig_calibration.yaml")
+    calibrated = windows_from_recordings(tmp_path)
+    assert np.array_equal(calibrated.points[..., :5], w.points[..., :5])
+    real = calibrated.mask > 0
+    assert real.any() and not np.allclose(calibrated.points[..., 5:7][real], w.points[..., 5:7][real], atol=1e-3)
+    proj = RadarProjection.from_rig(load_rig(tmp_path / "rig_calibration.yaml"), "cam0", "radar0")
+    xyz = calibrated.points[..., :3][real] * np.array([10.0, 10.0, 5.0])
+    uv, front, _ = proj.normalised(xyz)
+    assert calibrated.points[..., 5:7][real][front] == pytest.approx(np.clip(uv[front], -1, 2), abs=1e-4)
+    (tmp_path / "rig_calibration.yaml").write_text("rig: broken\nsensors: []\n")
+    with pytest.raises(ConfigError, match="rig_calibration.yaml"):
+        windows_from_recordings(tmp_path)
+    (tmp_path / "rig_calibration.yaml").unlink()
     (tmp_path / "run1.flac").unlink()
     with pytest.raises(ConfigError, match="run1.mp4"):
         windows_from_recordings(tmp_path)
