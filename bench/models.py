@@ -24,12 +24,11 @@ import numpy as np
 from fusion_node import paths
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.gpu_runtime import GpuRuntime, gpu_problem
-from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
+from fusion_node.preprocess import AudioPreprocess, CameraPreprocess
 from fusion_node.runtime import Runtime
 from fusion_node.vocabulary import MODALITIES
 from models.batched import export_batched
-
-RADAR_PREPROCESS = RadarPreprocess(image_features=True)
+from models.dataset import PREPROCESS
 
 __all__ = ["cache_dir", "prepare", "fused_step_baseline", "gpu_step_baseline", "sample_inputs"]
 
@@ -56,7 +55,7 @@ def _modules(seed: int, embed_dim: int):
         # The shipped encoders' shapes (the camera's stem, blocks and spatial layout; the radar's
         # points with image coordinates), so the timings are theirs.
         encoders = {"camera": CameraEncoder(**{**STUDENT_CONFIG, "embed_dim": embed_dim}),
-                    "radar": RadarEncoder(embed_dim, in_features=RADAR_PREPROCESS.out_features),
+                    "radar": RadarEncoder(embed_dim, in_features=PREPROCESS["radar"].out_features),
                     "audio": AudioEncoder(embed_dim)}
         head = FusionHead(embed_dim, len(DEFAULT_CLASSES))
     for m in (*encoders.values(), head):
@@ -86,7 +85,7 @@ def prepare(seed: int = 0, embed_dim: int = 128, directory: Path | None = None):
         tmp = Path(tempfile.mkdtemp(prefix=".bench-export-", dir=out.parent))
         try:
             export_bundle(tmp, encoders, head, classes=DEFAULT_CLASSES,
-                          preprocess={"camera": CameraPreprocess(), "radar": RADAR_PREPROCESS,
+                          preprocess={"camera": CameraPreprocess(), "radar": PREPROCESS["radar"],
                                       "audio": AudioPreprocess()},
                           embed_dim=embed_dim, trained=False, seed=seed, data_version="none",
                           name=f"untrained-seed{seed}")

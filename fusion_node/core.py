@@ -361,6 +361,7 @@ class FusionCore:
         stage_ms: dict[str, float] = {}
         audio_cov = {}
         inputs: dict[str, tuple] = {}
+        options: dict[str, dict] = {}  # keyword arguments of a modality's preprocessing
         for aid in sset.audio_ids:
             win = self.rings[aid].window(sset.t_ref_ns, self.audio_window_s)
             audio_cov[aid] = win.coverage
@@ -374,14 +375,10 @@ class FusionCore:
                     inputs["camera"] = (m.msg.image,)
                 elif isinstance(m.msg, RadarPoints):
                     inputs["radar"] = (m.msg.points,)
-                    radar_id = sid
+                    options["radar"] = {"projection": self.radar_projections.get(sid)}
             tensors = {}
             for modality, args in inputs.items():
-                if modality == "radar":
-                    tensors[modality] = self.runtime.preprocess(modality, *args,
-                                                                projection=self.radar_projections.get(radar_id))
-                else:
-                    tensors[modality] = self.runtime.preprocess(modality, *args)
+                tensors[modality] = self.runtime.preprocess(modality, *args, **options.get(modality, {}))
             t1 = self.timer()
             stage_ms["preprocess"] = (t1 - t0) / 1e6
             for modality in MODALITIES:

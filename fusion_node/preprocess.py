@@ -62,6 +62,16 @@ def _float_tuple(cls_name: str, name: str, value: Any, n: int, *, positive: bool
     return out
 
 
+def _finite_float(cls_name: str, name: str, value: Any, *, positive: bool = False) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{cls_name}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(out) or (positive and out <= 0):
+        raise ValueError(f"{cls_name}: {name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return out
+
+
 class CameraPreprocess:
     """BGR uint8 image -> normalised RGB float32 tensor ``(1, 3, H, W)``.
 
@@ -171,9 +181,9 @@ class RadarPreprocess:
         if not isinstance(image_features, bool):
             raise ValueError(f"{name}: image_features must be true or false, got {image_features!r}")
         self.image_features = image_features
-        self.nominal_hfov_deg = _float_tuple(name, "nominal_hfov_deg", [nominal_hfov_deg], 1, positive=True)[0]
-        self.nominal_aspect = _float_tuple(name, "nominal_aspect", [nominal_aspect], 1, positive=True)[0]
-        self.nominal_below_m = _float_tuple(name, "nominal_below_m", [nominal_below_m], 1)[0]
+        self.nominal_hfov_deg = _finite_float(name, "nominal_hfov_deg", nominal_hfov_deg, positive=True)
+        self.nominal_aspect = _finite_float(name, "nominal_aspect", nominal_aspect, positive=True)
+        self.nominal_below_m = _finite_float(name, "nominal_below_m", nominal_below_m)
         if not 1.0 <= self.nominal_hfov_deg <= 179.0:
             raise ValueError(f"{name}: nominal_hfov_deg must be within 1..179, got {self.nominal_hfov_deg}")
         self._nominal = RadarProjection.nominal(self.nominal_hfov_deg, self.nominal_aspect, self.nominal_below_m) \

@@ -16,6 +16,8 @@ from .rig import Rig
 
 __all__ = ["RadarProjection"]
 
+_MIN_DEPTH_M = 0.05  # nearer than this to the camera's plane (or behind it) a point has no pixel
+
 
 class RadarProjection:
     """Radar points (radar frame, metres) to camera pixels, from the rig calibration file."""
@@ -59,14 +61,19 @@ class RadarProjection:
         """``(uv (N, 2), front (N,), inside (N,))``: pixel coordinates as fractions of the picture's
         width and height (0..1 inside it), whether each point is in front of the camera, and
         whether it falls inside the picture."""
-        px, inside = self.project(xyz, self.size)
-        p = xyz.astype(np.float64) @ self.R.T + self.t
-        return px / np.asarray(self.size, np.float64), p[:, 2] > 0.05, inside
+        p = self._camera_frame(xyz)
+        px, inside = self._pixels(p, self.size)
+        return px / np.asarray(self.size, np.float64), p[:, 2] > _MIN_DEPTH_M, inside
 
     def project(self, xyz: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (N, 2) in an image of ``image_size`` (w, h), and which points are in front and inside."""
-        p = xyz.astype(np.float64) @ self.R.T + self.t
-        front = p[:, 2] > 0.05
+        return self._pixels(self._camera_frame(xyz), image_size)
+
+    def _camera_frame(self, xyz: np.ndarray) -> np.ndarray:
+        return xyz.astype(np.float64) @ self.R.T + self.t
+
+    def _pixels(self, p: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        front = p[:, 2] > _MIN_DEPTH_M
         K = self.K.copy()
         K[0] *= image_size[0] / self.size[0]
         K[1] *= image_size[1] / self.size[1]

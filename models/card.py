@@ -24,8 +24,6 @@ def _row(cells) -> str:
 
 def _clip_counts(clips) -> str:
     """``{"train": 234, "val": 37, "test": 63}`` -> "63 held-out (thresholds on 37 others; 234 trained on)"."""
-    if not isinstance(clips, Mapping):
-        return str(clips)
     return (f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others; "
             f"{clips.get('train')} trained on)")
 

@@ -31,7 +31,7 @@ from fusion_node.vocabulary import BOUND_PAIRS, CLASSES, MODALITIES
 from models.dataset import Windows, load_or_generate, scene_sequences
 from models.real_eval import evaluate_real_audio
 
-__all__ = ["macro_f1", "recall_at_k", "evaluate", "write_report"]
+__all__ = ["macro_f1", "recall_at_k", "retrieval_groups", "evaluate", "write_report"]
 
 ADVERSE = ("night", "occlusion", "clutter", "noise")
 # The fall in camera-radar similarity that counts as drift or tampering: the node's own default.
@@ -48,6 +48,12 @@ def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
         denom = float(t.sum() + p.sum())
         scores.append(1.0 if denom == 0 else 2 * tp / denom)
     return float(np.mean(scores))
+
+
+def retrieval_groups(pairable: np.ndarray, size: int = 100) -> list[np.ndarray]:
+    """Disjoint groups of ``size`` paired windows' indices: the candidates of one retrieval."""
+    ok = np.flatnonzero(pairable)
+    return [ok[g * size:(g + 1) * size] for g in range(len(ok) // size)]
 
 
 def recall_at_k(query: np.ndarray, keys: np.ndarray, k: int) -> float:
@@ -152,8 +158,7 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
     ok = np.flatnonzero(normal.pairable)
     curves = {"camera_radar": [], "camera_audio": []}
     r1 = {"camera_radar": [], "camera_audio": []}
-    for g in range(len(ok) // 100):
-        idx = ok[g * 100:(g + 1) * 100]
+    for idx in retrieval_groups(normal.pairable):
         for name, other in (("camera_radar", "radar"), ("camera_audio", "audio")):
             q, k = emb["camera"][idx], emb[other][idx]
             r1[name].append(recall_at_k(q, k, 1))

@@ -35,7 +35,7 @@ from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_distill import AudioDistillConfig
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
-from models.evaluate import recall_at_k
+from models.evaluate import recall_at_k, retrieval_groups
 from models.radar_bind import RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar
 from models.teacher_audio import YamnetTeacher
 
@@ -152,9 +152,7 @@ def _radar_stage(cfg: TrainConfig, camera: nn.Module, out: Path, recordings: Win
 
 def _retrieval_r1(camera: np.ndarray, radar: np.ndarray, pairable: np.ndarray, group: int = 100) -> float | None:
     """Camera-to-radar recall@1 among ``group`` candidates, over disjoint groups of paired windows."""
-    ok = np.flatnonzero(pairable)
-    runs = [recall_at_k(camera[ok[g * group:(g + 1) * group]], radar[ok[g * group:(g + 1) * group]], 1)
-            for g in range(len(ok) // group)]
+    runs = [recall_at_k(camera[idx], radar[idx], 1) for idx in retrieval_groups(pairable, group)]
     return round(float(np.mean(runs)), 4) if runs else None
 
 
