@@ -77,6 +77,19 @@ def _scrape(port: int) -> dict[str, list]:
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
+def _received(metrics: dict[str, list]) -> dict[str, float]:
+    return {s.labels["sensor"]: s.value for s in metrics["fusion_sensor_received"] if s.name.endswith("_total")}
+
+
+def _scrape_until(port: int, until, timeout: float = 60.0) -> dict[str, list]:
+    """Scrapes /metrics until ``until(metrics)`` holds: a sensor process may start after the first events."""
+    deadline = time.monotonic() + timeout
+    while not until(metrics := _scrape(port)):
+        assert time.monotonic() < deadline, f"metrics never satisfied the condition; last: {_received(metrics)}"
+        time.sleep(0.1)  # a poll interval, not a synchronisation: the condition is checked on every scrape
+    return metrics
+
+
 def test_lifecycle_log_mqtt_and_metrics_survive_a_killed_node_and_a_killed_consumer(
         ipc_dir, tmp_path, spawn, mosquitto, mqtt_recorder):
     log_path = tmp_path / "events.sqlite"
@@ -95,9 +108,9 @@ def test_lifecycle_log_mqtt_and_metrics_survive_a_killed_node_and_a_killed_consu
     seen_a += _drain(first)
 
     # Live metrics over real HTTP while events flow.
-    m = _scrape(ready["metrics_port"])
-    received = {s.labels["sensor"]: s.value for s in m["fusion_sensor_received"] if s.name.endswith("_total")}
-    assert set(received) == {"cam0", "radar0", "mic0"} and received["cam0"] > 0
+    # Events can flow from radar and audio before the camera's process has decoded its first frame.
+    m = _scrape_until(ready["metrics_port"], lambda m: _received(m).get("cam0", 0) > 0)
+    assert set(_received(m)) == {"cam0", "radar0", "mic0"}
     e2e = [s for s in m["fusion_stage_latency_seconds"] if s.name.endswith("_count") and s.labels["stage"] == "e2e"]
     assert e2e and e2e[0].value > 0
     assert sum(s.value for s in m["fusion_lifecycle_events"] if s.name.endswith("_total")) > 0
