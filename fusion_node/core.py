@@ -48,6 +48,7 @@ from .wire import (
     RadarPoints,
     Rejection,
     SensorMessage,
+    StreamEnd,
     decode_jpeg,
 )
 
@@ -76,6 +77,7 @@ class SensorState:
     last_t_rig_ns: int = -1
     last_seen_ns: int | None = None
     alive: bool = False
+    ended: str | None = None  # the reason of the StreamEnd that closed its run, until it publishes again
     received: int = 0
     accepted: int = 0
     dropped: int = 0
@@ -240,8 +242,30 @@ class FusionCore:
         st.last_seq = msg.seq
         st.last_t_rig_ns = t_rig
         st.last_seen_ns = t_recv_ns
+        st.ended = None
         st.accepted += 1
         return Member(st.sensor_id, st.kind, msg, t_rig, t_recv_ns)
+
+    def _end(self, t_recv_ns: int, end: StreamEnd) -> None:
+        """A sensor ends its run on purpose: it is no longer waited for, and not failed.
+
+        Only the run the node follows can be ended, in sequence: a stale or foreign end is
+        refused like an out-of-order frame. The sensor's next frame (or a new run) revives it.
+        """
+        st = self.sensors.get(end.sensor_id)
+        if st is None:
+            self.unattributed["unknown_sensor"] += 1
+            return
+        st.received += 1
+        if end.topic != st.kind:
+            return self._refuse(st, "unknown_sensor")
+        if st.run_id is not None and (end.run_id != st.run_id or end.seq <= st.last_seq):
+            return self._refuse(st, "out_of_order")
+        st.run_id, st.last_seq = end.run_id, end.seq
+        st.ended = end.reason
+        st.last_seen_ns = t_recv_ns
+        if self._t_first_ns is None:
+            self._t_first_ns = t_recv_ns
 
     def _confirms_step(self, st: SensorState, msg: SensorMessage, t_rig: int, t_recv_ns: int) -> bool:
         """Whether this out-of-order message is the STEP_CONFIRM-th in a row of one new timeline.
@@ -278,6 +302,9 @@ class FusionCore:
         for t_recv, msg in messages:
             if isinstance(msg, Rejection):
                 self.reject(msg)
+                continue
+            if isinstance(msg, StreamEnd):
+                self._end(t_recv, msg)
                 continue
             member = self._admit(now_ns, t_recv, msg)
             if member is None:
@@ -319,19 +346,21 @@ class FusionCore:
 
     def _update_liveness(self, now_ns: int) -> None:
         for st in self.sensors.values():
-            alive = st.last_seen_ns is not None and now_ns - st.last_seen_ns <= st.liveness_ns
-            if st.alive and not alive:
+            alive = st.ended is None and st.last_seen_ns is not None and now_ns - st.last_seen_ns <= st.liveness_ns
+            if st.alive and not alive and st.ended is None:
                 st.deaths += 1
             st.alive = alive
+        # An ended sensor is not waited for and does not set reference times, like a failed one.
         self.assembler.set_liveness({s.sensor_id for s in self.sensors.values() if not s.alive},
-                                    {s.sensor_id for s in self.sensors.values() if self._failed(s)})
+                                    {s.sensor_id for s in self.sensors.values()
+                                     if self._failed(s) or s.ended is not None})
 
     def _never_heard_timeout_ns(self, st: SensorState) -> int:
         return max(st.liveness_ns, self.grace_ns)
 
     def _failed(self, st: SensorState) -> bool:
         """Silent past its liveness timeout, or never heard from past the grace after the rig's first message."""
-        if st.alive or self._t_first_ns is None:
+        if st.alive or st.ended is not None or self._t_first_ns is None:
             return False
         return st.last_seen_ns is not None or self._now_ns - self._t_first_ns > self._never_heard_timeout_ns(st)
 
@@ -524,7 +553,7 @@ class FusionCore:
             recent = st.received - st.received_at_last_stats
             st.received_at_last_stats = st.received
             entry = {
-                "kind": st.kind, "alive": st.alive, "received": st.received, "accepted": st.accepted,
+                "kind": st.kind, "alive": st.alive, "ended": st.ended, "received": st.received, "accepted": st.accepted,
                 "rate_hz": round(recent / interval_s, 2) if interval_s > 0 else 0.0,
                 "dropped": st.dropped, "seq_gaps": st.seq_gaps, "restarts": st.restarts, "deaths": st.deaths,
                 "clock_jumps": st.clock_jumps, "resyncs": st.resyncs, "clock": self.clocks[st.sensor_id].summary(),

@@ -412,7 +412,7 @@ def _summary(events: list[dict], final: dict, failures: list[str], wall_s: float
         rej = sum(s["rejected"].values())
         print(f"  {sid:8s} {s['kind']:6s} received {s['received']:6d}  dropped {s['dropped']}  "
               f"seq gaps {s['seq_gaps']}  rejected {rej}{' ' + str(s['rejected']) if rej else ''}  "
-              f"restarts {s['restarts']}")
+              f"restarts {s['restarts']}{'  ended: ' + s['ended'].replace('_', ' ') if s.get('ended') else ''}")
     if final.get("rejected_unattributed"):
         print(f"  rejected (no sensor): {final['rejected_unattributed']}")
     order = ("receive", "sync_wait", "preprocess", "encode_camera", "encode_radar", "encode_audio", "head",

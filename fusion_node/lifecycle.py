@@ -141,7 +141,8 @@ class Lifecycle:
         found: dict[str, str] = {}
         for sid, s in stats.get("sensors", {}).items():
             heard = s.get("last_seen_ms") is not None
-            if not s.get("alive", True) and (heard or now_ns - self.t_start_ns >= _ns(self.cfg.sensor_grace_s)):
+            silent = not s.get("alive", True) and not s.get("ended")  # an ended stream is not a failure
+            if silent and (heard or now_ns - self.t_start_ns >= _ns(self.cfg.sensor_grace_s)):
                 found[f"sensor_failed:{sid}"] = sid
             prev = before.get(sid)
             if prev is not None and (sum(s.get("rejected", {}).values()) > sum(prev.get("rejected", {}).values())

@@ -5,7 +5,7 @@ Families (labels in braces):
 * per sensor, from the core's stats (refreshed every ``node.stats_interval_s``):
   ``fusion_sensor_{received,accepted,dropped,seq_gaps,restarts,deaths,clock_jumps}_total``
   ``{rig,sensor,kind}``, ``fusion_sensor_rejected_total{rig,sensor,reason}``, gauges
-  ``fusion_sensor_alive``, ``fusion_sensor_rate_hz``, ``fusion_sensor_queue_depth``,
+  ``fusion_sensor_alive``, ``fusion_sensor_ended``, ``fusion_sensor_rate_hz``, ``fusion_sensor_queue_depth``,
   ``fusion_sensor_clock_offset_seconds``, ``fusion_sensor_clock_drift_ppm``, and
   ``fusion_rejected_unattributed_total{rig,reason}``, ``fusion_sensor_faults_total{rig,sensor,kind}`` (times a
   fault was raised on an alive sensor: covered, frozen, repeating, empty, silent, clipped, stuck) and the gauge
@@ -40,6 +40,8 @@ __all__ = ["NodeMetrics", "LATENCY_BUCKETS_S"]
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SENSOR_COUNTERS = ("received", "accepted", "dropped", "seq_gaps", "restarts", "deaths", "clock_jumps")
 _SENSOR_GAUGES = (("alive", "1 while the sensor is heard within its liveness timeout"),
+                  ("ended", "1 once the sensor ended its stream on purpose (its source ran out, it was stopped), "
+                            "until it publishes again"),
                   ("rate_hz", "messages per second over the last stats interval"),
                   ("queue_depth", "messages waiting in the node's buffer for this sensor"))
 
@@ -116,7 +118,8 @@ class _SnapshotCollector:
                 for name in _SENSOR_COUNTERS:
                     fams[name].add_metric(key, float(s.get(name, 0)))
                 for name, _ in _SENSOR_GAUGES:
-                    gauges[name].add_metric(key, float(s.get(name) or 0))
+                    value = s.get(name)
+                    gauges[name].add_metric(key, float(value is not None) if name == "ended" else float(value or 0))
                 clock = s.get("clock") or {}
                 if clock.get("offset_ms") is not None:
                     offset.add_metric([rig, sid], clock["offset_ms"] / 1e3)

@@ -56,7 +56,7 @@ from .config import RigConfig, config_from_dict
 from .errors import FusionError
 from .rig import Rig, rig_from_dict
 from .vocabulary import RADAR_POINT_FIELDS
-from .wire import AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage, decode
+from .wire import AudioChunk, CameraFrame, RadarPoints, Rejection, SensorMessage, StreamEnd, decode
 
 __all__ = ["RecordingError", "RecordingWriter", "Recording", "WireMessage", "SensorChannel", "SCHEMAS",
            "WIRE_SCHEMA", "wire_topic", "rotation_quaternion"]
@@ -281,18 +281,19 @@ class RecordingWriter:
                     "R": np.eye(3).reshape(-1).tolist(), "P": p.reshape(-1).tolist()}, t_ns, t_ns)
 
     def add_sensor_message(self, sensor_id: str, frames: Sequence[bytes],
-                           log_time_ns: int) -> SensorMessage | Rejection:
+                           log_time_ns: int) -> SensorMessage | StreamEnd | Rejection:
         """Record one message received from a sensor's endpoint; returns it decoded, or why it is invalid.
 
         Invalid messages are kept on the wire channel too (a replay then reproduces them), but
-        get no Foxglove view.
+        get no Foxglove view; so is a stream end (a replay then ends the sensor where it ended).
         """
         frames = [bytes(f) for f in frames]
         msg = decode(frames, shm=False)
         valid = isinstance(msg, (CameraFrame, RadarPoints, AudioChunk))
-        publish = msg.t_publish_ns if valid else log_time_ns
+        stamped = valid or isinstance(msg, StreamEnd)
+        publish = msg.t_publish_ns if stamped else log_time_ns
         self._add(wire_topic(sensor_id), WIRE_SCHEMA, msgpack.packb(frames, use_bin_type=True), log_time_ns,
-                  publish, msg.seq if valid else 0, encoding="msgpack")
+                  publish, msg.seq if stamped else 0, encoding="msgpack")
         if valid and self.derived:
             self._derived(sensor_id, msg, frames[2], log_time_ns)
         return msg

@@ -37,6 +37,8 @@ __all__ = [
     "RadarPoints",
     "AudioChunk",
     "SensorMessage",
+    "StreamEnd",
+    "END_REASONS",
     "Rejection",
     "REJECT_REASONS",
     "encode",
@@ -172,6 +174,28 @@ class AudioChunk:
 
 SensorMessage = Union[CameraFrame, RadarPoints, AudioChunk]
 
+# Why a publisher ended its stream: its source ran out (a recording, --max-frames) or it was
+# asked to stop (a signal, the launcher). A sensor that dies says nothing: that is a failure.
+END_REASONS = ("source_ended", "stopped")
+
+
+@dataclass
+class StreamEnd:
+    """A sensor's last message of a run: it stops publishing on purpose, not by failing.
+
+    Sent on the sensor's own topic with the envelope (``seq`` continues the run, ``t_capture_ns``
+    is the last capture) and an empty payload, so the node can tell a finished recording or an
+    operator's stop from a dead sensor.
+    """
+
+    sensor_id: str
+    seq: int
+    t_capture_ns: int
+    t_publish_ns: int
+    topic: str
+    reason: str = "stopped"
+    run_id: int = 0
+
 
 @dataclass(frozen=True)
 class Topic:
@@ -222,7 +246,7 @@ TOPICS: dict[str, Topic] = {
 SENSOR_TOPICS = ("camera", "radar", "audio")
 
 
-def _envelope(msg: SensorMessage, t_publish_ns: int | None) -> dict[str, Any]:
+def _envelope(msg: SensorMessage | StreamEnd, t_publish_ns: int | None) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "sensor_id": msg.sensor_id,
@@ -236,6 +260,15 @@ def _envelope(msg: SensorMessage, t_publish_ns: int | None) -> dict[str, Any]:
 def _bytes_view(arr: np.ndarray) -> memoryview:
     # A flat byte view of a contiguous array: ZeroMQ sends it from the array's own memory.
     return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def encode_end(end: StreamEnd, t_publish_ns: int | None = None) -> list:
+    """The frames of a :class:`StreamEnd`: the envelope, ``end_reason`` and an empty payload."""
+    if end.topic not in SENSOR_TOPICS or end.reason not in END_REASONS:
+        raise ValueError(f"{end.sensor_id}: a stream end needs a sensor topic and a reason in {END_REASONS}")
+    head = _envelope(end, t_publish_ns)
+    head.update(end_reason=end.reason, payload_bytes=0)
+    return [end.topic.encode("ascii"), msgpack.packb(head, use_bin_type=True), b""]
 
 
 def encode(msg: SensorMessage, t_publish_ns: int | None = None,
@@ -412,8 +445,10 @@ UINT64_MAX = 2**64 - 1
 INT64_MAX = 2**63 - 1
 
 
-def decode(frames: list, shm: ShmReader | None | bool = None) -> SensorMessage | Rejection:
+def decode(frames: list, shm: ShmReader | None | bool = None) -> SensorMessage | StreamEnd | Rejection:
     """Decode and validate one sensor multipart message; never raises on bad input.
+
+    A header with ``end_reason`` is a :class:`StreamEnd` (empty payload, no other typed field).
 
     ``shm`` resolves shared-memory payload handles: a :class:`fusion_node.shm.ShmReader`, None
     for this process's shared reader, or False to reject every handle as ``bad_handle``. The
@@ -458,6 +493,13 @@ def decode(frames: list, shm: ShmReader | None | bool = None) -> SensorMessage |
             t_publish_ns=_field(head, "t_publish_ns", int, 0, INT64_MAX),
         )
         declared = _field(head, "payload_bytes", int, 0, spec.max_payload_bytes)
+        if "end_reason" in head:
+            reason = _field(head, "end_reason", str)
+            if reason not in END_REASONS:
+                raise _Bad("bad_header", f"{topic}/{sensor_id}: end_reason {_show(reason)} is not one of {END_REASONS}")
+            if declared != 0 or nbytes != 0 or "shm" in head:
+                raise _Bad("payload_size", f"{topic}/{sensor_id}: a stream end carries no payload")
+            return StreamEnd(topic=topic, reason=reason, **env)
         if "shm" in head:
             if nbytes != 0:
                 raise _Bad("payload_size", f"{topic}/{sensor_id}: frame 2 must be empty with a shm handle")

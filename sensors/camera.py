@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 msg.encoding, msg.jpeg = "jpeg", buf.tobytes()
             pub.publish(msg)
             sent += 1
+        pub.end("stopped" if stop() else "source_ended")
     finally:
         src.close()
         pub.close()

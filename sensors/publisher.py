@@ -29,7 +29,7 @@ import zmq
 
 from fusion_node import security, shm
 from fusion_node.errors import SensorError
-from fusion_node.wire import TOPICS, SensorMessage, encode
+from fusion_node.wire import TOPICS, SensorMessage, StreamEnd, encode, encode_end
 
 __all__ = ["SensorPublisher", "Pacer", "sleep_until", "install_stop_handler", "add_shm_arguments", "shm_options",
            "add_security_arguments", "security_options"]
@@ -89,6 +89,8 @@ class SensorPublisher:
                               f"(is another process using it? pick another endpoint)") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
+        self.last_capture_ns: int | None = None
+        self.ended = False
         # Shared-memory ring for large payloads: auto (None) means "on for ipc:// endpoints".
         self.use_shm = shm.shm_wanted(endpoint) if use_shm is None else bool(use_shm)
         self.shm_min_bytes = int(shm_min_bytes)
@@ -130,10 +132,26 @@ class SensorPublisher:
         msg.sensor_id = self.sensor_id
         frames = encode(msg, t_publish_ns=self.clock(), payload_sink=self._to_ring if self.use_shm else None)
         self.socket.send_multipart(frames, copy=False)
+        self.last_capture_ns = msg.t_capture_ns
         self.seq += 1
         self.sent += 1
         if self.sent % 256 == 0:
             self._drain_subscriptions()  # XPUB queues subscription messages; keep that queue short
+
+    def end(self, reason: str) -> None:
+        """Tell subscribers this run ends on purpose (``source_ended`` or ``stopped``), once.
+
+        Without it the node cannot tell a finished recording or an operator's stop from a dead
+        sensor, and raises ``sensor_failed``. The socket's linger delivers it before ``close``.
+        """
+        if self.ended:
+            return
+        t_now = self.clock()
+        end = StreamEnd(self.sensor_id, self.seq, t_now if self.last_capture_ns is None else self.last_capture_ns,
+                        0, self.topic.name, reason, self.run_id)
+        self.socket.send_multipart(encode_end(end, t_publish_ns=t_now))
+        self.seq += 1
+        self.ended = True
 
     @property
     def refused(self) -> int:

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             _live(args, pub, stop)
         else:
             _replay(args, pub, stop)
+        pub.end("stopped" if stop() else "source_ended")
     finally:
         pub.close()
     return 0

@@ -9,7 +9,7 @@ from fusion_node.config import config_from_dict
 from fusion_node.core import FusionCore
 from fusion_node.rig import Clock as RigClock
 from fusion_node.rig import Rig, SensorCalibration, load_rig, save_rig
-from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, Rejection
+from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints, Rejection, StreamEnd
 
 MS = 1_000_000
 T0 = 10_000 * MS
@@ -126,6 +126,47 @@ def test_dead_sensor_marked_missing_and_counted():
     # Once dead, sets are not held back waiting for it.
     late = [e for e in events if e["t_ref_ns"] > T0 + 1500 * MS]
     assert late and max(e["latency_ms"]["sync_wait"] for e in late) < 50
+
+
+def test_a_sensor_that_ends_its_stream_is_not_failed_and_not_waited_for():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    _stream(core, clock, T0, T0 + 500 * MS)  # radar seq 0..4
+    end = StreamEnd("radar0", 5, T0 + 405 * MS, T0 + 405 * MS, "radar", "source_ended", run_id=1)
+    _feed(core, clock, [end], now=T0 + 500 * MS)
+    events = _stream(core, clock, T0 + 500 * MS, T0 + 2000 * MS, seq0=5, radar=False)
+    assert events[-1]["missing"] == ["radar0"] and not events[-1]["modalities"]["radar"]["present"]
+    assert not any(a.startswith("sensor_failed") for e in events for a in e["alerts"])
+    radar = core.stats(clock.t, 1.0)["sensors"]["radar0"]
+    assert radar["alive"] is False and radar["ended"] == "source_ended" and radar["deaths"] == 0
+    # Sets go out at once rather than at the deadline: the ended radar is not waited for.
+    assert max(e["latency_ms"]["sync_wait"] for e in events if e["t_ref_ns"] > T0 + 600 * MS) < 50
+    # Its next frame (here a new run) revives it.
+    _feed(core, clock, [_radar(0, T0 + 2005 * MS, run=2)], now=T0 + 2006 * MS)
+    radar = core.stats(clock.t, 1.0)["sensors"]["radar0"]
+    assert radar["alive"] is True and radar["ended"] is None and radar["restarts"] == 1
+
+
+@pytest.mark.parametrize("run, seq", [(2, 9), (1, 4), (1, 3)], ids=["another run", "a seq already seen", "a stale seq"])
+def test_a_stream_end_out_of_the_followed_run_is_refused(run, seq):
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    _stream(core, clock, T0, T0 + 500 * MS)  # radar run 1, seq 0..4
+    _feed(core, clock, [StreamEnd("radar0", seq, T0 + 405 * MS, T0 + 405 * MS, "radar", "stopped", run_id=run)],
+          now=T0 + 500 * MS)
+    events = _stream(core, clock, T0 + 500 * MS, T0 + 2000 * MS, seq0=5, radar=False)
+    radar = core.stats(clock.t, 1.0)["sensors"]["radar0"]
+    assert radar["rejected"] == {"out_of_order": 1} and radar["ended"] is None
+    assert events[-1]["alerts"] == ["sensor_failed:radar0"]  # a forged end does not hide a dead sensor
+
+
+def test_a_stream_end_on_another_modality_topic_is_refused():
+    clock = Clock()
+    core = FusionCore(_cfg(), None, timer=clock)
+    _stream(core, clock, T0, T0 + 500 * MS)
+    _feed(core, clock, [StreamEnd("radar0", 5, T0 + 405 * MS, T0 + 405 * MS, "camera", "stopped", run_id=1)],
+          now=T0 + 500 * MS)
+    assert core.stats(clock.t, 1.0)["sensors"]["radar0"]["rejected"] == {"unknown_sensor": 1}
 
 
 def test_a_backlog_overflows_the_buffer_drop_oldest():

@@ -170,3 +170,29 @@ def test_killed_camera_process_events_go_on_and_say_sensor_failed(ipc_dir, spawn
         assert "sensor_failed:cam0" in ev["alerts"] and "radar0" in _ids(ev)
     assert "cam0" in ev["missing"] and _ids(ev) == {"radar0"}
     assert node.p.poll() is None
+
+
+@pytest.mark.parametrize("how", ["stopped", "source_ended"])
+def test_a_camera_that_ends_its_stream_is_dropped_from_sets_without_sensor_failed(ipc_dir, spawn, zctx, how):
+    """Real processes: a camera stopped by a signal, or whose source runs out, says so and is not failed."""
+    node, sub = _node_and_subscriber(ipc_dir, spawn, zctx)
+    cam = _sensor(spawn, "camera", "cam0", ipc_dir, VIDEO, *(["--max-frames", "40"] if how == "source_ended" else []))
+    _sensor(spawn, "radar", "radar0", ipc_dir, RADAR)
+    _sensor(spawn, "audio", "mic0", ipc_dir, AUDIO)
+    _wait_event(sub, lambda t, b: t == "fused" and not b["missing"], what="a complete set")
+    if how == "stopped":
+        assert cam.stop() == 0
+    else:
+        assert cam.p.wait(30) == 0  # 40 frames played, then it ends by itself
+    _wait_event(sub, lambda t, b: t == "fused" and "cam0" in b["missing"], timeout=10, what="a set without cam0")
+    # Well past the camera's 0.5 s liveness timeout, the sets go on without it and without an alert.
+    t_end = time.monotonic() + 1.5
+    after = []
+    while time.monotonic() < t_end:
+        after.append(_wait_event(sub, lambda t, b: t == "fused", timeout=2, what="events after the camera ended"))
+    assert len(after) >= 5 and all("cam0" in ev["missing"] and not ev["alerts"] for ev in after)
+    stats = _wait_event(sub, lambda t, b: t == "stats" and b["sensors"]["cam0"]["ended"] is not None, timeout=5,
+                        what="stats saying cam0 ended")
+    cam0 = stats["sensors"]["cam0"]
+    assert cam0["ended"] == how and cam0["alive"] is False and cam0["deaths"] == 0 and not cam0["rejected"]
+    assert node.p.poll() is None

@@ -153,6 +153,13 @@ def test_stats_raise_failed_faulty_and_drifting_sensors():
     assert ended == [] and _types(f.tick(9100)) == [("end", "sensor_fault:cam0")]
 
 
+def test_stats_of_a_sensor_that_ended_its_stream_raise_nothing():
+    f = Feed(sensor_grace_s=5.0)
+    silent = {"alive": False, "last_seen_ms": 900.0, "rejected": {}, "clock": {"drift_ppm": None}}
+    stats = {"rig": "r1", "sensors": {"cam0": {**silent, "ended": "source_ended"}, "mic0": {**silent, "ended": None}}}
+    assert _types(f.lc.observe_stats(stats, T0 + 6000 * MS, WALL0 + 6000 * MS)) == [("start", "sensor_failed:mic0")]
+
+
 def test_close_ends_what_started_and_drops_candidates():
     f = Feed(min_duration_s=0.2)
     f(0, {"person": 0.9})

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import msgpack
 import pytest
@@ -20,7 +21,7 @@ import zmq
 from fusion_node.recording import Recording
 from fusion_node.regression import RECORDING
 from fusion_node.replay import Republisher, label_agreement
-from fusion_node.wire import decode_map
+from fusion_node.wire import StreamEnd, decode, decode_map
 
 from .conftest import ROOT
 
@@ -72,10 +73,14 @@ def test_a_demo_recording_opens_with_the_mcap_library_in_another_process(demo_ru
     # The microphone is listed even when its reader started too late to play within the demo's
     # few seconds (a busy machine), as every configured sensor is.
     assert "/mic0/wire fusion.wire.v1.Multipart" in channels
-    # every valid sensor message has its view; the node's events were recorded as they went out
+    # Every valid sensor message has its view; a sensor's stream end (the demo stops it, or its
+    # recording ran out) is on its wire channel only. The node's events were recorded as they went out.
+    with Recording(rec) as recording:
+        ends = Counter(m.sensor_id for m in recording.wire_messages() if isinstance(decode(m.frames), StreamEnd))
+    assert set(ends) <= {"cam0", "radar0", "mic0"} and max(ends.values(), default=0) <= 1, ends
     for sid, view in (("cam0", "/cam0/image foxglove.CompressedImage"),
                       ("radar0", "/radar0/points foxglove.PointCloud"), ("mic0", "/mic0/audio foxglove.RawAudio")):
-        assert channels[f"/{sid}/wire fusion.wire.v1.Multipart"] == channels.get(view, 0), sid
+        assert channels[f"/{sid}/wire fusion.wire.v1.Multipart"] == channels.get(view, 0) + ends[sid], sid
     assert channels["/fused fusion.FusedEvent"] >= len(events) - 2
 
     info = subprocess.run([sys.executable, "-m", "fusion_node", "record", "--info", str(rec)], cwd=ROOT,

@@ -14,10 +14,12 @@ from fusion_node.wire import (
     CameraFrame,
     RadarPoints,
     Rejection,
+    StreamEnd,
     decode,
     decode_jpeg,
     decode_map,
     encode,
+    encode_end,
     encode_map,
 )
 
@@ -107,6 +109,33 @@ def test_empty_radar_frame_is_valid():
 def test_publish_time_is_stamped_at_encode():
     head = msgpack.unpackb(encode(_audio(), t_publish_ns=123)[1])
     assert head["t_publish_ns"] == 123 and head["schema"] == 1
+
+def test_stream_end_round_trip_over_loopback_socket(zctx):
+    pub, sub = _pair(zctx)
+    end = StreamEnd("radar0", 12, 2_000_000_000, 0, "radar", "source_ended", run_id=42)
+    got = decode(_send_until_received(pub, sub, encode_end(end, t_publish_ns=2_000_000_900)))
+    assert got == StreamEnd("radar0", 12, 2_000_000_000, 2_000_000_900, "radar", "source_ended", run_id=42)
+
+
+@pytest.mark.parametrize("reason,make", [
+    ("bad_header", lambda f: _with_header(f, end_reason="crashed")),
+    ("bad_header", lambda f: _with_header(f, end_reason=1)),
+    ("payload_size", lambda f: [f[0], f[1], b"\x00" * 4]),
+    ("payload_size", lambda f: _with_header(f, payload_bytes=4)),
+    ("payload_size", lambda f: _with_header(f, shm={"ring": "x", "slot": 0})),
+    ("bad_header", lambda f: _with_header(f, run_id=-1)),
+])
+def test_malformed_stream_ends_are_rejected_by_reason(reason, make):
+    frames = encode_end(StreamEnd("mic0", 3, 10**9, 10**9, "audio", "stopped", run_id=7))
+    got = decode(make(frames))
+    assert isinstance(got, Rejection) and got.reason == reason, got
+
+
+def test_a_stream_end_must_name_a_sensor_topic_and_a_known_reason():
+    with pytest.raises(ValueError):
+        encode_end(StreamEnd("mic0", 3, 10**9, 10**9, "fused", "stopped"))
+    with pytest.raises(ValueError):
+        encode_end(StreamEnd("mic0", 3, 10**9, 10**9, "audio", "crashed"))
 
 
 def _header(frames):

@@ -184,8 +184,8 @@ class MqttSink:
         lat = stats.get("latency_ms", {}).get("e2e", {})
         self._stats[rig] = {
             "events": stats.get("events"),
-            "sensors": {sid: {"alive": s.get("alive"), "rate_hz": s.get("rate_hz"), "dropped": s.get("dropped"),
-                              "rejected": sum(s.get("rejected", {}).values())}
+            "sensors": {sid: {"alive": s.get("alive"), "ended": s.get("ended"), "rate_hz": s.get("rate_hz"),
+                              "dropped": s.get("dropped"), "rejected": sum(s.get("rejected", {}).values())}
                         for sid, s in stats.get("sensors", {}).items()},
             "latency_ms": {"e2e_p50": lat.get("p50"), "e2e_p99": lat.get("p99")},
         }

@@ -253,8 +253,9 @@ class Hub:
         elif topic == "stats":
             self.publish("stats", {
                 "rig": body.get("rig"),
-                "sensors": {sid: {"kind": s.get("kind"), "alive": s.get("alive"), "rate_hz": s.get("rate_hz"),
-                                  "dropped": s.get("dropped"), "rejected": sum((s.get("rejected") or {}).values())}
+                "sensors": {sid: {"kind": s.get("kind"), "alive": s.get("alive"), "ended": s.get("ended"),
+                                  "rate_hz": s.get("rate_hz"), "dropped": s.get("dropped"),
+                                  "rejected": sum((s.get("rejected") or {}).values())}
                             for sid, s in (body.get("sensors") or {}).items()},
                 "latency_ms": {k: {"p50": v.get("p50"), "p99": v.get("p99")}
                                for k, v in (body.get("latency_ms") or {}).items()}})

@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 samples = _inject(faults[kind], t, render_audio(world.scene, t + 0.02, 0.02, assets))
                 pubs[kind].publish(AudioChunk(args.audio_id, 0, t_ns, 0, samples, WIRE_AUDIO_RATE_HZ))
             count[kind] += 1
+        for pub in pubs.values():
+            pub.end("stopped" if stop() else "source_ended")
     finally:
         for pub in pubs.values():
             pub.close()

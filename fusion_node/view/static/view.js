@@ -142,10 +142,12 @@ function showSensors(stats) {
   const body = $("sensors").tBodies[0];
   body.replaceChildren();
   for (const [sid, s] of Object.entries(stats.sensors)) {
-    body.append(el("tr", { class: s.alive ? "" : "dead" }, el("td", {}, sid), el("td", {}, s.kind),
+    // A sensor that ended its stream on purpose (a finished recording, a stop) is not a dead one.
+    const state = s.alive ? "alive" : s.ended ? `ended (${s.ended.replace("_", " ")})` : "dead";
+    body.append(el("tr", { class: s.alive || s.ended ? "" : "dead" }, el("td", {}, sid), el("td", {}, s.kind),
       el("td", { class: "num" }, `${(s.rate_hz || 0).toFixed(1)} Hz`),
       el("td", { class: "num" }, `dropped ${s.dropped} rejected ${s.rejected}`),
-      el("td", {}, s.alive ? "alive" : "dead")));
+      el("td", {}, state)));
   }
 }
 
