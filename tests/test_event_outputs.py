@@ -161,3 +161,19 @@ def test_lifecycle_log_mqtt_and_metrics_survive_a_killed_node_and_a_killed_consu
     img = cv2.imdecode(np.frombuffer(out.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     assert img is not None and img.shape[2] == 3 and img.shape[0] > 100
     reader.close()
+
+
+def test_metrics_tell_an_ended_sensor_from_a_dead_one():
+    from prometheus_client import generate_latest
+
+    from fusion_node.metrics import NodeMetrics
+
+    sensor = {"kind": "camera", "received": 10, "rejected": {}, "clock": {}}
+    snap = {"stats": {"r1": {"sensors": {"cam0": {**sensor, "alive": False, "ended": "source_ended"},
+                                         "cam1": {**sensor, "alive": False, "ended": None},
+                                         "cam2": {**sensor, "alive": True, "ended": None}}}}}
+    families = {f.name: f.samples for f in text_string_to_metric_families(
+        generate_latest(NodeMetrics(lambda: snap).registry).decode())}
+    ended = {s.labels["sensor"]: s.value for s in families["fusion_sensor_ended"]}
+    alive = {s.labels["sensor"]: s.value for s in families["fusion_sensor_alive"]}
+    assert ended == {"cam0": 1.0, "cam1": 0.0, "cam2": 0.0} and alive == {"cam0": 0.0, "cam1": 0.0, "cam2": 1.0}
