@@ -15,8 +15,9 @@ reproduce (cosine loss), so that its 128-d embedding stays a general image embed
 
 Targets, after augmentation (crop and scale, flip, brightness and contrast, blur, noise, JPEG):
 per visual class, presence = the highest teacher score among the boxes whose centre is in view
-(soft: the score itself; a paste or a render counts 1.0), and a ``GRID`` x ``GRID`` occupancy
-grid of box centres with the same scores. Losses: BCE on both, plus the cosine term.
+(a paste or a render counts 1.0), and a ``GRID`` x ``GRID`` occupancy grid of box centres with
+the same scores. Losses: BCE on both against the detector's *decision* (:func:`decision_targets`:
+a score at or above ``PRESENT_SCORE`` is 1, at or under ``EMPTY_SCORE`` 0), plus the cosine term.
 
 Evaluation holds out whole recordings (folds of videos, never time slices of a file trained on):
 everything derived from a held-out video (its frames, composites on its backgrounds, simulator
@@ -407,9 +408,22 @@ class CameraStudent(nn.Module):
         return full
 
 
+def decision_targets(scores: np.ndarray) -> np.ndarray:
+    """Teacher box scores as the detector's decision: 1 at or above ``PRESENT_SCORE``, 0 at or
+    under ``EMPTY_SCORE``, linear between.
+
+    The student is judged, and its thresholds chosen, on whether the detector would call a
+    class present; trained on the raw scores it learns the detector's confidence instead, and a
+    person the detector finds at 0.6 ends up under any threshold chosen for precision.
+    """
+    return np.clip((scores - EMPTY_SCORE) / (PRESENT_SCORE - EMPTY_SCORE), 0.0, 1.0).astype(np.float32)
+
+
 def _loss(student: CameraStudent, images: np.ndarray, presence: np.ndarray, grid: np.ndarray, emb: np.ndarray,
-          has_emb: np.ndarray, emb_mean: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+          has_emb: np.ndarray, emb_mean: torch.Tensor, soft_targets: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     _, logits, grid_logits, proj = student(camera_tensor(images))
+    if not soft_targets:
+        presence, grid = decision_targets(presence), decision_targets(grid)
     l_cls = F.binary_cross_entropy_with_logits(logits[:, _VIS_LOGITS], torch.from_numpy(presence))
     l_grid = F.binary_cross_entropy_with_logits(grid_logits, torch.from_numpy(grid))
     loss = l_cls + l_grid
@@ -427,9 +441,10 @@ def _loss(student: CameraStudent, images: np.ndarray, presence: np.ndarray, grid
 
 def fit(data: FrameSet, *, seed: int = 0, epochs: int = 8, batch: int = 64, lr: float = 3e-3,
         steps: int | None = None, encoder_config: dict | None = None, desc: str = "camera student",
-        progress: bool = True) -> tuple[CameraStudent, dict]:
+        progress: bool = True, soft_targets: bool = False) -> tuple[CameraStudent, dict]:
     """Train a student on ``data`` (``steps`` overrides ``epochs``); deterministic by seed.
-    Returns the student (eval mode) and its loss history (first and last epoch means)."""
+    Returns the student (eval mode) and its loss history (first and last epoch means).
+    ``soft_targets`` trains on the teacher's raw scores instead of :func:`decision_targets`."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -456,7 +471,8 @@ def fit(data: FrameSet, *, seed: int = 0, epochs: int = 8, batch: int = 64, lr: 
         idx = np.sort(order[pos:pos + batch])
         pos += batch
         images, presence, grid = augment_batch(data, idx, rng)
-        loss, parts = _loss(student, images, presence, grid, data.teacher_emb[idx], data.has_emb[idx], emb_mean)
+        loss, parts = _loss(student, images, presence, grid, data.teacher_emb[idx], data.has_emb[idx], emb_mean,
+                            soft_targets)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(student.parameters(), 5.0)
@@ -610,7 +626,8 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
 
 def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path, out_dir: Path, *, seed: int = 0,
                          epochs: int = 20, progress: bool = True, folds=None, max_frames: int = 500,
-                         n_composites: int = 1200, n_sim: int = 600, evaluate: bool = True) -> dict:
+                         n_composites: int = 1200, n_sim: int = 600, evaluate: bool = True,
+                         soft_targets: bool = False) -> dict:
     """Label, evaluate by held-out recording, train the shipped student on everything.
 
     Writes ``out_dir/camera_student.pt`` (encoder, its config, classifier, grid and projection
@@ -640,7 +657,7 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
         for k, held in enumerate(_resolve_folds(sorted(set(data.source[real])), folds)):
             train_idx = np.flatnonzero(~np.isin(data.source, held))
             student, hist = fit(data.subset(train_idx), seed=seed, epochs=epochs, desc=f"fold {k + 1}",
-                                progress=progress)
+                                progress=progress, soft_targets=soft_targets)
             test_idx = real[np.isin(data.source[real], held)]
             test = data.subset(test_idx)
             prob, grid = predict(student, test.image96)
@@ -669,7 +686,8 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
             for src in metrics["per_video"]}
         metrics["pooled_at_thresholds"] = {c: _rates(oof[done, k], teacher[done, k], thresholds[c])
                                            for k, c in enumerate(VISUAL_CLASSES)}
-    student, hist = fit(data, seed=seed, epochs=epochs, desc="final student", progress=progress)
+    student, hist = fit(data, seed=seed, epochs=epochs, desc="final student", progress=progress,
+                        soft_targets=soft_targets)
     metrics["final"] = hist
     metrics["encoder_onnx_p50_ms_1thread"] = encoder_p50_ms(student.encoder)
     metrics["minutes"] = round((time.monotonic() - t0) / 60, 2)

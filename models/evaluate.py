@@ -98,7 +98,7 @@ class _OnnxEvaluator:
 
 
 def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, real_clips: Path | None = None,
-                    after_s: float = 10.0) -> dict:
+                    after_s: float = 10.0, split: str = "eval") -> dict:
     """The drift alert as a tamper detector, as a live rig meets it.
 
     Each simulated scene is followed at 10 sets a second. The node's :class:`DriftMonitor` (its
@@ -106,7 +106,8 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
     ``after_s`` seconds, the radar either stays (a false alarm if ``drift`` fires) or is replaced
     by the next scene's radar at the same moments (detected if ``drift`` fires). Scenes whose
     baseline is too low for any alert (under :data:`~fusion_node.drift.MIN_BASELINE`) count as
-    missed, not left out.
+    missed, not left out. ``split="train"`` draws the scenes from the training assets instead
+    (another seed): the gap between the two is how far the alignment fails to generalise.
     """
     from tqdm import tqdm
 
@@ -116,7 +117,7 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
     steps = warm + int(round(after_s / period))
     cam = np.zeros((n_scenes, steps, rt.embedding_dim), np.float32)
     rad = np.zeros_like(cam)
-    frames = scene_sequences(n_scenes, steps, seed, "eval", real_clips, period)
+    frames = scene_sequences(n_scenes, steps, seed, split, real_clips, period)
     for i, k, image, points in tqdm(frames, total=n_scenes * steps, desc="tamper episodes", unit="set", leave=False):
         cam[i, k] = rt.encode("camera", *rt.preprocess("camera", image))[0]
         rad[i, k] = rt.encode("radar", *rt.preprocess("radar", points))[0]

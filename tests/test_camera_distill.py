@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fusion_node.vocabulary import CLASSES
-from models.camera_distill import (GRID, CameraStudent, FrameSet, augment_batch, choose_thresholds, composites, fit,
-                                   load_stamps, paste)
+from models.camera_distill import (EMPTY_SCORE, GRID, PRESENT_SCORE, CameraStudent, FrameSet, augment_batch,
+                                   choose_thresholds, composites, decision_targets, fit, load_stamps, paste)
 from models.export import ENCODER_INPUT_NAMES, ENCODER_OUTPUT_NAME, _export_one
 from models.teacher_vision import VISUAL_CLASSES, YOLOX_SIZE, YoloxTeacher, decode_yolox, letterbox
 from tests.conftest import SHARED_DATA, shared_file
@@ -151,6 +151,16 @@ def test_a_short_fit_on_composites_lowers_the_loss():
         torch.set_num_threads(threads)
     assert hist["loss_last_epoch"] < 0.8 * hist["loss_first_epoch"]
     assert not student.training
+
+
+def test_targets_are_the_detectors_decision_not_its_confidence():
+    scores = np.array([0.0, EMPTY_SCORE, (EMPTY_SCORE + PRESENT_SCORE) / 2, PRESENT_SCORE, 0.62, 1.0], np.float32)
+    np.testing.assert_allclose(decision_targets(scores), [0, 0, 0.5, 1, 1, 1])
+    # Per cell of a grid as well: a person the detector finds at 0.6 is a person to learn.
+    grid = np.zeros((1, 3, GRID, GRID), np.float32)
+    grid[0, 0, 1, 2] = 0.6
+    out = decision_targets(grid)
+    assert out.shape == grid.shape and out[0, 0, 1, 2] == 1 and out.sum() == 1
 
 
 def test_thresholds_are_chosen_for_precision():
