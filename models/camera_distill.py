@@ -604,7 +604,7 @@ def _resolve_folds(sources: list[str], folds) -> list[tuple[str, ...]]:
 
 
 def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *, seed: int = 0,
-                       max_frames: int = 500, n_composites: int = 1200, n_sim: int = 600, threads: int = 2,
+                       max_frames: int = 500, n_composites: int = 1200, n_sim: int = 2000, threads: int = 2,
                        progress: bool = True) -> tuple[FrameSet, dict]:
     """Every source labelled by the teachers (or by construction), and facts about it."""
     real_dir = Path(real_dir)
@@ -626,7 +626,7 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
 
 def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path, out_dir: Path, *, seed: int = 0,
                          epochs: int = 20, progress: bool = True, folds=None, max_frames: int = 500,
-                         n_composites: int = 1200, n_sim: int = 600, evaluate: bool = True,
+                         n_composites: int = 1200, n_sim: int = 2000, evaluate: bool = True,
                          soft_targets: bool = False) -> dict:
     """Label, evaluate by held-out recording, train the shipped student on everything.
 

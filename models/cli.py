@@ -148,7 +148,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--camera-frames", type=int, default=500, help="frames read per real video (default 500)")
     t.add_argument("--camera-composites", type=int, default=1200,
                    help="cut-outs pasted on real empty frames (default 1200)")
-    t.add_argument("--camera-renders", type=int, default=600, help="simulator renders (default 600)")
+    t.add_argument("--camera-renders", type=int, default=2000, help="simulator renders (default 2000)")
     t.add_argument("--no-camera-folds", action="store_true",
                    help="skip the held-out-video folds (no camera figures; thresholds default to 0.5)")
     t.add_argument("--radar-samples", type=int, default=8000, help="simulated windows for radar binding (default 8000)")

@@ -61,7 +61,7 @@ class TrainConfig:
     camera_epochs: int = 20
     camera_frames: int = 500  # frames read per real video (the teacher labels each)
     camera_composites: int = 1200
-    camera_renders: int = 600
+    camera_renders: int = 2000
     camera_folds: bool = True  # held-out-video folds before the shipped student (the figures and thresholds)
     radar_samples: int = 8000
     radar_epochs: int = 60
