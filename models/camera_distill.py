@@ -420,7 +420,8 @@ def decision_targets(scores: np.ndarray) -> np.ndarray:
 
 
 def _loss(student: CameraStudent, images: np.ndarray, presence: np.ndarray, grid: np.ndarray, emb: np.ndarray,
-          has_emb: np.ndarray, emb_mean: torch.Tensor, soft_targets: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+          has_emb: np.ndarray, emb_mean: torch.Tensor,
+          soft_targets: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     _, logits, grid_logits, proj = student(camera_tensor(images))
     if not soft_targets:
         presence, grid = decision_targets(presence), decision_targets(grid)
