@@ -115,6 +115,11 @@ PAGE_STATE = """JSON.stringify({
 })"""
 
 
+MIC_ENDED = """[...document.querySelectorAll("#sensors tr")].some(
+  (tr) => tr.firstChild.textContent === "mic0" && tr.lastChild.textContent === "ended (stopped)"
+    && !tr.classList.contains("dead"))"""
+
+
 @pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make test installs it: apt-get install "
                                                "chromium)")
 def test_the_page_in_a_headless_browser_against_a_running_rig(ipc_dir, spawn, tmp_path):
@@ -123,8 +128,8 @@ def test_the_page_in_a_headless_browser_against_a_running_rig(ipc_dir, spawn, tm
     node.json_line("event", "ready")
     view = spawn("view", "--config", str(cfg), "--port", "0")
     url = view.json_line("event", "view_ready")["url"]
-    for kind, sid in (("camera", "cam0"), ("radar", "radar0"), ("audio", "mic0")):
-        spawn("sensor", kind, "--sensor-id", sid, "--endpoint", f"ipc://{ipc_dir}/{sid}", "--loop")
+    sensors = {sid: spawn("sensor", kind, "--sensor-id", sid, "--endpoint", f"ipc://{ipc_dir}/{sid}", "--loop")
+               for kind, sid in (("camera", "cam0"), ("radar", "radar0"), ("audio", "mic0"))}
     with urllib.request.urlopen(url + "view.js", timeout=10) as resp:  # the assets come from the package
         assert resp.status == 200 and b"EventSource" in resp.read()
     target = os.environ.get("FUSION_VIEW_SCREENSHOT")  # set it to refresh docs/img/view.jpg
@@ -142,6 +147,9 @@ def test_the_page_in_a_headless_browser_against_a_running_rig(ipc_dir, spawn, tm
                 browser.screenshot(target)
                 if browser.evaluate(full):
                     break
+        # A microphone stopped on purpose is shown as ended, not dead.
+        assert sensors["mic0"].stop() == 0
+        browser.wait_for(MIC_ENDED, timeout=30)
     finally:
         browser.close()
     assert state["status"] == "live" and state["width"] == _video_width(DEFAULT_CAMERA)
