@@ -150,13 +150,13 @@ class FusionCore:
     def _projections(cfg: RigConfig, calibration: Rig | None) -> dict[str, RadarProjection]:
         """Each radar's projection into the rig's first camera, where the calibration file gives one.
         A radar without one is fed through the bundle's nominal geometry."""
-        cameras = [s.id for s in cfg.sensors if s.kind == "camera"]
-        if calibration is None or not cameras:
+        if calibration is None:
             return {}
+        cameras = [s.id for s in cfg.sensors if s.kind == "camera"]
         out = {}
         for s in cfg.sensors:
             if s.kind == "radar":
-                proj = RadarProjection.from_rig(calibration, cameras[0], s.id)
+                proj = RadarProjection.into_first_camera(calibration, s.id, cameras)
                 if proj is not None:
                     out[s.id] = proj
         return out

@@ -39,11 +39,12 @@ __all__ = ["NodeMetrics", "LATENCY_BUCKETS_S"]
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SENSOR_COUNTERS = ("received", "accepted", "dropped", "seq_gaps", "restarts", "deaths", "clock_jumps")
-_SENSOR_GAUGES = (("alive", "1 while the sensor is heard within its liveness timeout"),
+# (stats key, help, value of the stats entry as a gauge); ``ended`` holds a reason or None.
+_SENSOR_GAUGES = (("alive", "1 while the sensor is heard within its liveness timeout", lambda v: float(v or 0)),
                   ("ended", "1 once the sensor ended its stream on purpose (its source ran out, it was stopped), "
-                            "until it publishes again"),
-                  ("rate_hz", "messages per second over the last stats interval"),
-                  ("queue_depth", "messages waiting in the node's buffer for this sensor"))
+                            "until it publishes again", lambda v: float(v is not None)),
+                  ("rate_hz", "messages per second over the last stats interval", lambda v: float(v or 0)),
+                  ("queue_depth", "messages waiting in the node's buffer for this sensor", lambda v: float(v or 0)))
 
 
 class NodeMetrics:
@@ -99,7 +100,7 @@ class _SnapshotCollector:
         fams = {name: CounterMetricFamily(f"fusion_sensor_{name}", f"sensor messages: {name.replace('_', ' ')}",
                                           labels=["rig", "sensor", "kind"]) for name in _SENSOR_COUNTERS}
         gauges = {name: GaugeMetricFamily(f"fusion_sensor_{name}", text, labels=["rig", "sensor", "kind"])
-                  for name, text in _SENSOR_GAUGES}
+                  for name, text, _ in _SENSOR_GAUGES}
         offset = GaugeMetricFamily("fusion_sensor_clock_offset_seconds", "tracked offset: node receive clock minus "
                                    "sensor capture clock", labels=["rig", "sensor"])
         drift = GaugeMetricFamily("fusion_sensor_clock_drift_ppm", "tracked drift of the sensor clock",
@@ -117,9 +118,8 @@ class _SnapshotCollector:
                 key = [rig, sid, s.get("kind", "")]
                 for name in _SENSOR_COUNTERS:
                     fams[name].add_metric(key, float(s.get(name, 0)))
-                for name, _ in _SENSOR_GAUGES:
-                    value = s.get(name)
-                    gauges[name].add_metric(key, float(value is not None) if name == "ended" else float(value or 0))
+                for name, _, value in _SENSOR_GAUGES:
+                    gauges[name].add_metric(key, value(s.get(name)))
                 clock = s.get("clock") or {}
                 if clock.get("offset_ms") is not None:
                     offset.add_metric([rig, sid], clock["offset_ms"] / 1e3)

@@ -43,6 +43,22 @@ class RadarProjection:
                    R_rc.T @ R_rr, R_rc.T @ (t_rr - t_rc))
 
     @classmethod
+    def into_first_camera(cls, rig: Rig, radar_id: str | None = None,
+                          camera_ids: list[str] | None = None) -> "RadarProjection | None":
+        """A radar's projection into the rig's first camera (the one a radar's points are read in).
+
+        ``radar_id`` defaults to the file's first radar and ``camera_ids`` (in the rig config's
+        order) to the file's cameras; None when there is none, or the file lacks the pair's
+        intrinsics or extrinsics.
+        """
+        cameras = camera_ids if camera_ids is not None else [s.id for s in rig.sensors if s.kind == "camera"]
+        if radar_id is None:
+            radar_id = next((s.id for s in rig.sensors if s.kind == "radar"), None)
+        if not cameras or radar_id is None:
+            return None
+        return cls.from_rig(rig, cameras[0], radar_id)
+
+    @classmethod
     def nominal(cls, hfov_deg: float, aspect_wh: float, radar_below_m: float) -> "RadarProjection":
         """An ideal pinhole looking along the radar's boresight, the radar ``radar_below_m`` below it.
 

@@ -181,10 +181,7 @@ def load_or_generate(cache_dir: Path, n: int, seed: int, split: str = "train", a
 
 def recording_projection(calibration: Path) -> RadarProjection:
     """The radar-to-camera projection of a rig calibration file (its first camera and radar)."""
-    rig = load_rig(calibration)
-    cams = [s.id for s in rig.sensors if s.kind == "camera"]
-    radars = [s.id for s in rig.sensors if s.kind == "radar"]
-    proj = RadarProjection.from_rig(rig, cams[0], radars[0]) if cams and radars else None
+    proj = RadarProjection.into_first_camera(load_rig(calibration))
     if proj is None:
         raise ConfigError(f"{calibration}: needs a camera with intrinsics and extrinsics and a radar with extrinsics "
                           "(fusion calibrate intrinsics / extrinsics write them)")

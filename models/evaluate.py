@@ -111,6 +111,9 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
     """
     from tqdm import tqdm
 
+    if n_scenes == 0:  # no scene: the simulator's assets are not even loaded
+        return {"scenes": 0, "seconds_after": after_s, "detection_rate": None, "false_alarm_rate": None,
+                "median_delay_s": None, "never_aligned": None}
     cfg = AlertsConfig()
     period = 0.1
     warm = cfg.drift_warmup_sets
@@ -135,10 +138,10 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
     delays = [d for d in swapped if d is not None]
     baselines = np.median(np.einsum("skd,skd->sk", cam[:, :warm], rad[:, :warm]), axis=1)
     return {"scenes": n_scenes, "seconds_after": after_s,
-            "detection_rate": round(float(np.mean([d is not None for d in swapped])), 4) if n_scenes else None,
-            "false_alarm_rate": round(float(np.mean([d is not None for d in matched])), 4) if n_scenes else None,
+            "detection_rate": round(float(np.mean([d is not None for d in swapped])), 4),
+            "false_alarm_rate": round(float(np.mean([d is not None for d in matched])), 4),
             "median_delay_s": round(float(np.median(delays)), 2) if delays else None,
-            "never_aligned": round(float(np.mean(baselines < MIN_BASELINE)), 4) if n_scenes else None}
+            "never_aligned": round(float(np.mean(baselines < MIN_BASELINE)), 4)}
 
 
 def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),

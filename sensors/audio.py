@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         if args.wait_subscriber > 0:
             pub.wait_for_subscriber(args.wait_subscriber)
         play(args, pub, stop, samples)
-        pub.end("stopped" if stop() else "source_ended")
+        pub.end(stopped=stop())
     finally:
         pub.close()
     return 0

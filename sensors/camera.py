@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 msg.encoding, msg.jpeg = "jpeg", buf.tobytes()
             pub.publish(msg)
             sent += 1
-        pub.end("stopped" if stop() else "source_ended")
+        pub.end(stopped=stop())
     finally:
         src.close()
         pub.close()

@@ -90,7 +90,6 @@ class SensorPublisher:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
         self.last_capture_ns: int | None = None
-        self.ended = False
         # Shared-memory ring for large payloads: auto (None) means "on for ipc:// endpoints".
         self.use_shm = shm.shm_wanted(endpoint) if use_shm is None else bool(use_shm)
         self.shm_min_bytes = int(shm_min_bytes)
@@ -138,20 +137,18 @@ class SensorPublisher:
         if self.sent % 256 == 0:
             self._drain_subscriptions()  # XPUB queues subscription messages; keep that queue short
 
-    def end(self, reason: str) -> None:
-        """Tell subscribers this run ends on purpose (``source_ended`` or ``stopped``), once.
+    def end(self, stopped: bool) -> None:
+        """Tell subscribers this run ends on purpose: ``stopped`` (a signal, the launcher) or its
+        source ran out (``source_ended``).
 
         Without it the node cannot tell a finished recording or an operator's stop from a dead
         sensor, and raises ``sensor_failed``. The socket's linger delivers it before ``close``.
         """
-        if self.ended:
-            return
         t_now = self.clock()
         end = StreamEnd(self.sensor_id, self.seq, t_now if self.last_capture_ns is None else self.last_capture_ns,
-                        0, self.topic.name, reason, self.run_id)
+                        0, self.topic.name, "stopped" if stopped else "source_ended", self.run_id)
         self.socket.send_multipart(encode_end(end, t_publish_ns=t_now))
         self.seq += 1
-        self.ended = True
 
     @property
     def refused(self) -> int:

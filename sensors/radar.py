@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             _live(args, pub, stop)
         else:
             _replay(args, pub, stop)
-        pub.end("stopped" if stop() else "source_ended")
+        pub.end(stopped=stop())
     finally:
         pub.close()
     return 0

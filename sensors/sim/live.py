@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 pubs[kind].publish(AudioChunk(args.audio_id, 0, t_ns, 0, samples, WIRE_AUDIO_RATE_HZ))
             count[kind] += 1
         for pub in pubs.values():
-            pub.end("stopped" if stop() else "source_ended")
+            pub.end(stopped=stop())
     finally:
         for pub in pubs.values():
             pub.close()
