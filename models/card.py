@@ -63,6 +63,9 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
                   "(InfoNCE). "
                   + ("Each point also carries where it lands in the picture, through the rig calibration "
                      "(or the nominal geometry in the manifest when the rig has none). " if radar.get("image_features") else "")
+                  + (f"{radar['clutter_windows']} of its {radar['windows']} windows are heavily cluttered rooms "
+                     "(20 to 35 false points a frame), so that clutter is not read as people or cars. "
+                     if radar.get("clutter_windows") else "")
                   + f"Camera-to-radar recall@1 among 100 held-out windows: {radar['retrieval_r1_camera_radar']} "
                   f"({radar.get('held_out_windows')} windows)."]
     camera = metrics.get("camera", {})

@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
                       camera_composites=args.camera_composites, camera_renders=args.camera_renders,
                       camera_folds=not args.no_camera_folds,
-                      radar_samples=args.radar_samples, radar_epochs=args.radar_epochs, cache_dir=str(args.cache_dir))
+                      radar_samples=args.radar_samples, radar_clutter=args.radar_clutter,
+                      radar_epochs=args.radar_epochs, cache_dir=str(args.cache_dir))
     print(f"fusion train: real recordings: {real or 'none'}", flush=True)
     recordings = None
     if args.recordings:
@@ -152,6 +153,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--no-camera-folds", action="store_true",
                    help="skip the held-out-video folds (no camera figures; thresholds default to 0.5)")
     t.add_argument("--radar-samples", type=int, default=8000, help="simulated windows for radar binding (default 8000)")
+    t.add_argument("--radar-clutter", type=float, default=0.15,
+                   help="extra heavily cluttered windows for the radar, as a share of --radar-samples (default 0.15)")
     t.add_argument("--radar-epochs", type=int, default=60, help="radar binding epochs (default 60)")
     t.add_argument("--resume", action="store_true", help="reload the stages already done in --out")
     t.add_argument("--recordings", default=None, metavar="DIR",

@@ -75,6 +75,9 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     # The teachers are read at training time only: nothing of them is in the bundle.
     shipped = {p.name for p in (out / "bundle").iterdir()}
     assert not shipped & {"yamnet.onnx", "yolox_nano.onnx", "mobilenet_v2_imagenet.onnx"}
+    # The radar also met heavily cluttered scenes: 15 % of --radar-samples on top of them.
+    cluttered = [p.name for p in (out / "cache").iterdir() if "-train-clutter-n38-" in p.name]
+    assert cluttered, sorted(p.name for p in (out / "cache").iterdir())
 
 
 def test_resume_reloads_finished_stages_instead_of_training_again(tiny_run):
@@ -88,6 +91,14 @@ def test_train_without_a_teacher_is_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fusion_node", "train", "--out", str(tmp_path), "--real-clips",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--audio-teacher" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_clutter_share_outside_0_to_1_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fusion_node", "train", "--out", str(tmp_path), "--real-clips",
+                           str(tmp_path), "--radar-clutter", "1.5"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "--radar-clutter 1.5" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_eval_writes_every_required_key_and_a_report_of_tables(tiny_run, tmp_path):
