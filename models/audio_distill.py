@@ -32,8 +32,8 @@ from models.audio_corpus import BACKGROUND, Clip, load_clips
 from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
-__all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "split_clips", "choose_thresholds",
-           "clip_metrics"]
+__all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "split_clips", "source_folds",
+           "choose_thresholds", "clip_metrics"]
 
 RATE = WIRE_AUDIO_RATE_HZ
 WIN = RATE  # one-second windows, the node's audio window
@@ -56,6 +56,10 @@ class AudioDistillConfig:
     label_weight: float = 2.0  # the labels outweigh the teacher: YAMNet barely hears single footsteps
     embedding_weight: float = 0.5
     target_precision: float = 0.9
+    # Thresholds are chosen on out-of-fold scores of the training sources (this many folds by
+    # source) together with the val sources: the val sources alone hold one or two clips of some
+    # classes. 0: the val sources alone.
+    threshold_folds: int = 4
     extra: dict = field(default_factory=dict)
 
 
@@ -69,6 +73,24 @@ class WindowPool:
     hard: np.ndarray  # (N, C) 0/1 labels, NaN where unknown (an event clip's quiet window)
     clip: np.ndarray  # (N,) index into ``clips``
     clips: list[Clip]
+
+    def sources(self) -> np.ndarray:
+        """``(N,)`` the source of each window's clip."""
+        return np.array([self.clips[i].source for i in self.clip], dtype=object)
+
+    def subset(self, keep: np.ndarray) -> "WindowPool":
+        """The windows where ``keep`` (a boolean mask) is true; the clip list is kept whole."""
+        return WindowPool(self.logmel[keep], self.teacher[keep], self.teacher_emb[keep], self.hard[keep],
+                          self.clip[keep], self.clips)
+
+    @classmethod
+    def concat(cls, pools: list["WindowPool"]) -> "WindowPool":
+        """One pool of several, their clip lists joined (window clip indices shifted to match)."""
+        offsets = np.cumsum([0] + [len(p.clips) for p in pools[:-1]])
+        return cls(np.concatenate([p.logmel for p in pools]), np.concatenate([p.teacher for p in pools]),
+                   np.concatenate([p.teacher_emb for p in pools]), np.concatenate([p.hard for p in pools]),
+                   np.concatenate([p.clip + o for p, o in zip(pools, offsets)]),
+                   [c for p in pools for c in p.clips])
 
 
 def _load(clip: Clip, cache: dict) -> np.ndarray:
@@ -241,13 +263,15 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
 
 
 def choose_thresholds(probs: np.ndarray, pool: WindowPool, target_precision: float = 0.9) -> dict[str, float]:
-    """Per-class thresholds on held-out (val) windows, chosen for precision first.
+    """Per-class thresholds on windows the scorer never learnt from, chosen for precision first.
 
-    For each class, the lowest threshold at which both the clip-level precision and the
-    window-level precision reach ``target_precision`` (background and other classes' windows are
-    the negatives), with at most 0.5 % of background windows above it; among thresholds that meet
-    it the one with the best clip-level recall, ties broken toward the middle of the plateau so the
-    choice does not sit on a knife edge. Where nothing meets it, the threshold with the best F0.5.
+    For each class, the thresholds at which both the clip-level precision and the window-level
+    precision reach ``target_precision`` (background and other classes' windows are the
+    negatives), with at most 0.5 % of background windows above them; among those, the one with
+    the best clip-level recall, ties broken toward the middle of the plateau so the choice does
+    not sit on a knife edge. Where none of them finds a single clip of the class, nothing speaks
+    for any of them but the negatives: the lowest (the most sensitive that still keeps the false
+    labels in check). Where no threshold meets the bar, the one with the best F0.5.
     """
     # No threshold below 0.3: the val sources hold few background recordings, and a threshold that
     # only they vouch for lets other places' background through.
@@ -273,13 +297,33 @@ def choose_thresholds(probs: np.ndarray, pool: WindowPool, target_precision: flo
             f05 = 1.25 * prec * rec / (0.25 * prec + rec) if prec + rec else 0.0
             rows.append((t, prec >= target_precision and bg_rate <= 0.005, rec, f05))
         ok = [r for r in rows if r[1]]
-        if ok:
+        if ok and max(r[2] for r in ok) == 0.0:
+            out[c] = float(ok[0][0])
+        elif ok:
             best = max(r[2] for r in ok)
             plateau = [r[0] for r in ok if r[2] >= best - 1e-9]
             out[c] = float(plateau[len(plateau) // 2])
         else:
             out[c] = float(max(rows, key=lambda r: (r[3], r[0]))[0])
     return out
+
+
+def source_folds(clips: list[Clip], k: int) -> list[frozenset[str]]:
+    """``k`` groups of the clips' sources, about equal in clips: every clip of a source in one group.
+
+    Deterministic: sources by clip count (largest first, then name), each to the group with the
+    fewest clips so far.
+    """
+    count: dict[str, int] = {}
+    for c in clips:
+        count[c.source] = count.get(c.source, 0) + 1
+    groups: list[list[str]] = [[] for _ in range(max(1, min(k, len(count))))]
+    sizes = [0] * len(groups)
+    for src in sorted(count, key=lambda s: (-count[s], s)):
+        g = sizes.index(min(sizes))
+        groups[g].append(src)
+        sizes[g] += count[src]
+    return [frozenset(g) for g in groups]
 
 
 def split_clips(real_dir: Path) -> dict[str, list[Clip]]:

@@ -16,9 +16,9 @@ from torch import nn
 
 from fusion_node.vocabulary import CLASSES
 from models.architectures import AudioEncoder
-from models.audio_distill import AudioDistillConfig, WindowPool
+from models.audio_distill import AudioDistillConfig, WindowPool, source_folds
 
-__all__ = ["AudioStudent", "train_audio_student", "student_probs"]
+__all__ = ["AudioStudent", "train_audio_student", "student_probs", "out_of_fold_probs"]
 
 
 class AudioStudent(nn.Module):
@@ -87,3 +87,23 @@ def student_probs(model: AudioStudent, pool: WindowPool, batch: int = 256) -> np
     out = [torch.sigmoid(model(torch.from_numpy(pool.logmel[k:k + batch]).float())[1]).numpy()
            for k in range(0, len(pool.logmel), batch)]
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
+
+
+def out_of_fold_probs(pool: WindowPool, windows: WindowPool, cfg: AudioDistillConfig, folds: int = 4,
+                      log=print) -> np.ndarray:
+    """The student's probabilities on ``windows``, each from a student that never heard its source.
+
+    The sources of ``windows``' clips are cut into ``folds`` groups (:func:`source_folds`); for
+    each group a student is trained on the ``pool`` windows of the other sources and scores that
+    group's windows. These are the scores a shipped student gives a recording from elsewhere, on
+    many more clips than the few held-out sources hold: what thresholds are chosen on.
+    """
+    out = np.full((len(windows.clip), len(CLASSES)), np.nan, np.float32)
+    pool_src, win_src = pool.sources(), windows.sources()
+    groups = source_folds(windows.clips, folds)
+    for k, held in enumerate(groups):
+        log(f"audio: fold {k + 1}/{len(groups)} holds out {', '.join(sorted(held))}")
+        student = train_audio_student(pool.subset(~np.isin(pool_src, list(held))), cfg)
+        sel = np.isin(win_src, list(held))
+        out[sel] = student_probs(student, windows.subset(sel))
+    return out

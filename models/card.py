@@ -22,8 +22,12 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _clip_counts(clips) -> str:
-    """``{"train": 234, "val": 37, "test": 63}`` -> "63 held-out (thresholds on 37 others; 234 trained on)"."""
+def _clip_counts(clips, out_of_fold: bool = False) -> str:
+    """``{"train": 234, "val": 37, "test": 63}`` -> "63 held-out (thresholds chosen on 37 others; 234 trained on)";
+    with ``out_of_fold`` the thresholds also read the 234, each scored by a student that never heard its source."""
+    if out_of_fold:
+        return (f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others and on the "
+                f"{clips.get('train')} trained on, each scored by a student that never heard its source)")
     return (f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others; "
             f"{clips.get('train')} trained on)")
 
@@ -47,7 +51,8 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
     audio = metrics.get("audio", {})
     if audio.get("student"):
         lines += ["", "## Audio: held-out sources (never trained on, never used to choose a threshold)", "",
-                  f"Clips: {_clip_counts(audio.get('clips'))}. Clip-level: a clip carries a class when any of its one-second "
+                  f"Clips: {_clip_counts(audio.get('clips'), 'out of fold' in audio.get('thresholds_from', ''))}. "
+                  "Clip-level: a clip carries a class when any of its one-second "
                   "windows does. False labels: share of background windows carrying any label.", "",
                   _row(["", "macro-F1", "false labels", *[f"{c} P / R" for c in CLASSES]]),
                   _row(["---"] * (len(CLASSES) + 3))]

@@ -38,6 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(seed=args.seed, real_clips=None if real is None else str(real),
                       audio_teacher=args.audio_teacher, camera_teacher=args.camera_teacher,
                       image_teacher=args.image_teacher, audio_epochs=args.audio_epochs,
+                      audio_threshold_folds=args.audio_folds,
                       audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 2,
                       camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
                       camera_composites=args.camera_composites, camera_renders=args.camera_renders,
@@ -145,6 +146,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--audio-windows", type=int, default=2000,
                    help="augmented audio windows per class, twice as many of background (default 2000)")
     t.add_argument("--audio-epochs", type=int, default=12, help="audio distillation epochs (default 12)")
+    t.add_argument("--audio-folds", type=int, default=4,
+                   help="folds by source that score the training recordings for the audio thresholds, with the "
+                        "val sources (default 4; 0: the val sources alone)")
     t.add_argument("--camera-epochs", type=int, default=20, help="camera distillation epochs (default 20)")
     t.add_argument("--camera-frames", type=int, default=500, help="frames read per real video (default 500)")
     t.add_argument("--camera-composites", type=int, default=1200,

@@ -5,7 +5,7 @@ of :mod:`models.audio_corpus`: split by source, never by time within a file), ru
 :class:`fusion_node.cpu_runtime.ModelRuntime` exactly as the node runs them: preprocessing, the
 encoder, the fusion head with only that modality present, and the manifest's thresholds. The
 teacher (when its file is given) is scored on the same windows with thresholds chosen on the
-``val`` sources, as the student's were.
+``val`` and ``train`` sources, as the student's were (the student's on out-of-fold scores).
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | 
               "sources": sorted({c.source for c in splits["test"]}),
               "teacher_macro_f1": None, "teacher": None}
     if teacher is not None:
-        val = eval_windows(splits["val"], teacher, "real audio (threshold sources)")
-        t_metrics = clip_metrics(test.teacher, test, choose_thresholds(val.teacher, val))
+        # The teacher's thresholds come from the same recordings as the student's: the val and
+        # the training sources (the teacher learnt from neither).
+        calib = eval_windows(splits["train"] + splits["val"], teacher, "real audio (threshold sources)")
+        t_metrics = clip_metrics(test.teacher, test, choose_thresholds(calib.teacher, calib))
         result["teacher_macro_f1"] = t_metrics["macro_f1"]
         result["teacher"] = t_metrics
     return result

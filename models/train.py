@@ -33,7 +33,7 @@ from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
 from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
-from models.audio_distill import AudioDistillConfig
+from models.audio_distill import AudioDistillConfig, WindowPool
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
 from models.radar_bind import RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar
@@ -58,6 +58,7 @@ class TrainConfig:
     audio_windows_per_class: int = 2000
     audio_background_windows: int = 4000
     audio_epochs: int = 12
+    audio_threshold_folds: int = 4  # folds by source that score the training sources for the thresholds
     camera_epochs: int = 20
     camera_frames: int = 500  # frames read per real video (the teacher labels each)
     camera_composites: int = 1200
@@ -96,19 +97,28 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
     teacher = YamnetTeacher(_require(cfg.audio_teacher, "--audio-teacher", "YAMNet ONNX, the audio teacher"))
     acfg = AudioDistillConfig(seed=cfg.seed, windows_per_class=cfg.audio_windows_per_class,
                               background_windows=cfg.audio_background_windows, epochs=cfg.audio_epochs,
-                              embed_dim=cfg.embed_dim)
+                              embed_dim=cfg.embed_dim, threshold_folds=cfg.audio_threshold_folds)
     splits = audio_distill.split_clips(Path(cfg.real_clips))
     log("audio: " + ", ".join(f"{k} {len(v)} clips" for k, v in splits.items()))
     pool = audio_distill.build_pool(splits["train"], teacher, acfg, progress="audio windows")
     val = audio_distill.eval_windows(splits["val"], teacher, "audio val")
     test = audio_distill.eval_windows(splits["test"], teacher, "audio test")
     student = audio_student.train_audio_student(pool, acfg)
-    thresholds = audio_distill.choose_thresholds(audio_student.student_probs(student, val), val, acfg.target_precision)
-    teacher_thresholds = audio_distill.choose_thresholds(val.teacher, val, acfg.target_precision)
+    # Thresholds (the student's and, for a fair comparison, the teacher's) are chosen on windows
+    # their scorer never learnt from: the val sources, and the training sources scored out of fold.
+    calib, calib_probs = val, audio_student.student_probs(student, val)
+    if acfg.threshold_folds:
+        own = audio_distill.eval_windows(splits["train"], teacher, "audio training sources, as recorded")
+        oof = audio_student.out_of_fold_probs(pool, own, acfg, acfg.threshold_folds, log=log)
+        calib, calib_probs = WindowPool.concat([own, val]), np.concatenate([oof, calib_probs])
+    thresholds = audio_distill.choose_thresholds(calib_probs, calib, acfg.target_precision)
+    teacher_thresholds = audio_distill.choose_thresholds(calib.teacher, calib, acfg.target_precision)
     metrics = {"student": audio_distill.clip_metrics(audio_student.student_probs(student, test), test, thresholds),
                "teacher": audio_distill.clip_metrics(test.teacher, test, teacher_thresholds),
                "thresholds": thresholds, "teacher_thresholds": teacher_thresholds,
                "clips": {k: len(v) for k, v in splits.items()},
+               "thresholds_from": "val sources" + (f" and training sources out of fold ({acfg.threshold_folds} folds)"
+                                                   if acfg.threshold_folds else ""),
                "trained_on": sorted({(c.source, c.licence, c.credit) for c in splits["train"]})}
     log(f"audio: held-out macro-F1 {metrics['student']['macro_f1']:.3f} (teacher {metrics['teacher']['macro_f1']:.3f}), "
         f"false labels on background {metrics['student']['false_label_rate']:.3f}")
@@ -203,6 +213,9 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
     """Run every stage not already done (with ``resume``); returns the encoders and head ready to export."""
     if not cfg.real_clips:
         raise ConfigError("fusion train: --real-clips DIR is required (the real recordings the encoders learn from)")
+    if cfg.audio_threshold_folds < 0 or cfg.audio_threshold_folds == 1:
+        raise ConfigError(f"fusion train: --audio-folds {cfg.audio_threshold_folds}: give 0 (the val sources alone) "
+                          "or 2 or more")
     if not 0.0 <= cfg.radar_clutter <= 1.0:
         raise ConfigError(f"fusion train: --radar-clutter {cfg.radar_clutter}: give a share between 0 and 1")
     torch.manual_seed(cfg.seed)

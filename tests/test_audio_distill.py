@@ -108,3 +108,34 @@ def test_clip_metrics_count_precision_recall_and_false_labels():
     assert m["false_label_rate"] == 0.5 and m["macro_f1"] == 0.5
     th = audio_distill.choose_thresholds(probs, pool, target_precision=0.9)
     assert 0.7 < th["dog"] <= 0.9  # above the barking background, at or below the real bark
+
+
+def test_a_class_no_threshold_finds_gets_the_lowest_that_keeps_false_labels_out():
+    # The only glass clip scores under every threshold tried; a background clip scores 0.4. The
+    # middle of the grid would be a guess: the lowest threshold above the background is not.
+    glass = [0, 0, 0, 0.2, 0, 0]
+    noisy = [0, 0, 0, 0.4, 0, 0]
+    quiet = [0, 0, 0, 0, 0, 0]
+    probs, pool = _pool([("glass_break", glass), (BACKGROUND, noisy)] + [(BACKGROUND, quiet)] * 300)
+    th = audio_distill.choose_thresholds(probs, pool, target_precision=0.9)
+    assert th["glass_break"] == 0.425
+
+
+def test_source_folds_keep_each_source_whole_and_balance_the_clips():
+    path = __import__("pathlib").Path("/x")
+    sizes = {"a": 10, "b": 7, "c": 4, "d": 3, "e": 3, "f": 1}
+    clips = [Clip(path=path / f"{s}{i}", label="dog", source=s, split="train") for s, n in sizes.items() for i in range(n)]
+    folds = audio_distill.source_folds(clips, 3)
+    assert sorted(s for f in folds for s in f) == sorted(sizes)  # every source in exactly one fold
+    assert [sum(sizes[s] for s in f) for f in folds] == [10, 10, 8]
+    assert folds == audio_distill.source_folds(list(reversed(clips)), 3)  # the order of the clips does not matter
+    assert len(audio_distill.source_folds(clips[:3], 4)) == 1  # never more folds than sources
+
+
+def test_pools_join_and_split_keeping_each_window_with_its_clip():
+    _, a = _pool([("dog", [0, 0, 0.9, 0, 0, 0]), (BACKGROUND, [0] * 6)])
+    _, b = _pool([("speech", [0, 0, 0, 0, 0.8, 0])])
+    both = audio_distill.WindowPool.concat([a, b])
+    assert [both.clips[i].label for i in both.clip] == ["dog", BACKGROUND, "speech"]
+    speech = both.subset(both.sources() == "s0")
+    assert len(speech.clip) == 2 and [speech.clips[i].label for i in speech.clip] == ["dog", "speech"]

