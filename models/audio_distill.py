@@ -32,8 +32,8 @@ from models.audio_corpus import BACKGROUND, Clip, load_clips
 from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
-__all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "split_clips", "source_folds",
-           "choose_thresholds", "clip_metrics"]
+__all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "threshold_windows", "split_clips",
+           "source_folds", "choose_thresholds", "clip_metrics"]
 
 RATE = WIRE_AUDIO_RATE_HZ
 WIN = RATE  # one-second windows, the node's audio window
@@ -78,19 +78,15 @@ class WindowPool:
         """``(N,)`` the source of each window's clip."""
         return np.array([self.clips[i].source for i in self.clip], dtype=object)
 
+    def in_split(self, split: str) -> np.ndarray:
+        """``(N,)`` True where the window's clip belongs to ``split``."""
+        return np.array([self.clips[i].split == split for i in self.clip], dtype=bool)
+
     def subset(self, keep: np.ndarray) -> "WindowPool":
         """The windows where ``keep`` (a boolean mask) is true; the clip list is kept whole."""
         return WindowPool(self.logmel[keep], self.teacher[keep], self.teacher_emb[keep], self.hard[keep],
                           self.clip[keep], self.clips)
 
-    @classmethod
-    def concat(cls, pools: list["WindowPool"]) -> "WindowPool":
-        """One pool of several, their clip lists joined (window clip indices shifted to match)."""
-        offsets = np.cumsum([0] + [len(p.clips) for p in pools[:-1]])
-        return cls(np.concatenate([p.logmel for p in pools]), np.concatenate([p.teacher for p in pools]),
-                   np.concatenate([p.teacher_emb for p in pools]), np.concatenate([p.hard for p in pools]),
-                   np.concatenate([p.clip + o for p, o in zip(pools, offsets)]),
-                   [c for p in pools for c in p.clips])
 
 
 def _load(clip: Clip, cache: dict) -> np.ndarray:
@@ -221,6 +217,15 @@ def eval_windows(clips: list[Clip], teacher: YamnetTeacher | None, progress: str
     return _finish(rows, clips, teacher, AudioPreprocess(window_s=1.0), progress)
 
 
+def threshold_windows(splits: dict[str, list[Clip]], teacher: YamnetTeacher | None, progress: str = "") -> WindowPool:
+    """The recordings thresholds are chosen on, as recorded: the ``train`` and ``val`` sources.
+
+    The teacher learnt from neither; the student's scores on the ``train`` ones must come from
+    students that never heard them (:func:`models.audio_student.out_of_fold_probs`).
+    """
+    return eval_windows(splits["train"] + splits["val"], teacher, progress)
+
+
 def _clip_max(probs: np.ndarray, clip_idx: np.ndarray, n_clips: int) -> np.ndarray:
     out = np.zeros((n_clips, probs.shape[1]), np.float32)
     np.maximum.at(out, clip_idx, probs)
@@ -297,12 +302,10 @@ def choose_thresholds(probs: np.ndarray, pool: WindowPool, target_precision: flo
             f05 = 1.25 * prec * rec / (0.25 * prec + rec) if prec + rec else 0.0
             rows.append((t, prec >= target_precision and bg_rate <= 0.005, rec, f05))
         ok = [r for r in rows if r[1]]
-        if ok and max(r[2] for r in ok) == 0.0:
-            out[c] = float(ok[0][0])
-        elif ok:
+        if ok:
             best = max(r[2] for r in ok)
             plateau = [r[0] for r in ok if r[2] >= best - 1e-9]
-            out[c] = float(plateau[len(plateau) // 2])
+            out[c] = float(plateau[0] if best == 0.0 else plateau[len(plateau) // 2])
         else:
             out[c] = float(max(rows, key=lambda r: (r[3], r[0]))[0])
     return out

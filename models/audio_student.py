@@ -89,18 +89,17 @@ def student_probs(model: AudioStudent, pool: WindowPool, batch: int = 256) -> np
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
 
 
-def out_of_fold_probs(pool: WindowPool, windows: WindowPool, cfg: AudioDistillConfig, folds: int = 4,
-                      log=print) -> np.ndarray:
+def out_of_fold_probs(pool: WindowPool, windows: WindowPool, cfg: AudioDistillConfig, log=print) -> np.ndarray:
     """The student's probabilities on ``windows``, each from a student that never heard its source.
 
-    The sources of ``windows``' clips are cut into ``folds`` groups (:func:`source_folds`); for
+    The sources of ``windows``' clips are cut into ``cfg.threshold_folds`` groups (:func:`source_folds`); for
     each group a student is trained on the ``pool`` windows of the other sources and scores that
     group's windows. These are the scores a shipped student gives a recording from elsewhere, on
     many more clips than the few held-out sources hold: what thresholds are chosen on.
     """
     out = np.full((len(windows.clip), len(CLASSES)), np.nan, np.float32)
     pool_src, win_src = pool.sources(), windows.sources()
-    groups = source_folds(windows.clips, folds)
+    groups = source_folds(windows.clips, cfg.threshold_folds)
     for k, held in enumerate(groups):
         log(f"audio: fold {k + 1}/{len(groups)} holds out {', '.join(sorted(held))}")
         student = train_audio_student(pool.subset(~np.isin(pool_src, list(held))), cfg)

@@ -51,7 +51,7 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
     audio = metrics.get("audio", {})
     if audio.get("student"):
         lines += ["", "## Audio: held-out sources (never trained on, never used to choose a threshold)", "",
-                  f"Clips: {_clip_counts(audio.get('clips'), 'out of fold' in audio.get('thresholds_from', ''))}. "
+                  f"Clips: {_clip_counts(audio.get('clips'), bool(audio.get('threshold_folds')))}. "
                   "Clip-level: a clip carries a class when any of its one-second "
                   "windows does. False labels: share of background windows carrying any label.", "",
                   _row(["", "macro-F1", "false labels", *[f"{c} P / R" for c in CLASSES]]),

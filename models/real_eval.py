@@ -16,7 +16,7 @@ import numpy as np
 
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.vocabulary import CLASSES
-from models.audio_distill import choose_thresholds, clip_metrics, eval_windows, split_clips
+from models.audio_distill import choose_thresholds, clip_metrics, eval_windows, split_clips, threshold_windows
 from models.teacher_audio import YamnetTeacher
 
 __all__ = ["runtime_audio_probs", "evaluate_real_audio"]
@@ -47,9 +47,7 @@ def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | 
               "sources": sorted({c.source for c in splits["test"]}),
               "teacher_macro_f1": None, "teacher": None}
     if teacher is not None:
-        # The teacher's thresholds come from the same recordings as the student's: the val and
-        # the training sources (the teacher learnt from neither).
-        calib = eval_windows(splits["train"] + splits["val"], teacher, "real audio (threshold sources)")
+        calib = threshold_windows(splits, teacher, "real audio (threshold sources)")
         t_metrics = clip_metrics(test.teacher, test, choose_thresholds(calib.teacher, calib))
         result["teacher_macro_f1"] = t_metrics["macro_f1"]
         result["teacher"] = t_metrics

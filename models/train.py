@@ -33,7 +33,7 @@ from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
 from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
-from models.audio_distill import AudioDistillConfig, WindowPool
+from models.audio_distill import AudioDistillConfig
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
 from models.radar_bind import RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar
@@ -101,24 +101,26 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
     splits = audio_distill.split_clips(Path(cfg.real_clips))
     log("audio: " + ", ".join(f"{k} {len(v)} clips" for k, v in splits.items()))
     pool = audio_distill.build_pool(splits["train"], teacher, acfg, progress="audio windows")
-    val = audio_distill.eval_windows(splits["val"], teacher, "audio val")
     test = audio_distill.eval_windows(splits["test"], teacher, "audio test")
     student = audio_student.train_audio_student(pool, acfg)
     # Thresholds (the student's and, for a fair comparison, the teacher's) are chosen on windows
     # their scorer never learnt from: the val sources, and the training sources scored out of fold.
-    calib, calib_probs = val, audio_student.student_probs(student, val)
+    calib = audio_distill.threshold_windows(splits, teacher, "audio threshold sources")
+    own = calib.in_split("train")
     if acfg.threshold_folds:
-        own = audio_distill.eval_windows(splits["train"], teacher, "audio training sources, as recorded")
-        oof = audio_student.out_of_fold_probs(pool, own, acfg, acfg.threshold_folds, log=log)
-        calib, calib_probs = WindowPool.concat([own, val]), np.concatenate([oof, calib_probs])
+        calib_probs = np.empty((len(calib.clip), len(CLASSES)), np.float32)
+        calib_probs[~own] = audio_student.student_probs(student, calib.subset(~own))
+        calib_probs[own] = audio_student.out_of_fold_probs(pool, calib.subset(own), acfg, log=log)
+    else:
+        calib = calib.subset(~own)
+        calib_probs = audio_student.student_probs(student, calib)
     thresholds = audio_distill.choose_thresholds(calib_probs, calib, acfg.target_precision)
     teacher_thresholds = audio_distill.choose_thresholds(calib.teacher, calib, acfg.target_precision)
     metrics = {"student": audio_distill.clip_metrics(audio_student.student_probs(student, test), test, thresholds),
                "teacher": audio_distill.clip_metrics(test.teacher, test, teacher_thresholds),
                "thresholds": thresholds, "teacher_thresholds": teacher_thresholds,
                "clips": {k: len(v) for k, v in splits.items()},
-               "thresholds_from": "val sources" + (f" and training sources out of fold ({acfg.threshold_folds} folds)"
-                                                   if acfg.threshold_folds else ""),
+               "threshold_folds": acfg.threshold_folds,
                "trained_on": sorted({(c.source, c.licence, c.credit) for c in splits["train"]})}
     log(f"audio: held-out macro-F1 {metrics['student']['macro_f1']:.3f} (teacher {metrics['teacher']['macro_f1']:.3f}), "
         f"false labels on background {metrics['student']['false_label_rate']:.3f}")
