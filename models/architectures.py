@@ -146,8 +146,16 @@ class CameraEncoder(nn.Module):
         """Entries of the embedding that say *what* (the first ones); the rest say where."""
         return self.embed_dim - self.spatial_dim
 
+    @property
+    def where_modules(self) -> tuple[str, ...]:
+        """Names of the submodules that make the spatial part alone (empty without one)."""
+        return ("squeeze", "spatial_proj") if self.spatial_dim else ()
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.features(image)
+        return self.embed_feature_map(self.features(image))
+
+    def embed_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding from the last feature map ``self.features(image)``, which training may compute once."""
         # Mean over H and W rather than AdaptiveAvgPool2d: same maths, and a plain ReduceMean
         # exports identically under every exporter and provider.
         what = self.proj(x.mean(dim=(2, 3)))

@@ -64,8 +64,12 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
     radar = metrics.get("radar", {})
     if radar.get("retrieval_r1_camera_radar") is not None:
         lines += ["", "## Radar: bound to the camera", "",
-                  "The radar encoder learns the frozen camera encoder's space from time-matched simulated windows "
-                  "(InfoNCE). "
+                  ("The radar encoder learns the camera encoder's space from time-matched simulated windows "
+                     "(InfoNCE), and the spatial part of the camera's embedding (where things are; no classifier "
+                     "reads it) learns with it; the camera's backbone and its *what* stay as distilled, so its "
+                     "labels do not change. " if radar.get("camera_where_trained") else
+                     "The radar encoder learns the frozen camera encoder's space from time-matched simulated windows "
+                     "(InfoNCE). ")
                   + ("Each point also carries where it lands in the picture, through the rig calibration "
                      "(or the nominal geometry in the manifest when the rig has none). " if radar.get("image_features") else "")
                   + (f"{radar['clutter_windows']} of its {radar['windows']} windows are heavily cluttered rooms "

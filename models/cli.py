@@ -44,7 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       camera_composites=args.camera_composites, camera_renders=args.camera_renders,
                       camera_folds=not args.no_camera_folds,
                       radar_samples=args.radar_samples, radar_clutter=args.radar_clutter,
-                      radar_epochs=args.radar_epochs, cache_dir=str(args.cache_dir))
+                      radar_epochs=args.radar_epochs,
+                      radar_camera_where=not args.frozen_camera, cache_dir=str(args.cache_dir))
     print(f"fusion train: real recordings: {real or 'none'}", flush=True)
     recordings = None
     if args.recordings:
@@ -156,10 +157,14 @@ def add_parsers(sub) -> None:
     t.add_argument("--camera-renders", type=int, default=2000, help="simulator renders (default 2000)")
     t.add_argument("--no-camera-folds", action="store_true",
                    help="skip the held-out-video folds (no camera figures; thresholds default to 0.5)")
-    t.add_argument("--radar-samples", type=int, default=8000, help="simulated windows for radar binding (default 8000)")
+    t.add_argument("--radar-samples", type=int, default=16000,
+                   help="simulated windows for radar binding (default 16000)")
     t.add_argument("--radar-clutter", type=float, default=0.15,
                    help="extra heavily cluttered windows for the radar, as a share of --radar-samples (default 0.15)")
     t.add_argument("--radar-epochs", type=int, default=60, help="radar binding epochs (default 60)")
+    t.add_argument("--frozen-camera", action="store_true",
+                   help="bind the radar to the camera encoder as it is (by default the spatial part of the camera's "
+                        "embedding learns with the radar; its labels never change)")
     t.add_argument("--resume", action="store_true", help="reload the stages already done in --out")
     t.add_argument("--recordings", default=None, metavar="DIR",
                    help="also bind radar to camera on your own synchronised recordings: DIR holds sets of video + "

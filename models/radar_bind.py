@@ -1,10 +1,14 @@
 """The radar encoder bound to the camera's embedding space, as ImageBind binds modalities to images.
 
-The camera encoder is trained first (distilled from the image teachers) and then frozen. The
-radar encoder learns from time-matched windows: a symmetric InfoNCE loss pulls each radar frame's
-embedding toward the embedding of the camera frame taken with it and away from the others in the
-batch, so that camera and radar share one space (cross-modal retrieval, drift and tamper checks
-read it). A linear classifier on the radar embedding learns the classes a radar can observe
+The camera encoder is trained first (distilled from the image teachers); its backbone and the
+*what* part of its embedding stay frozen here, so its labels do not change. The radar encoder
+learns from time-matched windows: a symmetric InfoNCE loss pulls each radar frame's embedding
+toward the embedding of the camera frame taken with it and away from the others in the batch, so
+that camera and radar share one space (cross-modal retrieval, drift and tamper checks read it).
+The camera's *where* part (its spatial layout, which no camera classifier reads) learns with the
+radar (``RadarBindConfig.camera_where``): distilled from a 4x4 grid of the detector's box centres,
+it places things too coarsely to tell one scene from the next, and the radar knows where they are.
+A linear classifier on the radar embedding learns the classes a radar can observe
 (:data:`fusion_node.vocabulary.OBSERVES`) from the simulator's ground truth.
 
 Windows from a user's own synchronised recordings (``fusion train --recordings``) carry no labels
@@ -40,6 +44,7 @@ class RadarBindConfig:
     embed_dim: int = 128
     temperature: float = 0.07
     label_weight: float = 1.0
+    camera_where: bool = True  # train the camera's spatial part with the radar (its backbone and *what* stay frozen)
 
 
 class RadarStudent(nn.Module):
@@ -71,6 +76,13 @@ def embed_images(camera: nn.Module, images_uint8: np.ndarray, batch: int = 256) 
     return torch.cat([camera(camera_tensor(images_uint8[k:k + batch])) for k in range(0, len(images_uint8), batch)])
 
 
+@torch.no_grad()
+def _feature_maps(camera: nn.Module, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
+    camera.eval()
+    return torch.cat([camera.features(camera_tensor(images_uint8[k:k + batch]))
+                      for k in range(0, len(images_uint8), batch)])
+
+
 def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = a @ b.t() / temperature
     target = torch.arange(len(a))
@@ -79,16 +91,37 @@ def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Ten
 
 def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress: bool = True,
                 log=print) -> RadarStudent:
-    """Bind a new radar encoder to the frozen ``camera`` on ``data``; deterministic by ``cfg.seed``."""
+    """Bind a new radar encoder to ``camera`` on ``data``; deterministic by ``cfg.seed``.
+
+    With ``cfg.camera_where`` and a camera whose embedding has a spatial part, that part
+    (``camera.where_modules``) is trained with the radar, **in place**; everything else of the
+    camera is left exactly as it was.
+    """
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
-    cam = embed_images(camera, data.image)
+    where = [getattr(camera, name) for name in camera.where_modules] if cfg.camera_where else []
+    if where:
+        # The backbone is frozen: its feature maps are computed once, and each step runs only the
+        # spatial part on them.
+        maps = _feature_maps(camera, data.image)
+        where_params = [p for m in where for p in m.parameters()]
+        trainable = {id(p) for p in where_params}
+        restore = [(p, p.requires_grad) for p in camera.parameters()]
+        for p in camera.parameters():
+            p.requires_grad_(id(p) in trainable)
+    else:
+        cam = embed_images(camera, data.image)
+        where_params = []
     model = RadarStudent(cfg.embed_dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
+    if where_params:
+        groups.append({"params": where_params, "lr": cfg.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     n = len(data)
     steps = cfg.epochs * max(1, n // cfg.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed)
     points, mask = torch.from_numpy(data.points), torch.from_numpy(data.mask)
     labels = torch.from_numpy(data.labels)
@@ -102,14 +135,18 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
             b = order[k * cfg.batch:(k + 1) * cfg.batch]
             emb, logits = model(points[b], mask[b])
             pair = pairable[b]
-            loss = _info_nce(emb[pair], cam[b][pair], cfg.temperature) if pair.sum() >= 4 else emb.sum() * 0.0
+            if pair.sum() >= 4:
+                target = camera.embed_feature_map(maps[b[pair]]) if where else cam[b[pair]]
+                loss = _info_nce(emb[pair], target, cfg.temperature)
+            else:
+                loss = emb.sum() * 0.0
             known = (labels[b] >= 0).all(1)  # a user's own recordings carry no labels
             if known.any():
                 loss = loss + cfg.label_weight * F.binary_cross_entropy_with_logits(
                     logits[known][:, _OBSERVED], labels[b][known][:, _OBSERVED])
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
             opt.step()
             sched.step()
             total += loss.item()
@@ -117,6 +154,10 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
             bar.set_postfix(loss=f"{total / (k + 1):.3f}")
         log(f"radar epoch {epoch + 1}/{cfg.epochs}: loss {total / max(1, n // cfg.batch):.4f}")
     bar.close()
+    if where:
+        for p, flag in restore:
+            p.requires_grad_(flag)
+    camera.eval()
     model.eval()
     return model
 

@@ -8,9 +8,11 @@ Stages, each saved in ``--out`` as soon as it finishes (``--resume`` reloads fin
 2. **camera** (``camera_student.pt``): the camera encoder distilled from YOLOX-nano (what and
    where) and MobileNetV2 (a general image embedding) on real frames, composites and simulator
    renders (:mod:`models.camera_distill`).
-3. **radar** (``radar_student.pt``): the radar encoder bound to the frozen camera encoder by
-   InfoNCE on time-matched simulated windows (and the user's own recordings, unlabelled), with a
-   classifier for what a radar can observe (:mod:`models.radar_bind`).
+3. **radar** (``radar_student.pt``): the radar encoder bound to the camera encoder by InfoNCE on
+   time-matched simulated windows (and the user's own recordings, unlabelled), with a classifier
+   for what a radar can observe (:mod:`models.radar_bind`). The camera's spatial part learns with
+   it and is saved here (``camera_where``), on top of the camera stage's encoder; the camera's
+   backbone and *what* stay as distilled.
 4. **head**: :class:`models.architectures.FusionHead` takes the three classifiers, the
    observability masks and each modality's thresholds (folded into its bias): nothing in the
    head is fitted on a mixture of modalities, so any subset of sensors is a rig.
@@ -64,9 +66,10 @@ class TrainConfig:
     camera_composites: int = 1200
     camera_renders: int = 2000
     camera_folds: bool = True  # held-out-video folds before the shipped student (the figures and thresholds)
-    radar_samples: int = 8000
+    radar_samples: int = 16000
     radar_clutter: float = 0.15  # share of the radar's windows drawn with heavy clutter (20-35 false points)
     radar_epochs: int = 60
+    radar_camera_where: bool = True  # the camera's spatial part learns with the radar (False: the camera stays frozen)
     cache_dir: str = ".cache/datasets"
     extra: dict = field(default_factory=dict)
 
@@ -153,20 +156,36 @@ def _radar_stage(cfg: TrainConfig, camera: nn.Module, out: Path, recordings: Win
                                                       real_dir=real)])
     if recordings is not None:
         data = Windows.concat([data, recordings])
-    rcfg = RadarBindConfig(seed=cfg.seed, epochs=cfg.radar_epochs, embed_dim=cfg.embed_dim)
-    student = train_radar(data, camera, rcfg, log=log)
+    rcfg = RadarBindConfig(seed=cfg.seed, epochs=cfg.radar_epochs, embed_dim=cfg.embed_dim,
+                           camera_where=cfg.radar_camera_where)
+    student = train_radar(data, camera, rcfg, log=log)  # trains camera.where_modules in place
     val = load_or_generate(cache, max(500, cfg.radar_samples // 8), cfg.seed + 1, "train", real_dir=real)
     emb, probs = radar_probs(student, val)
     thresholds = {c: f1_threshold(probs[:, k], val.labels[:, k] > 0) for k, c in enumerate(CLASSES)
                   if c in OBSERVES["radar"]}
     metrics = {"image_features": bool(PREPROCESS["radar"].image_features),
                "retrieval_r1_camera_radar": _retrieval_r1(embed_images(camera, val.image).numpy(), emb, val.pairable),
-               "held_out_windows": len(val), "windows": len(data), "clutter_windows": n_clutter}
+               "held_out_windows": len(val), "windows": len(data), "clutter_windows": n_clutter,
+               "camera_where_trained": bool(rcfg.camera_where and camera.where_modules)}
     state = {"encoder": student.encoder.state_dict(), "classifier": student.classifier.state_dict(),
+             "camera_where": _where_state(camera) if metrics["camera_where_trained"] else {},
              "thresholds": thresholds, "config": asdict(rcfg), "metrics": metrics}
     torch.save(state, out / STAGE_FILES["radar"])
     log(f"radar: thresholds {thresholds}, camera-radar R@1 among 100 {metrics['retrieval_r1_camera_radar']}")
     return state
+
+
+def _where_state(camera: CameraEncoder) -> dict[str, torch.Tensor]:
+    """The camera encoder's spatial part: the weights the radar stage trains."""
+    prefixes = tuple(f"{name}." for name in camera.where_modules)
+    return {k: v.clone() for k, v in camera.state_dict().items() if k.startswith(prefixes)}
+
+
+def _stage_camera(states: dict, embed_dim: int) -> CameraEncoder:
+    """The camera encoder of the camera stage, with the spatial part the radar stage trained (if it has run)."""
+    camera = CameraEncoder(**states["camera"].get("encoder_config", {"embed_dim": embed_dim}))
+    camera.load_state_dict({**states["camera"]["encoder"], **states.get("radar", {}).get("camera_where", {})})
+    return camera
 
 
 def _retrieval_r1(camera: np.ndarray, radar: np.ndarray, pairable: np.ndarray, group: int = 100) -> float | None:
@@ -182,9 +201,7 @@ def load_students(out: Path, embed_dim: int = 128) -> Models:
         if not (out / f).is_file():
             raise ConfigError(f"{out / f}: stage {m!r} has not run; run `fusion train --out {out}` first")
         states[m] = torch.load(out / f, weights_only=False)
-    cam_cfg = states["camera"].get("encoder_config", {"embed_dim": embed_dim})
-    camera = CameraEncoder(**cam_cfg)
-    camera.load_state_dict(states["camera"]["encoder"])
+    camera = _stage_camera(states, embed_dim)
     audio = AudioEncoder(embed_dim)
     audio.load_state_dict(states["audio"]["encoder"])
     # Stages saved before the radar read image coordinates have 5 features per point.
@@ -233,9 +250,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
     if not done["camera"]:
         _camera_stage(cfg, out, log)
     if not done["radar"]:
-        cam_state = torch.load(out / STAGE_FILES["camera"], weights_only=False)
-        camera = CameraEncoder(**cam_state.get("encoder_config", {"embed_dim": cfg.embed_dim}))
-        camera.load_state_dict(cam_state["encoder"])
+        camera = _stage_camera({"camera": torch.load(out / STAGE_FILES["camera"], weights_only=False)}, cfg.embed_dim)
         _radar_stage(cfg, camera, out, recordings, log)
     (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "data_version": DATA_VERSION,
                                                        "minutes": round((time.monotonic() - t0) / 60, 2)}, indent=2))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from .conftest import ROOT, SAMPLES, SHARED_DATA
 
@@ -80,6 +82,28 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     # The radar also met heavily cluttered scenes: 15 % of --radar-samples on top of them.
     cluttered = [p.name for p in (out / "cache").iterdir() if "-train-clutter-n38-" in p.name]
     assert cluttered, sorted(p.name for p in (out / "cache").iterdir())
+    # The camera's spatial part learnt with the radar and is kept in the radar stage; the card says so.
+    radar = torch.load(out / "radar_student.pt", weights_only=False)
+    assert radar["metrics"]["camera_where_trained"] is True
+    assert radar["camera_where"] and all(k.startswith(("squeeze.", "spatial_proj.")) for k in radar["camera_where"])
+    assert "the spatial part of the camera's embedding" in card
+
+
+def test_the_exported_camera_is_the_camera_stages_with_the_spatial_part_the_radar_stage_trained(tiny_run, tmp_path):
+    from models.train import STAGE_FILES, load_students
+
+    out, _, _ = tiny_run
+    for f in STAGE_FILES.values():
+        shutil.copy(out / f, tmp_path / f)
+    radar = torch.load(tmp_path / "radar_student.pt", weights_only=False)
+    # Moved far enough that a camera built without them cannot pass for one built with them.
+    radar["camera_where"] = {k: v + 0.5 for k, v in radar["camera_where"].items()}
+    torch.save(radar, tmp_path / "radar_student.pt")
+    stage = torch.load(out / "camera_student.pt", weights_only=False)["encoder"]
+    camera = load_students(tmp_path).camera.state_dict()
+    assert camera.keys() == stage.keys()
+    for k, v in camera.items():
+        assert torch.equal(v, radar["camera_where"].get(k, stage[k])), k
 
 
 def test_resume_reloads_finished_stages_instead_of_training_again(tiny_run):

@@ -1,0 +1,61 @@
+"""Radar binding on real simulated windows: what of the camera it may train, and what it must leave alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from models.architectures import CameraEncoder
+from models.dataset import generate
+from models.radar_bind import RadarBindConfig, camera_tensor, train_radar
+
+WHERE = ("squeeze.", "spatial_proj.")
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return generate(48, seed=11, split="train", workers=1, progress=False)
+
+
+def _camera() -> CameraEncoder:
+    torch.manual_seed(3)
+    return CameraEncoder(32, blocks=((16, 2), (32, 2), (32, 2)), spatial_dim=8)
+
+
+def _bind(windows, camera: CameraEncoder, camera_where: bool) -> set[str]:
+    """Binds a radar to ``camera``; the names of the camera's weights that changed."""
+    before = copy.deepcopy(camera.state_dict())
+    train_radar(windows, camera, RadarBindConfig(seed=0, epochs=2, batch=16, embed_dim=32, camera_where=camera_where),
+                progress=False, log=lambda _: None)
+    after = camera.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_binding_trains_the_cameras_where_and_leaves_its_what_and_backbone_alone(windows):
+    camera = _camera()
+    original = copy.deepcopy(camera).eval()
+    changed = _bind(windows, camera, camera_where=True)
+    assert changed and all(k.startswith(WHERE) for k in changed), changed
+    assert {k.split(".")[0] + "." for k in changed} == set(WHERE)
+    images = camera_tensor(windows.image[:6])
+    with torch.no_grad():
+        old, new = original(images), camera(images)
+    k = camera.semantic_dim
+    # The what part (all any camera classifier reads) is the same to the bit; the where part moved.
+    assert torch.equal(old[:, :k], new[:, :k])
+    assert not torch.allclose(old[:, k:], new[:, k:])
+    assert all(p.requires_grad for p in camera.parameters()) and not camera.training
+
+
+def test_a_frozen_camera_is_left_exactly_as_it_was(windows):
+    camera = _camera()
+    assert _bind(windows, camera, camera_where=False) == set()
+
+
+def test_a_camera_without_a_spatial_part_is_left_alone_too(windows):
+    torch.manual_seed(3)
+    camera = CameraEncoder(32, blocks=((16, 2), (32, 2), (32, 2)))
+    assert camera.where_modules == ()
+    assert _bind(windows, camera, camera_where=True) == set()
