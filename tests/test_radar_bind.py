@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from models.architectures import CameraEncoder
 from models.dataset import generate
-from models.radar_bind import RadarBindConfig, camera_tensor, train_radar
+from models.radar_bind import RadarBindConfig, camera_tensor, f1_threshold, train_radar
 
 WHERE = ("squeeze.", "spatial_proj.")
 
@@ -59,3 +60,21 @@ def test_a_camera_without_a_spatial_part_is_left_alone_too(windows):
     camera = CameraEncoder(32, blocks=((16, 2), (32, 2), (32, 2)))
     assert camera.where_modules == ()
     assert _bind(windows, camera, camera_where=True) == set()
+
+
+def test_a_radar_threshold_is_the_best_f1_among_the_precise_ones_not_the_lowest_precise_one():
+    positives = np.r_[np.linspace(0.35, 0.95, 99), 0.12]
+    negatives = np.r_[np.full(9, 0.2), np.full(200, 0.05)]
+    probs = np.r_[positives, negatives]
+    truth = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    # 0.1 already reaches precision 0.9 (100 found, 9 false); 0.225 gives up one positive and all
+    # nine false ones.
+    assert f1_threshold(probs, truth, target_precision=0.9) == 0.225
+    # Precise enough only near the top: the best F1 up there, however little it finds.
+    crowded = np.r_[probs, np.full(300, 0.9)]
+    crowded_truth = np.r_[truth, np.zeros(300, bool)]
+    assert f1_threshold(crowded, crowded_truth, target_precision=0.9) == 0.925
+    # Precise enough nowhere (50 negatives above every threshold): the best F1 overall.
+    hopeless = np.r_[probs, np.full(50, 0.99)]
+    hopeless_truth = np.r_[truth, np.zeros(50, bool)]
+    assert f1_threshold(hopeless, hopeless_truth, target_precision=0.9) == 0.225
