@@ -114,14 +114,11 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
         cam = embed_images(camera, data.image)
         where_params = []
     model = RadarStudent(cfg.embed_dim)
-    groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    if where_params:
-        groups.append({"params": where_params, "lr": cfg.lr})
-    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    params = list(model.parameters()) + where_params
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     n = len(data)
     steps = cfg.epochs * max(1, n // cfg.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed)
     points, mask = torch.from_numpy(data.points), torch.from_numpy(data.mask)
     labels = torch.from_numpy(data.labels)
@@ -146,7 +143,7 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
                     logits[known][:, _OBSERVED], labels[b][known][:, _OBSERVED])
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
+            nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
             sched.step()
             total += loss.item()

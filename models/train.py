@@ -144,7 +144,7 @@ def _camera_stage(cfg: TrainConfig, out: Path, log) -> dict:
     return torch.load(out / STAGE_FILES["camera"], weights_only=False)
 
 
-def _radar_stage(cfg: TrainConfig, camera: nn.Module, out: Path, recordings: Windows | None, log) -> dict:
+def _radar_stage(cfg: TrainConfig, camera: CameraEncoder, out: Path, recordings: Windows | None, log) -> dict:
     cache = Path(cfg.cache_dir)
     real = Path(cfg.real_clips) if cfg.real_clips else None
     data = load_or_generate(cache, cfg.radar_samples, cfg.seed, "train", real_dir=real)
