@@ -88,7 +88,6 @@ class WindowPool:
                           self.clip[keep], self.clips)
 
 
-
 def _load(clip: Clip, cache: dict) -> np.ndarray:
     if clip.path not in cache:
         x = load_audio_file(clip.path).astype(np.float32)

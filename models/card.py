@@ -25,11 +25,9 @@ def _row(cells) -> str:
 def _clip_counts(clips, out_of_fold: bool = False) -> str:
     """``{"train": 234, "val": 37, "test": 63}`` -> "63 held-out (thresholds chosen on 37 others; 234 trained on)";
     with ``out_of_fold`` the thresholds also read the 234, each scored by a student that never heard its source."""
-    if out_of_fold:
-        return (f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others and on the "
-                f"{clips.get('train')} trained on, each scored by a student that never heard its source)")
-    return (f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others; "
-            f"{clips.get('train')} trained on)")
+    trained = (f" and on the {clips.get('train')} trained on, each scored by a student that never heard its source"
+               if out_of_fold else f"; {clips.get('train')} trained on")
+    return f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others{trained})"
 
 
 def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping,
@@ -62,14 +60,14 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
                                *[f"{r['per_class'][c]['precision']:.2f} / {r['per_class'][c]['recall']:.2f}"
                                  for c in CLASSES]]))
     radar = metrics.get("radar", {})
+    joint = radar.get("camera_where_trained")
     if radar.get("retrieval_r1_camera_radar") is not None:
         lines += ["", "## Radar: bound to the camera", "",
-                  ("The radar encoder learns the camera encoder's space from time-matched simulated windows "
-                     "(InfoNCE), and the spatial part of the camera's embedding (where things are; no classifier "
-                     "reads it) learns with it; the camera's backbone and its *what* stay as distilled, so its "
-                     "labels do not change. " if radar.get("camera_where_trained") else
-                     "The radar encoder learns the frozen camera encoder's space from time-matched simulated windows "
-                     "(InfoNCE). ")
+                  f"The radar encoder learns the {'' if joint else 'frozen '}camera encoder's space from "
+                  "time-matched simulated windows (InfoNCE)"
+                  + (", and the spatial part of the camera's embedding (where things are; no classifier reads it) "
+                     "learns with it; the camera's backbone and its *what* stay as distilled, so its labels do not "
+                     "change. " if joint else ". ")
                   + ("Each point also carries where it lands in the picture, through the rig calibration "
                      "(or the nominal geometry in the manifest when the rig has none). " if radar.get("image_features") else "")
                   + (f"{radar['clutter_windows']} of its {radar['windows']} windows are heavily cluttered rooms "

@@ -28,7 +28,8 @@ from fusion_node.vocabulary import CLASSES, OBSERVES
 from models.architectures import RadarEncoder
 from models.dataset import PREPROCESS, Windows
 
-__all__ = ["RadarStudent", "RadarBindConfig", "camera_tensor", "embed_images", "train_radar", "radar_probs"]
+__all__ = ["RadarStudent", "RadarBindConfig", "camera_tensor", "embed_images", "trained_where", "train_radar",
+           "radar_probs"]
 
 _OBSERVED = torch.tensor([c in OBSERVES["radar"] for c in CLASSES])
 
@@ -70,17 +71,20 @@ def camera_tensor(images_uint8: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _over_images(fn, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """``fn`` of the camera tensors of resized uint8 BGR frames, a batch at a time, concatenated."""
+    return torch.cat([fn(camera_tensor(images_uint8[k:k + batch])) for k in range(0, len(images_uint8), batch)])
+
+
 def embed_images(camera: nn.Module, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """The frozen camera encoder's embeddings of resized uint8 BGR frames."""
-    camera.eval()
-    return torch.cat([camera(camera_tensor(images_uint8[k:k + batch])) for k in range(0, len(images_uint8), batch)])
+    """The camera encoder's embeddings of resized uint8 BGR frames."""
+    return _over_images(camera.eval(), images_uint8, batch)
 
 
-@torch.no_grad()
-def _feature_maps(camera: nn.Module, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
-    camera.eval()
-    return torch.cat([camera.features(camera_tensor(images_uint8[k:k + batch]))
-                      for k in range(0, len(images_uint8), batch)])
+def trained_where(camera: nn.Module, cfg: RadarBindConfig) -> tuple[str, ...]:
+    """The camera submodules the binding trains with the radar: its spatial part, if it has one and
+    ``cfg.camera_where``; none otherwise."""
+    return camera.where_modules if cfg.camera_where else ()
 
 
 def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -100,19 +104,17 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
-    where = [getattr(camera, name) for name in camera.where_modules] if cfg.camera_where else []
-    if where:
+    where_params = [p for name in trained_where(camera, cfg) for p in getattr(camera, name).parameters()]
+    if where_params:
         # The backbone is frozen: its feature maps are computed once, and each step runs only the
         # spatial part on them.
-        maps = _feature_maps(camera, data.image)
-        where_params = [p for m in where for p in m.parameters()]
+        maps = _over_images(camera.eval().features, data.image)
         trainable = {id(p) for p in where_params}
         restore = [(p, p.requires_grad) for p in camera.parameters()]
         for p in camera.parameters():
             p.requires_grad_(id(p) in trainable)
     else:
         cam = embed_images(camera, data.image)
-        where_params = []
     model = RadarStudent(cfg.embed_dim)
     params = list(model.parameters()) + where_params
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -133,7 +135,7 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
             emb, logits = model(points[b], mask[b])
             pair = pairable[b]
             if pair.sum() >= 4:
-                target = camera.embed_feature_map(maps[b[pair]]) if where else cam[b[pair]]
+                target = camera.embed_feature_map(maps[b[pair]]) if where_params else cam[b[pair]]
                 loss = _info_nce(emb[pair], target, cfg.temperature)
             else:
                 loss = emb.sum() * 0.0
@@ -151,7 +153,7 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
             bar.set_postfix(loss=f"{total / (k + 1):.3f}")
         log(f"radar epoch {epoch + 1}/{cfg.epochs}: loss {total / max(1, n // cfg.batch):.4f}")
     bar.close()
-    if where:
+    if where_params:
         for p, flag in restore:
             p.requires_grad_(flag)
     camera.eval()

@@ -38,7 +38,8 @@ from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_distill import AudioDistillConfig
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
-from models.radar_bind import RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar
+from models.radar_bind import (RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar,
+                               trained_where)
 from models.teacher_audio import YamnetTeacher
 
 __all__ = ["TrainConfig", "Models", "train", "load_students"]
@@ -158,7 +159,8 @@ def _radar_stage(cfg: TrainConfig, camera: CameraEncoder, out: Path, recordings:
         data = Windows.concat([data, recordings])
     rcfg = RadarBindConfig(seed=cfg.seed, epochs=cfg.radar_epochs, embed_dim=cfg.embed_dim,
                            camera_where=cfg.radar_camera_where)
-    student = train_radar(data, camera, rcfg, log=log)  # trains camera.where_modules in place
+    student = train_radar(data, camera, rcfg, log=log)  # trains the camera's where_modules in place
+    where = trained_where(camera, rcfg)
     val = load_or_generate(cache, max(500, cfg.radar_samples // 8), cfg.seed + 1, "train", real_dir=real)
     emb, probs = radar_probs(student, val)
     thresholds = {c: f1_threshold(probs[:, k], val.labels[:, k] > 0) for k, c in enumerate(CLASSES)
@@ -166,18 +168,18 @@ def _radar_stage(cfg: TrainConfig, camera: CameraEncoder, out: Path, recordings:
     metrics = {"image_features": bool(PREPROCESS["radar"].image_features),
                "retrieval_r1_camera_radar": _retrieval_r1(embed_images(camera, val.image).numpy(), emb, val.pairable),
                "held_out_windows": len(val), "windows": len(data), "clutter_windows": n_clutter,
-               "camera_where_trained": bool(rcfg.camera_where and camera.where_modules)}
+               "camera_where_trained": bool(where)}
     state = {"encoder": student.encoder.state_dict(), "classifier": student.classifier.state_dict(),
-             "camera_where": _where_state(camera) if metrics["camera_where_trained"] else {},
+             "camera_where": _where_state(camera, where),
              "thresholds": thresholds, "config": asdict(rcfg), "metrics": metrics}
     torch.save(state, out / STAGE_FILES["radar"])
     log(f"radar: thresholds {thresholds}, camera-radar R@1 among 100 {metrics['retrieval_r1_camera_radar']}")
     return state
 
 
-def _where_state(camera: CameraEncoder) -> dict[str, torch.Tensor]:
-    """The camera encoder's spatial part: the weights the radar stage trains."""
-    prefixes = tuple(f"{name}." for name in camera.where_modules)
+def _where_state(camera: CameraEncoder, modules: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The weights of the camera submodules ``modules`` (what the radar stage trained)."""
+    prefixes = tuple(f"{name}." for name in modules)
     return {k: v.clone() for k, v in camera.state_dict().items() if k.startswith(prefixes)}
 
 
