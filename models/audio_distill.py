@@ -33,7 +33,7 @@ from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
 __all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "threshold_windows", "split_clips",
-           "source_folds", "choose_thresholds", "clip_metrics"]
+           "source_folds", "choose_thresholds", "clip_metrics", "ERROR_KINDS", "clip_errors"]
 
 RATE = WIRE_AUDIO_RATE_HZ
 WIN = RATE  # one-second windows, the node's audio window
@@ -264,6 +264,53 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
     false_rate = float((probs[bg] >= th).any(axis=1).mean()) if bg.any() else 0.0
     return {"macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4), "false_label_rate": round(false_rate, 4),
             "per_class": per_class, "clips": int(len(used)), "background_windows": int(bg.sum())}
+
+
+# The ways a clip can be wrong, in the order :func:`clip_errors` lists them.
+ERROR_KINDS = ("missed", "extra label", "background labelled")
+
+
+def clip_errors(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, float],
+                teacher_probs: np.ndarray | None = None, teacher_thresholds: dict[str, float] | None = None) -> list[dict]:
+    """The clips a scorer gets wrong, one row each, as :func:`clip_metrics` counts them.
+
+    An event clip is wrong when it misses its class, or carries another besides; a background clip
+    when any of its windows carries a label (``kind``: one of :data:`ERROR_KINDS`). Each row names
+    the file, its source and class, the labels given, the clip's score for its own class against
+    that class's threshold, how many of a background clip's windows were labelled, and (with
+    ``teacher_probs``) the teacher's labels on the same clip. Listed by kind, then by the most
+    labelled windows, then by file name.
+    """
+    th = np.array([thresholds[c] for c in CLASSES], np.float32)
+    cmax = _clip_max(probs, pool.clip, len(pool.clips))
+    teacher_says = None
+    if teacher_probs is not None and teacher_thresholds is not None:
+        tth = np.array([teacher_thresholds[c] for c in CLASSES], np.float32)
+        teacher_says = _clip_max(teacher_probs, pool.clip, len(pool.clips)) >= tth
+    rows = []
+    for i in _present_clips(pool):
+        clip = pool.clips[i]
+        labelled = [c for k, c in enumerate(CLASSES) if cmax[i, k] >= th[k]]
+        windows = pool.clip == i
+        hit = int((probs[windows] >= th).any(axis=1).sum())
+        event = clip.label != BACKGROUND
+        if not event:
+            kind = "background labelled" if hit else None
+        else:
+            kind = "missed" if clip.label not in labelled else "extra label" if len(labelled) > 1 else None
+        if kind is None:
+            continue
+        rows.append({"kind": kind, "clip": clip.path.name, "source": clip.source, "class": clip.label,
+                     "labelled": labelled,
+                     "score": round(float(cmax[i, CLASSES.index(clip.label)]), 3) if event else None,
+                     "threshold": round(float(thresholds[clip.label]), 3) if event else None,
+                     "labelled_windows": None if event else f"{hit} of {int(windows.sum())}",
+                     "teacher_labelled": None if teacher_says is None else
+                     [c for k, c in enumerate(CLASSES) if teacher_says[i, k]],
+                     "_windows": hit})
+    rows.sort(key=lambda r: (ERROR_KINDS.index(r["kind"]), -r["_windows"] if r["kind"] == ERROR_KINDS[2] else 0,
+                             r["clip"]))
+    return [{k: v for k, v in r.items() if k != "_windows"} for r in rows]
 
 
 def choose_thresholds(probs: np.ndarray, pool: WindowPool, target_precision: float = 0.9) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
+from models.audio_distill import ERROR_KINDS
 from models.card import CONSISTENCY_THRESHOLD, write_model_card
 from models.dataset import DATA_VERSION, PREPROCESS, windows_from_recordings
 from models.evaluate import evaluate, write_report
@@ -121,6 +122,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"{'' if teacher_f1 is None else f' (teacher {teacher_f1:.3f})'}, false labels on background "
               f"{real['false_label_rate']:.3f}")
         print("  " + ", ".join(f"{c} P {v['precision']:.2f} R {v['recall']:.2f}" for c, v in real["per_class"].items()))
+        kinds = [e["kind"] for e in real["errors"]]
+        print(f"  clips wrong: {len(kinds)} (" + ", ".join(f"{kinds.count(k)} {k}" for k in ERROR_KINDS) + ")"
+              + ("; each one is in the report" if args.report else ""))
     if not args.json:
         print(text)
     return 0

@@ -12,7 +12,8 @@ windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
 ``tamper.*`` (per window, and ``tamper.episodes.*``: the node's drift monitor on simulated scenes
 followed through time, the radar swapped for another scene's after the baseline is learnt), and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
 ``real.macro_f1``, ``real.false_label_rate``, ``real.teacher_macro_f1`` (with ``--audio-teacher``),
-``real.per_class.<class>.{precision,recall,f1,clips}``. The report is an HTML page of tables, a
+``real.per_class.<class>.{precision,recall,f1,clips}``, and ``real.errors`` (the clips the student gets
+wrong, with the teacher's labels beside). The report is an HTML page of tables, a
 confusion matrix and retrieval curves as inline SVG.
 """
 
@@ -315,7 +316,24 @@ def _real_section(real: dict) -> str:
     return (f"<p>Held-out sources: {html.escape(', '.join(real['sources']))} ({real['clips']} clips, "
             f"{real['background_windows']} background windows).</p>{summary}"
             + _table(["class", "clips", "precision", "recall", "F1", "teacher precision", "teacher recall",
-                      "teacher F1"], rows))
+                      "teacher F1"], rows) + _errors_section(real.get("errors")))
+
+
+def _label_list(labels: list[str] | None) -> str | None:
+    return None if labels is None else (", ".join(labels) or "none")
+
+
+def _errors_section(errors: list[dict] | None) -> str:
+    """The held-out clips the student gets wrong: what a person listens to next."""
+    if errors is None:
+        return ""
+    if not errors:
+        return "<h3>Clips the student gets wrong</h3><p>None.</p>"
+    rows = [[e["kind"], e["clip"], e["source"], e["class"], _label_list(e["labelled"]), e["score"], e["threshold"],
+             e["labelled_windows"], _label_list(e["teacher_labelled"])] for e in errors]
+    return ("<h3>Clips the student gets wrong</h3><p>The score is the clip's highest for its own class.</p>"
+            + _table(["wrong", "clip", "source", "class", "student labels", "score", "threshold",
+                      "background windows labelled", "teacher labels"], rows))
 
 
 def write_report(metrics: dict, extra: dict, out_dir: Path) -> Path:

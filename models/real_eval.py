@@ -16,7 +16,8 @@ import numpy as np
 
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.vocabulary import CLASSES
-from models.audio_distill import choose_thresholds, clip_metrics, eval_windows, split_clips, threshold_windows
+from models.audio_distill import (choose_thresholds, clip_errors, clip_metrics, eval_windows, split_clips,
+                                  threshold_windows)
 from models.teacher_audio import YamnetTeacher
 
 __all__ = ["runtime_audio_probs", "evaluate_real_audio"]
@@ -40,15 +41,20 @@ def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | 
     splits = split_clips(real_dir)
     test = eval_windows(splits["test"], teacher, "real audio (held-out sources)")
     thresholds = {c: float(rt.thresholds.get(c, 0.5)) for c in CLASSES}
-    student = clip_metrics(runtime_audio_probs(rt, test.logmel, "student"), test, thresholds)
+    probs = runtime_audio_probs(rt, test.logmel, "student")
+    student = clip_metrics(probs, test, thresholds)
     result = {"macro_f1": student["macro_f1"], "false_label_rate": student["false_label_rate"],
               "per_class": student["per_class"], "clips": student["clips"],
               "background_windows": student["background_windows"],
               "sources": sorted({c.source for c in splits["test"]}),
               "teacher_macro_f1": None, "teacher": None}
+    teacher_thresholds = None
     if teacher is not None:
         calib = threshold_windows(splits, teacher, "real audio (threshold sources)")
-        t_metrics = clip_metrics(test.teacher, test, choose_thresholds(calib.teacher, calib))
+        teacher_thresholds = choose_thresholds(calib.teacher, calib)
+        t_metrics = clip_metrics(test.teacher, test, teacher_thresholds)
         result["teacher_macro_f1"] = t_metrics["macro_f1"]
         result["teacher"] = t_metrics
+    result["errors"] = clip_errors(probs, test, thresholds, test.teacher if teacher is not None else None,
+                                   teacher_thresholds)
     return result

@@ -110,6 +110,31 @@ def test_clip_metrics_count_precision_recall_and_false_labels():
     assert 0.7 < th["dog"] <= 0.9  # above the barking background, at or below the real bark
 
 
+def test_clip_errors_list_misses_extra_labels_and_labelled_background_with_the_teachers_verdict():
+    dog = [0, 0, 0.9, 0, 0, 0]
+    quiet = [0, 0, 0, 0, 0, 0]
+    chatty_dog = [0, 0, 0.8, 0, 0.6, 0]
+    speechy = [0, 0, 0, 0, 0.7, 0]
+    probs, pool = _pool([("dog", dog), ("dog", quiet), ("dog", chatty_dog), (BACKGROUND, speechy), (BACKGROUND, quiet)])
+    # The second background clip gets a second window, labelled speech: 1 of its 2 windows.
+    pool = audio_distill.WindowPool(*(np.concatenate([a, a[3:4]]) for a in
+                                      (pool.logmel, pool.teacher, pool.teacher_emb, pool.hard)),
+                                    np.array([0, 1, 2, 3, 4, 4]), pool.clips)
+    probs = np.concatenate([probs[:4], [quiet, speechy]]).astype(np.float32)
+    teacher = np.array([dog, dog, dog, quiet, quiet, quiet], np.float32)
+    th = {c: 0.5 for c in CLASSES}
+    rows = audio_distill.clip_errors(probs, pool, th, teacher, th)
+    assert [(r["clip"], r["class"], r["labelled"]) for r in rows] == [
+        ("1", "dog", []), ("2", "dog", ["dog", "speech"]), ("3", BACKGROUND, ["speech"]), ("4", BACKGROUND, ["speech"])]
+    assert rows[0]["score"] == 0.0 and rows[0]["threshold"] == 0.5 and rows[0]["teacher_labelled"] == ["dog"]
+    assert rows[2]["labelled_windows"] == "1 of 1" and rows[3]["labelled_windows"] == "1 of 2"
+    assert rows[2]["score"] is None and rows[3]["teacher_labelled"] == []
+    assert [r["kind"] for r in rows] == ["missed", "extra label", "background labelled", "background labelled"]
+    missed = sum(r["kind"] == "missed" for r in rows)
+    assert missed == audio_distill.clip_metrics(probs, pool, th)["per_class"]["dog"]["fn"]
+    assert all(r["teacher_labelled"] is None for r in audio_distill.clip_errors(probs, pool, th))
+
+
 def test_a_class_no_threshold_finds_gets_the_lowest_that_keeps_false_labels_out():
     # The only glass clip scores under every threshold tried; a background clip scores 0.4. The
     # middle of the grid would be a guess: the lowest threshold above the background is not.

@@ -145,7 +145,10 @@ def test_eval_writes_every_required_key_and_a_report_of_tables(tiny_run, tmp_pat
     page = (report / "report.html").read_text()
     assert "<svg" in page and "teacher recall" in page and "drift alert within 10 s, 6 scenes" in page
     assert '{"' not in page  # tables a person reads, not JSON
-    assert "real audio, held-out sources" in proc.stdout
+    assert "real audio, held-out sources" in proc.stdout and "clips wrong:" in proc.stdout
+    errors = metrics["real"]["errors"]
+    assert "Clips the student gets wrong" in page
+    assert all(e["clip"] in page and isinstance(e["teacher_labelled"], list) for e in errors)
 
 
 def test_eval_without_real_clips_says_so(tmp_path):
@@ -180,6 +183,13 @@ def test_shipped_audio_holds_its_figures_on_held_out_real_sources(shared_data):
     assert real["macro_f1"] >= 0.48 and real["false_label_rate"] <= 0.10, real
     assert real["per_class"]["speech"]["recall"] >= 0.9 and real["per_class"]["speech"]["precision"] >= 0.8
     assert real["per_class"]["glass_break"]["recall"] >= 0.5
+    # Every miss the figures count is a row a person can look up, and nothing else is called missed.
+    missed = [e for e in real["errors"] if e["kind"] == "missed"]
+    assert len(missed) == sum(v["fn"] for v in real["per_class"].values())
+    assert all(e["class"] not in e["labelled"] and e["score"] < e["threshold"] for e in missed)
+    flagged = [e for e in real["errors"] if e["kind"] == "background labelled"]
+    assert sum(int(e["labelled_windows"].split(" of ")[0]) for e in flagged) == round(
+        real["false_label_rate"] * real["background_windows"])
 
 
 def test_own_recordings_become_unlabelled_alignment_windows(tmp_path):
