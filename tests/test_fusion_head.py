@@ -25,6 +25,7 @@ def _head_with_logits(per_modality: dict[str, dict[str, float]]) -> FusionHead:
     return head.eval()
 
 
+@torch.no_grad()
 def _run(head: FusionHead, present: list[float]):
     e = torch.nn.functional.normalize(torch.ones(1, D), dim=1)
     logits, certainty, weights, consistency = head(e, e, e, torch.tensor([present]))
@@ -67,7 +68,7 @@ def test_witnesses_that_contradict_each_other_lower_consistency():
 def test_folded_thresholds_make_each_modality_threshold_the_fused_half():
     head = FusionHead(D, len(CLASSES))
     e = torch.nn.functional.normalize(torch.randn(1, D), dim=1)
-    before = torch.sigmoid(head.modality_logits(e, e, e))[0]
+    before = torch.sigmoid(head.modality_logits(e, e, e))[0].detach()
     thresholds = {m: {c: float(before[k, j]) for j, c in enumerate(CLASSES)} for k, m in enumerate(MODALITIES)}
     head.fold_thresholds(thresholds, CLASSES)
     after = torch.sigmoid(head.modality_logits(e, e, e))[0]
