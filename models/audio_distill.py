@@ -235,6 +235,13 @@ def _present_clips(pool: WindowPool) -> np.ndarray:
     return np.unique(pool.clip)
 
 
+def _verdicts(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_clips, C)`` the classes each clip carries (any of its windows at the class's threshold),
+    and ``(N,)`` whether each window carries any label."""
+    at = probs >= np.array([thresholds[c] for c in CLASSES], np.float32)
+    return _clip_max(at.astype(np.float32), pool.clip, len(pool.clips)) > 0, at.any(axis=1)
+
+
 def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, float]) -> dict:
     """Per-class clip-level precision / recall / F1, macro-F1, and the false-label rate on background windows.
 
@@ -242,11 +249,10 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
     tagger scores: the maximum over its windows). Background windows count one by one: the share
     of them carrying any label is the rate at which a quiet scene raises a false event.
     """
-    th = np.array([thresholds[c] for c in CLASSES], np.float32)
     used = _present_clips(pool)
-    cmax = _clip_max(probs, pool.clip, len(pool.clips))[used]
+    clip_labelled, window_labelled = _verdicts(probs, pool, thresholds)
     truth = np.array([[pool.clips[i].label == c for c in CLASSES] for i in used])
-    pred = cmax >= th
+    pred = clip_labelled[used]
     per_class = {}
     f1s = []
     for k, c in enumerate(CLASSES):
@@ -261,7 +267,7 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
         if truth[:, k].any():
             f1s.append(f1)
     bg = np.array([pool.clips[i].label == BACKGROUND for i in pool.clip])
-    false_rate = float((probs[bg] >= th).any(axis=1).mean()) if bg.any() else 0.0
+    false_rate = float(window_labelled[bg].mean()) if bg.any() else 0.0
     return {"macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4), "false_label_rate": round(false_rate, 4),
             "per_class": per_class, "clips": int(len(used)), "background_windows": int(bg.sum())}
 
@@ -271,46 +277,40 @@ ERROR_KINDS = ("missed", "extra label", "background labelled")
 
 
 def clip_errors(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, float],
-                teacher_probs: np.ndarray | None = None, teacher_thresholds: dict[str, float] | None = None) -> list[dict]:
+                teacher_thresholds: dict[str, float] | None = None) -> list[dict]:
     """The clips a scorer gets wrong, one row each, as :func:`clip_metrics` counts them.
 
     An event clip is wrong when it misses its class, or carries another besides; a background clip
     when any of its windows carries a label (``kind``: one of :data:`ERROR_KINDS`). Each row names
     the file, its source and class, the labels given, the clip's score for its own class against
     that class's threshold, how many of a background clip's windows were labelled, and (with
-    ``teacher_probs``) the teacher's labels on the same clip. Listed by kind, then by the most
-    labelled windows, then by file name.
+    ``teacher_thresholds``) the labels the pool's teacher scores give the same clip. Listed by
+    kind, then by the most labelled windows, then by file name.
     """
-    th = np.array([thresholds[c] for c in CLASSES], np.float32)
+    clip_labelled, window_labelled = _verdicts(probs, pool, thresholds)
+    teacher_says = None if teacher_thresholds is None else _verdicts(pool.teacher, pool, teacher_thresholds)[0]
     cmax = _clip_max(probs, pool.clip, len(pool.clips))
-    teacher_says = None
-    if teacher_probs is not None and teacher_thresholds is not None:
-        tth = np.array([teacher_thresholds[c] for c in CLASSES], np.float32)
-        teacher_says = _clip_max(teacher_probs, pool.clip, len(pool.clips)) >= tth
+    hits = np.bincount(pool.clip, weights=window_labelled, minlength=len(pool.clips)).astype(int)
+    windows = np.bincount(pool.clip, minlength=len(pool.clips))
     rows = []
     for i in _present_clips(pool):
         clip = pool.clips[i]
-        labelled = [c for k, c in enumerate(CLASSES) if cmax[i, k] >= th[k]]
-        windows = pool.clip == i
-        hit = int((probs[windows] >= th).any(axis=1).sum())
+        labelled = [c for k, c in enumerate(CLASSES) if clip_labelled[i, k]]
         event = clip.label != BACKGROUND
-        if not event:
-            kind = "background labelled" if hit else None
-        else:
+        if event:
             kind = "missed" if clip.label not in labelled else "extra label" if len(labelled) > 1 else None
+        else:
+            kind = "background labelled" if hits[i] else None
         if kind is None:
             continue
-        rows.append({"kind": kind, "clip": clip.path.name, "source": clip.source, "class": clip.label,
-                     "labelled": labelled,
-                     "score": round(float(cmax[i, CLASSES.index(clip.label)]), 3) if event else None,
-                     "threshold": round(float(thresholds[clip.label]), 3) if event else None,
-                     "labelled_windows": None if event else f"{hit} of {int(windows.sum())}",
-                     "teacher_labelled": None if teacher_says is None else
-                     [c for k, c in enumerate(CLASSES) if teacher_says[i, k]],
-                     "_windows": hit})
-    rows.sort(key=lambda r: (ERROR_KINDS.index(r["kind"]), -r["_windows"] if r["kind"] == ERROR_KINDS[2] else 0,
-                             r["clip"]))
-    return [{k: v for k, v in r.items() if k != "_windows"} for r in rows]
+        row = {"kind": kind, "clip": clip.path.name, "source": clip.source, "class": clip.label, "labelled": labelled,
+               "score": round(float(cmax[i, CLASSES.index(clip.label)]), 3) if event else None,
+               "threshold": round(float(thresholds[clip.label]), 3) if event else None,
+               "labelled_windows": None if event else f"{hits[i]} of {windows[i]}",
+               "teacher_labelled": None if teacher_says is None else
+               [c for k, c in enumerate(CLASSES) if teacher_says[i, k]]}
+        rows.append(((ERROR_KINDS.index(kind), -hits[i] if not event else 0, row["clip"]), row))
+    return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
 
 def choose_thresholds(probs: np.ndarray, pool: WindowPool, target_precision: float = 0.9) -> dict[str, float]:

@@ -316,17 +316,15 @@ def _real_section(real: dict) -> str:
     return (f"<p>Held-out sources: {html.escape(', '.join(real['sources']))} ({real['clips']} clips, "
             f"{real['background_windows']} background windows).</p>{summary}"
             + _table(["class", "clips", "precision", "recall", "F1", "teacher precision", "teacher recall",
-                      "teacher F1"], rows) + _errors_section(real.get("errors")))
+                      "teacher F1"], rows) + _errors_section(real["errors"]))
 
 
 def _label_list(labels: list[str] | None) -> str | None:
     return None if labels is None else (", ".join(labels) or "none")
 
 
-def _errors_section(errors: list[dict] | None) -> str:
+def _errors_section(errors: list[dict]) -> str:
     """The held-out clips the student gets wrong: what a person listens to next."""
-    if errors is None:
-        return ""
     if not errors:
         return "<h3>Clips the student gets wrong</h3><p>None.</p>"
     rows = [[e["kind"], e["clip"], e["source"], e["class"], _label_list(e["labelled"]), e["score"], e["threshold"],

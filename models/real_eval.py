@@ -55,6 +55,5 @@ def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | 
         t_metrics = clip_metrics(test.teacher, test, teacher_thresholds)
         result["teacher_macro_f1"] = t_metrics["macro_f1"]
         result["teacher"] = t_metrics
-    result["errors"] = clip_errors(probs, test, thresholds, test.teacher if teacher is not None else None,
-                                   teacher_thresholds)
+    result["errors"] = clip_errors(probs, test, thresholds, teacher_thresholds)
     return result

@@ -117,13 +117,13 @@ def test_clip_errors_list_misses_extra_labels_and_labelled_background_with_the_t
     speechy = [0, 0, 0, 0, 0.7, 0]
     probs, pool = _pool([("dog", dog), ("dog", quiet), ("dog", chatty_dog), (BACKGROUND, speechy), (BACKGROUND, quiet)])
     # The second background clip gets a second window, labelled speech: 1 of its 2 windows.
-    pool = audio_distill.WindowPool(*(np.concatenate([a, a[3:4]]) for a in
-                                      (pool.logmel, pool.teacher, pool.teacher_emb, pool.hard)),
+    teacher = np.array([dog, dog, dog, quiet, quiet, quiet], np.float32)  # the pool's teacher scores
+    pool = audio_distill.WindowPool(np.concatenate([pool.logmel, pool.logmel[3:4]]), teacher,
+                                    *(np.concatenate([a, a[3:4]]) for a in (pool.teacher_emb, pool.hard)),
                                     np.array([0, 1, 2, 3, 4, 4]), pool.clips)
     probs = np.concatenate([probs[:4], [quiet, speechy]]).astype(np.float32)
-    teacher = np.array([dog, dog, dog, quiet, quiet, quiet], np.float32)
     th = {c: 0.5 for c in CLASSES}
-    rows = audio_distill.clip_errors(probs, pool, th, teacher, th)
+    rows = audio_distill.clip_errors(probs, pool, th, th)
     assert [(r["clip"], r["class"], r["labelled"]) for r in rows] == [
         ("1", "dog", []), ("2", "dog", ["dog", "speech"]), ("3", BACKGROUND, ["speech"]), ("4", BACKGROUND, ["speech"])]
     assert rows[0]["score"] == 0.0 and rows[0]["threshold"] == 0.5 and rows[0]["teacher_labelled"] == ["dog"]
