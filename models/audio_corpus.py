@@ -2,7 +2,10 @@
 
 The clips are third-party recordings read where they lie (the ``--real-clips`` folder, laid out as
 the development data is: ``corpus/audio/labels.csv`` plus single clips under ``audio/`` and
-``registry/audio/``); nothing here is copied into the package. Labels come from each source's own
+``registry/audio/``), nothing of which is copied into the project, plus any further corpus folder
+given (``fusion train --corpus DIR``: ``DIR/audio/labels.csv``, the same table layout, paths relative
+to ``DIR``), such as the project's own corpus of Debian package sounds (:data:`BUNDLED_CORPUS`,
+committed with its licences because registry files may be). Labels come from each source's own
 names and credits, never from a model.
 
 Splits are by **source** (the package or collection a clip came from), never by time within a
@@ -15,16 +18,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
 
-__all__ = ["Clip", "BACKGROUND", "SPLITS", "load_clips"]
+__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "load_clips"]
 
 BACKGROUND = "background"
 SPLITS = ("train", "val", "test")
+
+# Sounds from Debian packages that the development corpus lacks (car horns, dogs, animals that are
+# not dogs), described in its SOURCES.md; ``fusion train --corpus`` adds it. Its sources are none of
+# the held-out ones below.
+BUNDLED_CORPUS = Path(__file__).resolve().parent / "corpus"
 
 # Corpus folder names that differ from the product's class names.
 _CORPUS_CLASS = {"person_footsteps": "person"}
@@ -81,19 +90,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_clips(real_dir: str | Path) -> list[Clip]:
-    """Every labelled real clip under ``real_dir``; ConfigError if the corpus table is missing or malformed."""
-    real_dir = Path(real_dir)
-    table = real_dir / "corpus" / "audio" / "labels.csv"
-    if not table.is_file():
-        raise ConfigError(f"{table}: no audio corpus table; pass --real-clips DIR holding corpus/audio/labels.csv")
-    clips: list[Clip] = []
-    hashes: set[str] = set()
+def _read_table(table: Path, root: Path, hashes: set[str]) -> list[Clip]:
+    """The clips a corpus table lists (paths relative to ``root``) that exist; their hashes join ``hashes``."""
+    clips = []
     with table.open(newline="") as f:
         for n, row in enumerate(csv.DictReader(f), start=2):
             try:
                 label = _CORPUS_CLASS.get(row["class"], row["class"])
-                path, source = real_dir / "corpus" / row["path"], row["source_package"]
+                path, source = root / row["path"], row["source_package"]
                 licence, credit = row["licence"], row["copyright_credit"]
                 hashes.add(row["sha256"])
             except KeyError as exc:
@@ -102,6 +106,22 @@ def load_clips(real_dir: str | Path) -> list[Clip]:
                 raise ConfigError(f"{table}:{n}: unknown class {row['class']!r}")
             if path.is_file():
                 clips.append(Clip(path, label, source, split_of(source), licence, credit))
+    return clips
+
+
+def load_clips(real_dir: str | Path, corpora: Sequence[str | Path] = ()) -> list[Clip]:
+    """Every labelled real clip under ``real_dir`` and in ``corpora``; ConfigError if a table is missing or malformed."""
+    real_dir = Path(real_dir)
+    table = real_dir / "corpus" / "audio" / "labels.csv"
+    if not table.is_file():
+        raise ConfigError(f"{table}: no audio corpus table; pass --real-clips DIR holding corpus/audio/labels.csv")
+    hashes: set[str] = set()
+    clips = _read_table(table, real_dir / "corpus", hashes)
+    for corpus in map(Path, corpora):
+        extra = corpus / "audio" / "labels.csv"
+        if not extra.is_file():
+            raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it; give a folder laid out as models/corpus")
+        clips += _read_table(extra, corpus, hashes)
     for rel, (label, source) in SINGLE_CLIPS.items():
         path = real_dir / rel
         if path.is_file() and _sha256(path) not in hashes:

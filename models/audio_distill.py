@@ -20,6 +20,7 @@ precision, and every figure is reported on the ``test`` sources, with YAMNet on 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -375,7 +376,7 @@ def source_folds(clips: list[Clip], k: int) -> list[frozenset[str]]:
     return [frozenset(g) for g in groups]
 
 
-def split_clips(real_dir: Path) -> dict[str, list[Clip]]:
-    """The real clips under ``real_dir`` by split."""
-    clips = load_clips(real_dir)
+def split_clips(real_dir: Path, corpora: Sequence[Path] = ()) -> dict[str, list[Clip]]:
+    """The real clips under ``real_dir`` and in the further ``corpora`` folders, by split."""
+    clips = load_clips(real_dir, corpora)
     return {s: [c for c in clips if c.split == s] for s in ("train", "val", "test")}

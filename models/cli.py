@@ -36,7 +36,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, train  # torch
 
     real = _real_clips(args.real_clips)
-    cfg = TrainConfig(seed=args.seed, real_clips=None if real is None else str(real),
+    cfg = TrainConfig(seed=args.seed, real_clips=None if real is None else str(real), corpora=tuple(args.corpus),
                       audio_teacher=args.audio_teacher, camera_teacher=args.camera_teacher,
                       image_teacher=args.image_teacher, audio_epochs=args.audio_epochs,
                       audio_threshold_folds=args.audio_folds,
@@ -145,6 +145,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and order (default 0)")
     t.add_argument("--real-clips", default=None, metavar="DIR", required=True,
                    help="the real recordings to learn from: " + _REAL_HELP)
+    t.add_argument("--corpus", action="append", default=[], metavar="DIR",
+                   help="also learn audio from DIR/audio/labels.csv (repeatable; laid out as models/corpus, the "
+                        "project's own Debian sounds: car horns, dogs, animals that are not dogs); its sources train")
     t.add_argument("--audio-teacher", default=None, metavar="PATH", help="YAMNet ONNX file (training only)")
     t.add_argument("--camera-teacher", default=None, metavar="PATH", help="YOLOX-nano ONNX file (training only)")
     t.add_argument("--image-teacher", default=None, metavar="PATH", help="MobileNetV2 ONNX file (training only)")

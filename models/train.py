@@ -54,6 +54,7 @@ class TrainConfig:
 
     seed: int = 0
     real_clips: str | None = None
+    corpora: tuple[str, ...] = ()  # further audio corpus folders (models/corpus's layout), training sources
     audio_teacher: str | None = None
     camera_teacher: str | None = None  # YOLOX-nano
     image_teacher: str | None = None  # MobileNetV2
@@ -102,7 +103,7 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
     acfg = AudioDistillConfig(seed=cfg.seed, windows_per_class=cfg.audio_windows_per_class,
                               background_windows=cfg.audio_background_windows, epochs=cfg.audio_epochs,
                               embed_dim=cfg.embed_dim, threshold_folds=cfg.audio_threshold_folds)
-    splits = audio_distill.split_clips(Path(cfg.real_clips))
+    splits = audio_distill.split_clips(Path(cfg.real_clips), [Path(c) for c in cfg.corpora])
     log("audio: " + ", ".join(f"{k} {len(v)} clips" for k, v in splits.items()))
     pool = audio_distill.build_pool(splits["train"], teacher, acfg, progress="audio windows")
     test = audio_distill.eval_windows(splits["test"], teacher, "audio test")

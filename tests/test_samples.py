@@ -59,3 +59,43 @@ def test_every_bundled_file_is_described_in_sources_md():
     assert "simulated" in text.split("demo_street_simulated.dat")[1][:400].lower()
     readme = (ROOT / "README.md").read_text()
     assert "demo_street_simulated.dat" in readme and "**simulated**" in readme
+
+
+def test_the_bundled_training_corpus_is_described_licensed_and_only_trains():
+    import csv
+
+    from models.audio_corpus import BACKGROUND, BUNDLED_CORPUS, split_of
+    from fusion_node.vocabulary import CLASSES
+
+    rows = list(csv.DictReader((BUNDLED_CORPUS / "audio" / "labels.csv").open(newline="")))
+    files = {p.relative_to(BUNDLED_CORPUS).as_posix() for p in (BUNDLED_CORPUS / "audio").rglob("*")
+             if p.is_file() and p.name != "labels.csv"}
+    assert files == {r["path"] for r in rows}  # every file listed, every row a file
+    licence_files = {"CC0-1.0": "LICENSE.CC0-1.0.txt", "GPL-2": "LICENSE.GPL-2.txt", "GPL-2+": "LICENSE.GPL-2.txt",
+                     "GPL-3+": "LICENSE.GPL-3.txt"}
+    sources = (BUNDLED_CORPUS / "SOURCES.md").read_text()
+    for r in rows:
+        assert _sha256(BUNDLED_CORPUS / r["path"]) == r["sha256"], r["path"]
+        assert (BUNDLED_CORPUS / licence_files[r["licence"]]).is_file(), r["licence"]
+        assert r["class"] in CLASSES or r["class"] == BACKGROUND
+        assert r["copyright_credit"] and f"`{r['source_package']}`" in sources
+        assert split_of(r["source_package"]) == "train", r["source_package"]  # never a held-out source
+
+
+def test_no_bundled_training_clip_is_a_held_out_recording(shared_data):
+    from models.audio_corpus import BUNDLED_CORPUS, load_clips
+
+    clips = load_clips(shared_data, [BUNDLED_CORPUS])
+    bundled = [c for c in clips if BUNDLED_CORPUS in c.path.parents]
+    assert len(bundled) > 80 and {c.split for c in bundled} == {"train"}
+    held_out = {_sha256(c.path) for c in clips if c.split != "train"}
+    assert not held_out & {_sha256(c.path) for c in bundled}
+    assert not any(BUNDLED_CORPUS in c.path.parents for c in load_clips(shared_data))  # only when asked for
+
+
+def test_a_corpus_folder_without_its_table_is_a_one_line_error(shared_data, tmp_path):
+    from fusion_node.errors import ConfigError
+    from models.audio_corpus import load_clips
+
+    with pytest.raises(ConfigError, match="--corpus .*audio/labels.csv"):
+        load_clips(shared_data, [tmp_path])

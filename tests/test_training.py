@@ -57,7 +57,8 @@ def tiny_run(tmp_path_factory):
             "--camera-teacher", str(teachers["camera"]), "--image-teacher", str(teachers["image"]),
             "--audio-windows", "12", "--audio-epochs", "1", "--camera-epochs", "1", "--camera-frames", "6",
             "--camera-composites", "16", "--camera-renders", "16", "--no-camera-folds",
-            "--radar-samples", "256", "--radar-epochs", "1", "--cache-dir", str(out / "cache"))
+            "--radar-samples", "256", "--radar-epochs", "1", "--cache-dir", str(out / "cache"),
+            "--corpus", str(ROOT / "models" / "corpus"))
     first = _fusion(*args, "--export", str(out / "bundle"))
     return out, first, args
 
@@ -73,6 +74,7 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     assert max(manifest["parity_max_abs_diff"].values()) < 1e-4
     card = (out / "bundle" / "MODEL_CARD.md").read_text()
     assert "| radar |" in card and "Wildfire Games" in card  # thresholds table and the CC-BY-SA credits
+    assert "DanSoft" in card  # --corpus: the project's own Debian sounds trained too, and are credited
     assert "audio: held-out macro-F1" in proc.stdout
     # The audio thresholds also read the training recordings, each scored by a student that never heard its source.
     assert "audio: fold 4/4 holds out" in proc.stdout
