@@ -25,7 +25,7 @@ from pathlib import Path
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
 
-__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "load_clips"]
+__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "corpus_table", "load_clips"]
 
 BACKGROUND = "background"
 SPLITS = ("train", "val", "test")
@@ -109,6 +109,14 @@ def _read_table(table: Path, root: Path, hashes: set[str]) -> list[Clip]:
     return clips
 
 
+def corpus_table(corpus: str | Path) -> Path:
+    """The table of a ``--corpus`` folder; ConfigError naming the folder when it has none."""
+    table = Path(corpus) / "audio" / "labels.csv"
+    if not table.is_file():
+        raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it; give a folder laid out as models/corpus")
+    return table
+
+
 def load_clips(real_dir: str | Path, corpora: Sequence[str | Path] = ()) -> list[Clip]:
     """Every labelled real clip under ``real_dir`` and in ``corpora``; ConfigError if a table is missing or malformed."""
     real_dir = Path(real_dir)
@@ -118,10 +126,7 @@ def load_clips(real_dir: str | Path, corpora: Sequence[str | Path] = ()) -> list
     hashes: set[str] = set()
     clips = _read_table(table, real_dir / "corpus", hashes)
     for corpus in map(Path, corpora):
-        extra = corpus / "audio" / "labels.csv"
-        if not extra.is_file():
-            raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it; give a folder laid out as models/corpus")
-        clips += _read_table(extra, corpus, hashes)
+        clips += _read_table(corpus_table(corpus), corpus, hashes)
     for rel, (label, source) in SINGLE_CLIPS.items():
         path = real_dir / rel
         if path.is_file() and _sha256(path) not in hashes:

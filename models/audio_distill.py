@@ -29,7 +29,7 @@ from scipy.signal import fftconvolve, resample_poly
 
 from fusion_node.preprocess import AudioPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
-from models.audio_corpus import BACKGROUND, Clip, load_clips
+from models.audio_corpus import BACKGROUND, SPLITS, Clip, load_clips
 from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
@@ -379,4 +379,4 @@ def source_folds(clips: list[Clip], k: int) -> list[frozenset[str]]:
 def split_clips(real_dir: Path, corpora: Sequence[Path] = ()) -> dict[str, list[Clip]]:
     """The real clips under ``real_dir`` and in the further ``corpora`` folders, by split."""
     clips = load_clips(real_dir, corpora)
-    return {s: [c for c in clips if c.split == s] for s in ("train", "val", "test")}
+    return {s: [c for c in clips if c.split == s] for s in SPLITS}

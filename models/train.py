@@ -35,6 +35,7 @@ from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
 from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
+from models.audio_corpus import corpus_table
 from models.audio_distill import AudioDistillConfig
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
@@ -240,6 +241,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
                           "or 2 or more")
     if not 0.0 <= cfg.radar_clutter <= 1.0:
         raise ConfigError(f"fusion train: --radar-clutter {cfg.radar_clutter}: give a share between 0 and 1")
+    for corpus in cfg.corpora:  # before any stage runs, not when the audio stage reaches it
+        corpus_table(corpus)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
