@@ -72,7 +72,7 @@ def test_the_bundled_training_corpus_is_described_licensed_and_only_trains():
              if p.is_file() and p.name != "labels.csv"}
     assert files == {r["path"] for r in rows}  # every file listed, every row a file
     licence_files = {"CC0-1.0": "LICENSE.CC0-1.0.txt", "GPL-2": "LICENSE.GPL-2.txt", "GPL-2+": "LICENSE.GPL-2.txt",
-                     "GPL-3+": "LICENSE.GPL-3.txt"}
+                     "GPL-3+": "LICENSE.GPL-3.txt", "CC-BY-SA-3.0": "LICENSE.CC-BY-SA-3.0.txt"}
     sources = (BUNDLED_CORPUS / "SOURCES.md").read_text()
     for r in rows:
         assert _sha256(BUNDLED_CORPUS / r["path"]) == r["sha256"], r["path"]
