@@ -120,6 +120,9 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
     else:
         calib = calib.subset(~own)
         calib_probs = audio_student.student_probs(student, calib)
+    # Kept so that another threshold rule can be tried without training the folds again.
+    np.savez(out / "audio_calibration.npz", probs=calib_probs, clip=calib.clip, teacher=calib.teacher,
+             source=calib.sources().astype(str), label=np.array([calib.clips[i].label for i in calib.clip]))
     thresholds = audio_distill.choose_thresholds(calib_probs, calib, acfg.target_precision)
     teacher_thresholds = audio_distill.choose_thresholds(calib.teacher, calib, acfg.target_precision)
     metrics = {"student": audio_distill.clip_metrics(audio_student.student_probs(student, test), test, thresholds),

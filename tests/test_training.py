@@ -78,6 +78,12 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     assert "audio: held-out macro-F1" in proc.stdout
     # The audio thresholds also read the training recordings, each scored by a student that never heard its source.
     assert "audio: fold 4/4 holds out" in proc.stdout
+    # Those scores are kept, so that another threshold rule can be tried without training the folds again.
+    calib = np.load(out / "audio_calibration.npz")
+    n = len(calib["clip"])
+    assert n and calib["probs"].shape == (n, len(manifest["classes"])) and calib["teacher"].shape == calib["probs"].shape
+    assert len(calib["source"]) == len(calib["label"]) == n and "background" in set(calib["label"])
+    assert np.isfinite(calib["probs"]).all() and 0 <= calib["probs"].min() and calib["probs"].max() <= 1
     # The teachers are read at training time only: nothing of them is in the bundle.
     shipped = {p.name for p in (out / "bundle").iterdir()}
     assert not shipped & {"yamnet.onnx", "yolox_nano.onnx", "mobilenet_v2_imagenet.onnx"}
