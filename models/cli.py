@@ -66,7 +66,7 @@ def _export(models, seed: int, out: Path) -> Path:
     # fused probability is judged against 0.5 for every class and every subset of sensors.
     manifest = export_bundle(out, {"camera": models.camera, "radar": models.radar, "audio": models.audio},
                              models.head, classes=CLASSES, preprocess=PREPROCESS, embed_dim=models.head.embed_dim,
-                             trained=True, seed=seed, data_version=f"{DATA_VERSION}+corpus-v1",
+                             trained=True, seed=seed, data_version=f"{DATA_VERSION}+corpus-v2",
                              name=f"fusion-distilled-s{seed}", thresholds={c: 0.5 for c in CLASSES},
                              consistency_threshold=CONSISTENCY_THRESHOLD)
     card = write_model_card(out, models.thresholds, models.metrics, models.witnesses)
