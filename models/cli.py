@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
+from models.audio_corpus import corpus_table
 from models.audio_distill import ERROR_KINDS
 from models.card import CONSISTENCY_THRESHOLD, write_model_card
 from models.dataset import DATA_VERSION, PREPROCESS, windows_from_recordings
@@ -88,9 +89,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--audio-teacher {args.audio_teacher}: no such file")
     if args.tamper_scenes < 0:
         raise ConfigError(f"--tamper-scenes {args.tamper_scenes}: must be 0 or more")
+    if args.corpus and real is None:
+        raise ConfigError("--corpus calibrates the teacher beside the held-out real clips: give --real-clips DIR too")
+    for corpus in args.corpus:
+        corpus_table(corpus)
     metrics, extra = evaluate(Path(args.models), n_eval=args.windows, n_adverse=args.adverse_windows,
                               cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real,
-                              audio_teacher=teacher, tamper_scenes=args.tamper_scenes)
+                              audio_teacher=teacher, tamper_scenes=args.tamper_scenes,
+                              corpora=[Path(c) for c in args.corpus])
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -206,6 +212,9 @@ def add_parsers(sub) -> None:
                         "scenes): " + _REAL_HELP)
     v.add_argument("--audio-teacher", default=None, metavar="PATH",
                    help="YAMNet ONNX file: score the teacher on the same held-out clips, side by side")
+    v.add_argument("--corpus", action="append", default=[], metavar="DIR",
+                   help="a further audio corpus the bundle was trained with (as fusion train --corpus; "
+                        "repeatable): the teacher's thresholds are chosen on it too, as the student's were")
     v.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     v.set_defaults(func=_cmd_eval)
 

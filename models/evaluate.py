@@ -20,6 +20,7 @@ confusion matrix and retrieval curves as inline SVG.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -146,12 +147,14 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
 
 
 def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),
-             provider: str = "cpu", real_clips: Path | None = None,
+             provider: str = "cpu", real_clips: Path | None = None, corpora: Sequence[Path] = (),
              audio_teacher: Path | None = None, tamper_scenes: int = 100) -> tuple[dict, dict]:
     """Compute every metric; returns (metrics JSON, extra arrays for the report).
 
     ``real_clips``: a folder of third-party recordings (laid out as the development data), mixed
     into the simulated scenes' assets and evaluated clip by clip; None evaluates on what ships.
+    ``corpora``: further audio corpus folders the bundle trained with; the teacher's thresholds are
+    chosen on them too, as the student's were (they hold no held-out source).
     """
     ev = _OnnxEvaluator(manifest, provider)
     normal = load_or_generate(cache_dir, n_eval, EVAL_SEED, "eval", real_dir=real_clips)
@@ -204,7 +207,7 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
     # Real recordings of sources training never saw, through the runtime as the node runs them.
     metrics["real"] = {"folder": None if real_clips is None else str(real_clips)}
     if real_clips is not None:
-        metrics["real"].update(evaluate_real_audio(ev.rt, real_clips, audio_teacher))
+        metrics["real"].update(evaluate_real_audio(ev.rt, real_clips, audio_teacher, corpora))
 
     # Tampering: the camera of one window with the radar and audio of another (a swapped or
     # replayed feed). Two signals: the semantic consistency (a witness contradicting another) and

@@ -10,6 +10,7 @@ teacher (when its file is given) is scored on the same windows with thresholds c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,11 @@ def runtime_audio_probs(rt: ModelRuntime, logmel: np.ndarray, progress: str = ""
     return out
 
 
-def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | None = None) -> dict:
+def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | None = None,
+                        corpora: Sequence[Path] = ()) -> dict:
     """Student (through the runtime) and teacher on the held-out audio sources; the ``real.*`` keys."""
     teacher = YamnetTeacher(audio_teacher) if audio_teacher is not None else None
-    splits = split_clips(real_dir)
+    splits = split_clips(real_dir, corpora)
     test = eval_windows(splits["test"], teacher, "real audio (held-out sources)")
     thresholds = {c: float(rt.thresholds.get(c, 0.5)) for c in CLASSES}
     probs = runtime_audio_probs(rt, test.logmel, "student")
