@@ -355,10 +355,10 @@ def choose_thresholds(probs: np.ndarray, pool: WindowPool, target_precision: flo
         best = max((r[2] for r in ok), default=0.0)
         if best > 0:
             out[c] = float(min(r[0] for r in ok if r[2] >= best - 1e-9))
-        elif max(r[3] for r in rows) > 0 or not ok:
-            out[c] = float(max(rows, key=lambda r: (r[3], r[0]))[0])
-        else:
+        elif ok and max(r[3] for r in rows) == 0:  # no threshold finds a clip: only the negatives speak
             out[c] = float(ok[0][0])
+        else:
+            out[c] = float(max(rows, key=lambda r: (r[3], r[0]))[0])
     return out
 
 
