@@ -25,7 +25,7 @@ from pathlib import Path
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
 
-__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "corpus_table", "load_clips"]
+__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "check_corpus", "corpus_table", "load_clips"]
 
 BACKGROUND = "background"
 SPLITS = ("train", "val", "test")
@@ -113,8 +113,17 @@ def corpus_table(corpus: str | Path) -> Path:
     """The table of a ``--corpus`` folder; ConfigError naming the folder when it has none."""
     table = Path(corpus) / "audio" / "labels.csv"
     if not table.is_file():
-        raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it; give a folder laid out as models/corpus")
+        raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it (nor video/); give a folder laid out as "
+                          "models/corpus")
     return table
+
+
+def check_corpus(corpus: str | Path) -> Path | None:
+    """A ``--corpus`` folder's audio table, or None when it holds only ``video/`` (a camera corpus);
+    ConfigError naming the folder when it has neither."""
+    if (Path(corpus) / "video").is_dir() and not (Path(corpus) / "audio" / "labels.csv").is_file():
+        return None
+    return corpus_table(corpus)
 
 
 def load_clips(real_dir: str | Path, corpora: Sequence[str | Path] = ()) -> list[Clip]:
@@ -126,7 +135,9 @@ def load_clips(real_dir: str | Path, corpora: Sequence[str | Path] = ()) -> list
     hashes: set[str] = set()
     clips = _read_table(table, real_dir / "corpus", hashes)
     for corpus in map(Path, corpora):
-        clips += _read_table(corpus_table(corpus), corpus, hashes)
+        table = check_corpus(corpus)
+        if table is not None:
+            clips += _read_table(table, corpus, hashes)
     for rel, (label, source) in SINGLE_CLIPS.items():
         path = real_dir / rel
         if path.is_file() and _sha256(path) not in hashes:

@@ -28,6 +28,7 @@ sources.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -53,7 +54,7 @@ from sensors.sim.world import BODY, RigGeometry, sample_scene
 
 __all__ = ["GRID", "STUDENT_CONFIG", "PRESENT_SCORE", "EMPTY_SCORE", "DEFAULT_FOLDS", "FrameSet", "CameraStudent",
            "video_files", "label_videos", "load_stamps", "paste", "composites", "sim_renders", "augment_batch",
-           "fit", "predict", "choose_thresholds", "encoder_p50_ms", "train_camera_student"]
+           "corpus_videos", "fit", "predict", "choose_thresholds", "encoder_p50_ms", "train_camera_student"]
 
 GRID = 4
 STORE = 128  # side of the stored (squashed) frame that augmentation crops from
@@ -88,7 +89,7 @@ class FrameSet:
     teacher_emb: np.ndarray  # (N, 1280) float32; zeros where has_emb is False
     has_emb: np.ndarray  # (N,) bool
     source: np.ndarray  # (N,) str: the recording a frame derives from ("sim" for procedural renders)
-    kind: np.ndarray  # (N,) str: "real" | "composite" | "sim"
+    kind: np.ndarray  # (N,) str: "real" | "corpus" (training only) | "composite" | "sim"
 
     def __len__(self) -> int:
         return len(self.image)
@@ -164,6 +165,15 @@ def video_files(real_dir: Path) -> list[Path]:
                   for p in d.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
 
 
+def corpus_videos(corpora) -> list[Path]:
+    """The videos of further corpus folders (``DIR/video/*``, laid out as ``models/corpus``), sorted.
+
+    They are training sources only: every fold learns from them and no held-out figure is measured
+    on them, so the per-video figures stay those of the development recordings."""
+    return sorted(p for c in corpora if (Path(c) / "video").is_dir() for p in (Path(c) / "video").iterdir()
+                  if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
 def _read_video(path: Path, max_frames: int) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or max_frames
@@ -177,7 +187,7 @@ def _background_copy(frame: np.ndarray, width: int = 416) -> np.ndarray:
 
 
 def label_videos(paths: list[Path], yolox: YoloxTeacher, mobilenet: MobileNetTeacher, *, max_frames: int = 500,
-                 backgrounds_per_video: int = 40, progress: bool = True
+                 backgrounds_per_video: int = 40, progress: bool = True, kind: str = "real"
                  ) -> tuple[FrameSet, dict[str, list[np.ndarray]]]:
     """Teacher-labelled frames of every video (at most ``max_frames`` each, evenly strided), and per
     video up to ``backgrounds_per_video`` frames the detector finds empty (for composites)."""
@@ -194,7 +204,7 @@ def label_videos(paths: list[Path], yolox: YoloxTeacher, mobilenet: MobileNetTea
         pick = np.linspace(0, len(empty) - 1, min(len(empty), backgrounds_per_video)).round().astype(int) \
             if empty else []
         backgrounds[path.stem] = [_background_copy(frames[empty[i]]) for i in pick]
-        parts.append(_frame_set(frames, labels, emb, [path.stem] * len(frames), "real"))
+        parts.append(_frame_set(frames, labels, emb, [path.stem] * len(frames), kind))
     return FrameSet.concat(parts), backgrounds
 
 
@@ -606,8 +616,9 @@ def _resolve_folds(sources: list[str], folds) -> list[tuple[str, ...]]:
 
 def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *, seed: int = 0,
                        max_frames: int = 500, n_composites: int = 1200, n_sim: int = 2000, threads: int = 2,
-                       progress: bool = True) -> tuple[FrameSet, dict]:
-    """Every source labelled by the teachers (or by construction), and facts about it."""
+                       progress: bool = True, corpora=()) -> tuple[FrameSet, dict]:
+    """Every source labelled by the teachers (or by construction), and facts about it; the videos
+    of ``corpora`` (:func:`corpus_videos`) join as training-only frames and backgrounds."""
     real_dir = Path(real_dir)
     videos = video_files(real_dir)
     if not videos:
@@ -616,19 +627,26 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
     mobilenet = MobileNetTeacher(mobilenet_path, threads=threads)
     rng = np.random.default_rng([seed, 7])
     real, backgrounds = label_videos(videos, yolox, mobilenet, max_frames=max_frames, progress=progress)
+    parts = [real]
+    extra = corpus_videos(corpora)
+    if extra:
+        corpus, corpus_backgrounds = label_videos(extra, yolox, mobilenet, max_frames=max_frames, progress=progress,
+                                                  kind="corpus")
+        parts.append(corpus)
+        backgrounds.update(corpus_backgrounds)
     stamps = load_stamps(real_dir / "corpus" / "images" / "tuxpaint_stamps")
     comp, agreement = composites(backgrounds, stamps, n_composites, rng, mobilenet, yolox, progress=progress)
     sim = sim_renders(n_sim, rng, mobilenet, progress=progress)
-    facts = {"videos": [p.stem for p in videos], "stamps": len(stamps),
+    facts = {"videos": [p.stem for p in videos], "corpus_videos": [p.stem for p in extra], "stamps": len(stamps),
              "backgrounds": {k: len(v) for k, v in backgrounds.items()},
              "teacher_on_composites": agreement}
-    return FrameSet.concat([real, comp, sim]), facts
+    return FrameSet.concat([*parts, comp, sim]), facts
 
 
 def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path, out_dir: Path, *, seed: int = 0,
                          epochs: int = 20, progress: bool = True, folds=None, max_frames: int = 500,
                          n_composites: int = 1200, n_sim: int = 2000, evaluate: bool = True,
-                         soft_targets: bool = False) -> dict:
+                         soft_targets: bool = False, corpora=()) -> dict:
     """Label, evaluate by held-out recording, train the shipped student on everything.
 
     Writes ``out_dir/camera_student.pt`` (encoder, its config, classifier, grid and projection
@@ -640,13 +658,15 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
     t0 = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = out_dir / f"camera_labels-s{seed}-f{max_frames}-c{n_composites}-m{n_sim}.npz"
+    extra = [p.name for p in corpus_videos(corpora)]
+    tag = f"-v{hashlib.sha256('/'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    cache = out_dir / f"camera_labels-s{seed}-f{max_frames}-c{n_composites}-m{n_sim}{tag}.npz"
     facts_path = cache.with_suffix(".json")
     if cache.is_file() and facts_path.is_file():
         data, facts = FrameSet.load(cache), json.loads(facts_path.read_text())
     else:
         data, facts = build_training_set(real_dir, yolox_path, mobilenet_path, seed=seed, max_frames=max_frames,
-                                         n_composites=n_composites, n_sim=n_sim, progress=progress)
+                                         n_composites=n_composites, n_sim=n_sim, progress=progress, corpora=corpora)
         data.save(cache)
         facts_path.write_text(json.dumps(facts))
     t_label = time.monotonic() - t0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
-from models.audio_corpus import corpus_table
+from models.audio_corpus import check_corpus
 from models.audio_distill import ERROR_KINDS
 from models.card import CONSISTENCY_THRESHOLD, write_model_card
 from models.dataset import DATA_VERSION, PREPROCESS, windows_from_recordings
@@ -92,7 +92,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.corpus and real is None:
         raise ConfigError("--corpus calibrates the teacher beside the held-out real clips: give --real-clips DIR too")
     for corpus in args.corpus:
-        corpus_table(corpus)
+        check_corpus(corpus)
     metrics, extra = evaluate(Path(args.models), n_eval=args.windows, n_adverse=args.adverse_windows,
                               cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real,
                               audio_teacher=teacher, tamper_scenes=args.tamper_scenes,
@@ -153,7 +153,8 @@ def add_parsers(sub) -> None:
                    help="the real recordings to learn from: " + _REAL_HELP)
     t.add_argument("--corpus", action="append", default=[], metavar="DIR",
                    help="also learn audio from DIR/audio/labels.csv (repeatable; laid out as models/corpus, the "
-                        "project's own Debian sounds: car horns, dogs, animals that are not dogs); its sources train")
+                        "project's own Debian sounds: car horns, dogs, animals that are not dogs), and the camera from "
+                        "the videos in DIR/video/ if it has one (a site's own footage); its sources only train")
     t.add_argument("--audio-teacher", default=None, metavar="PATH", help="YAMNet ONNX file (training only)")
     t.add_argument("--camera-teacher", default=None, metavar="PATH", help="YOLOX-nano ONNX file (training only)")
     t.add_argument("--image-teacher", default=None, metavar="PATH", help="MobileNetV2 ONNX file (training only)")

@@ -35,7 +35,7 @@ from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES, OBSERVES, WITNESSES
 from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
-from models.audio_corpus import corpus_table
+from models.audio_corpus import check_corpus
 from models.audio_distill import AudioDistillConfig
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
@@ -55,7 +55,7 @@ class TrainConfig:
 
     seed: int = 0
     real_clips: str | None = None
-    corpora: tuple[str, ...] = ()  # further audio corpus folders (models/corpus's layout), training sources
+    corpora: tuple[str, ...] = ()  # further corpus folders (models/corpus's layout; DIR/video/ for the camera), training sources
     audio_teacher: str | None = None
     camera_teacher: str | None = None  # YOLOX-nano
     image_teacher: str | None = None  # MobileNetV2
@@ -145,7 +145,7 @@ def _camera_stage(cfg: TrainConfig, out: Path, log) -> dict:
     metrics = camera_distill.train_camera_student(
         Path(cfg.real_clips), yolox, mobilenet, out, seed=cfg.seed, epochs=cfg.camera_epochs,
         max_frames=cfg.camera_frames, n_composites=cfg.camera_composites, n_sim=cfg.camera_renders,
-        evaluate=cfg.camera_folds)
+        evaluate=cfg.camera_folds, corpora=[Path(c) for c in cfg.corpora])
     log(f"camera: thresholds {metrics.get('thresholds')}, pooled held-out {json.dumps(metrics.get('pooled_at_thresholds'))}")
     return torch.load(out / STAGE_FILES["camera"], weights_only=False)
 
@@ -245,7 +245,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
     if not 0.0 <= cfg.radar_clutter <= 1.0:
         raise ConfigError(f"fusion train: --radar-clutter {cfg.radar_clutter}: give a share between 0 and 1")
     for corpus in cfg.corpora:  # before any stage runs, not when the audio stage reaches it
-        corpus_table(corpus)
+        check_corpus(corpus)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)

@@ -180,3 +180,14 @@ def test_a_pool_splits_by_source_keeping_each_window_with_its_clip():
     part = pool.subset(pool.sources() != "s1")
     assert len(part.clip) == 2 and [part.clips[i].label for i in part.clip] == ["dog", "speech"]
     assert part.in_split("test").all() and not part.in_split("train").any()
+
+
+def test_a_corpus_needs_an_audio_table_or_videos_and_a_video_only_one_adds_no_clip(tmp_path):
+    from fusion_node.errors import ConfigError
+    from models.audio_corpus import BUNDLED_CORPUS, check_corpus
+
+    assert check_corpus(BUNDLED_CORPUS) == BUNDLED_CORPUS / "audio" / "labels.csv"
+    with pytest.raises(ConfigError, match=str(tmp_path)):
+        check_corpus(tmp_path)
+    (tmp_path / "video").mkdir()
+    assert check_corpus(tmp_path) is None

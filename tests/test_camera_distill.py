@@ -182,3 +182,26 @@ def test_thresholds_are_chosen_for_precision():
     prob[20:, 1] = rng.uniform(0.0, 1.0, 380)
     t = choose_thresholds(prob, teacher)
     assert t["vehicle"] >= 0.9 and (prob[20:, 1] >= t["vehicle"]).mean() <= 0.1
+
+
+def test_corpus_videos_join_as_training_only_frames_with_their_empty_backgrounds(tmp_path):
+    from models.camera_distill import corpus_videos, label_videos
+    from models.teacher_vision import MobileNetTeacher
+
+    yolox, mobilenet = YoloxTeacher(_teacher("yolox_nano.onnx")), MobileNetTeacher(_teacher("mobilenet_v2_imagenet.onnx"))
+    source = shared_file("video/one-by-one-person-detection.mp4")
+    (tmp_path / "video").mkdir()
+    (tmp_path / "audio").mkdir()  # a corpus's other folders are not videos
+    (tmp_path / "video" / "notes.txt").write_text("not a video")
+    clip = tmp_path / "video" / "site.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (768, 432))
+    for i in (0, 5, 400):  # the empty room first, then people
+        writer.write(_frame(source, i))
+    writer.release()
+
+    assert corpus_videos([tmp_path, tmp_path / "missing"]) == [clip]
+    data, backgrounds = label_videos([clip], yolox, mobilenet, progress=False, kind="corpus")
+    assert list(data.kind) == ["corpus"] * 3 and set(data.source) == {"site"}
+    present = data.presence()[:, VISUAL_CLASSES.index("person")]
+    assert present[0] < EMPTY_SCORE and present[2] >= PRESENT_SCORE
+    assert len(backgrounds["site"]) >= 1  # empty frames become backgrounds for composites
