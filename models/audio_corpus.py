@@ -25,7 +25,7 @@ from pathlib import Path
 from fusion_node.errors import ConfigError
 from fusion_node.vocabulary import CLASSES
 
-__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "check_corpus", "corpus_table", "load_clips"]
+__all__ = ["Clip", "BACKGROUND", "BUNDLED_CORPUS", "SPLITS", "check_corpus", "load_clips"]
 
 BACKGROUND = "background"
 SPLITS = ("train", "val", "test")
@@ -109,21 +109,16 @@ def _read_table(table: Path, root: Path, hashes: set[str]) -> list[Clip]:
     return clips
 
 
-def corpus_table(corpus: str | Path) -> Path:
-    """The table of a ``--corpus`` folder; ConfigError naming the folder when it has none."""
-    table = Path(corpus) / "audio" / "labels.csv"
-    if not table.is_file():
-        raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it (nor video/); give a folder laid out as "
-                          "models/corpus")
-    return table
-
-
 def check_corpus(corpus: str | Path) -> Path | None:
     """A ``--corpus`` folder's audio table, or None when it holds only ``video/`` (a camera corpus);
     ConfigError naming the folder when it has neither."""
-    if (Path(corpus) / "video").is_dir() and not (Path(corpus) / "audio" / "labels.csv").is_file():
+    table = Path(corpus) / "audio" / "labels.csv"
+    if table.is_file():
+        return table
+    if (Path(corpus) / "video").is_dir():
         return None
-    return corpus_table(corpus)
+    raise ConfigError(f"--corpus {corpus}: no audio/labels.csv in it (nor video/); give a folder laid out as "
+                      "models/corpus")
 
 
 def load_clips(real_dir: str | Path, corpora: Sequence[str | Path] = ()) -> list[Clip]:

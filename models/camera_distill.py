@@ -616,9 +616,9 @@ def _resolve_folds(sources: list[str], folds) -> list[tuple[str, ...]]:
 
 def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *, seed: int = 0,
                        max_frames: int = 500, n_composites: int = 1200, n_sim: int = 2000, threads: int = 2,
-                       progress: bool = True, corpora=()) -> tuple[FrameSet, dict]:
-    """Every source labelled by the teachers (or by construction), and facts about it; the videos
-    of ``corpora`` (:func:`corpus_videos`) join as training-only frames and backgrounds."""
+                       progress: bool = True, extra_videos: list[Path] = ()) -> tuple[FrameSet, dict]:
+    """Every source labelled by the teachers (or by construction), and facts about it; the
+    ``extra_videos`` (a corpus's, :func:`corpus_videos`) join as training-only frames and backgrounds."""
     real_dir = Path(real_dir)
     videos = video_files(real_dir)
     if not videos:
@@ -628,16 +628,15 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
     rng = np.random.default_rng([seed, 7])
     real, backgrounds = label_videos(videos, yolox, mobilenet, max_frames=max_frames, progress=progress)
     parts = [real]
-    extra = corpus_videos(corpora)
-    if extra:
-        corpus, corpus_backgrounds = label_videos(extra, yolox, mobilenet, max_frames=max_frames, progress=progress,
-                                                  kind="corpus")
+    if extra_videos:
+        corpus, corpus_backgrounds = label_videos(list(extra_videos), yolox, mobilenet, max_frames=max_frames,
+                                                  progress=progress, kind="corpus")
         parts.append(corpus)
         backgrounds.update(corpus_backgrounds)
     stamps = load_stamps(real_dir / "corpus" / "images" / "tuxpaint_stamps")
     comp, agreement = composites(backgrounds, stamps, n_composites, rng, mobilenet, yolox, progress=progress)
     sim = sim_renders(n_sim, rng, mobilenet, progress=progress)
-    facts = {"videos": [p.stem for p in videos], "corpus_videos": [p.stem for p in extra], "stamps": len(stamps),
+    facts = {"videos": [p.stem for p in videos], "corpus_videos": [p.stem for p in extra_videos], "stamps": len(stamps),
              "backgrounds": {k: len(v) for k, v in backgrounds.items()},
              "teacher_on_composites": agreement}
     return FrameSet.concat([*parts, comp, sim]), facts
@@ -658,15 +657,15 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
     t0 = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    extra = [p.name for p in corpus_videos(corpora)]
-    tag = f"-v{hashlib.sha256('/'.join(extra).encode()).hexdigest()[:8]}" if extra else ""
+    extra = corpus_videos(corpora)
+    tag = f"-v{hashlib.sha256('/'.join(p.name for p in extra).encode()).hexdigest()[:8]}" if extra else ""
     cache = out_dir / f"camera_labels-s{seed}-f{max_frames}-c{n_composites}-m{n_sim}{tag}.npz"
     facts_path = cache.with_suffix(".json")
     if cache.is_file() and facts_path.is_file():
         data, facts = FrameSet.load(cache), json.loads(facts_path.read_text())
     else:
         data, facts = build_training_set(real_dir, yolox_path, mobilenet_path, seed=seed, max_frames=max_frames,
-                                         n_composites=n_composites, n_sim=n_sim, progress=progress, corpora=corpora)
+                                         n_composites=n_composites, n_sim=n_sim, progress=progress, extra_videos=extra)
         data.save(cache)
         facts_path.write_text(json.dumps(facts))
     t_label = time.monotonic() - t0
