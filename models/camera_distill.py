@@ -9,6 +9,11 @@ Training frames come from three sources, each tagged with the recording it came 
   vehicles) pasted at a random place and scale onto real frames the detector finds empty; the
   paste is the label. The detector is run on a share of them to report how often it agrees.
 - **sim**: simulator renders of people, vehicles and dogs; the simulator knows what it drew.
+- **corpus** and **still**: the videos of ``--corpus`` folders (a site's own footage) are labelled
+  like the real ones but only ever train. When one was shot from a still camera, its scene without
+  what moves through it (the per-pixel median of its frames) joins too, labelled by the detector
+  and repeated in proportion to the video's frames: a scene seen only with people in it is
+  otherwise learnt as "people", and the still frame shows the student the same place empty.
 
 Every frame also gets MobileNetV2's 1280-d embedding, which the student's projection learns to
 reproduce (cosine loss), so that its 128-d embedding stays a general image embedding.
@@ -89,7 +94,7 @@ class FrameSet:
     teacher_emb: np.ndarray  # (N, 1280) float32; zeros where has_emb is False
     has_emb: np.ndarray  # (N,) bool
     source: np.ndarray  # (N,) str: the recording a frame derives from ("sim" for procedural renders)
-    kind: np.ndarray  # (N,) str: "real" | "corpus" (training only) | "composite" | "sim"
+    kind: np.ndarray  # (N,) str: "real" | "corpus" | "still" (training only) | "composite" | "sim"
 
     def __len__(self) -> int:
         return len(self.image)
@@ -181,16 +186,37 @@ def _read_video(path: Path, max_frames: int) -> list[np.ndarray]:
     return _video_frames(path, step=max(1, math.ceil(n / max_frames)))
 
 
+# A still camera: in the median frame at most this share of the pixels differs from it (a moving
+# camera, or traffic that fills the picture, leaves no scene to take the movers out of).
+STILL_MOVING_SHARE = 0.2
+STILL_SAMPLE = 48  # frames the median is taken over, evenly strided
+
+
+def still_frame(frames: list[np.ndarray]) -> np.ndarray | None:
+    """The scene of a still camera without what moves through it: the per-pixel median of
+    ``STILL_SAMPLE`` frames, or None when the camera moves (or too few frames to tell)."""
+    if len(frames) < 8:
+        return None
+    pick = np.linspace(0, len(frames) - 1, min(len(frames), STILL_SAMPLE)).round().astype(int)
+    stack = np.stack([frames[i] for i in pick])
+    median = np.median(stack, axis=0).astype(np.uint8)
+    moving = (np.abs(stack.astype(np.int16) - median).max(axis=-1) > 30).mean(axis=(1, 2))
+    return median if float(np.median(moving)) <= STILL_MOVING_SHARE else None
+
+
 def _background_copy(frame: np.ndarray, width: int = 416) -> np.ndarray:
     h, w = frame.shape[:2]
     return cv2.resize(frame, (width, max(1, int(round(h * width / w)))), interpolation=cv2.INTER_AREA)
 
 
 def label_videos(paths: list[Path], yolox: YoloxTeacher, mobilenet: MobileNetTeacher, *, max_frames: int = 500,
-                 backgrounds_per_video: int = 40, progress: bool = True, kind: str = "real"
-                 ) -> tuple[FrameSet, dict[str, list[np.ndarray]]]:
+                 backgrounds_per_video: int = 40, progress: bool = True, kind: str = "real",
+                 still_share: float = 0.0) -> tuple[FrameSet, dict[str, list[np.ndarray]]]:
     """Teacher-labelled frames of every video (at most ``max_frames`` each, evenly strided), and per
-    video up to ``backgrounds_per_video`` frames the detector finds empty (for composites)."""
+    video up to ``backgrounds_per_video`` frames the detector finds empty (for composites).
+
+    With ``still_share``, a still camera's :func:`still_frame` joins too, labelled by the detector,
+    as ``round(still_share * frames)`` copies of kind "still" (augmentation makes each copy differ)."""
     from tqdm import tqdm
 
     parts, backgrounds = [], {}
@@ -205,6 +231,11 @@ def label_videos(paths: list[Path], yolox: YoloxTeacher, mobilenet: MobileNetTea
             if empty else []
         backgrounds[path.stem] = [_background_copy(frames[empty[i]]) for i in pick]
         parts.append(_frame_set(frames, labels, emb, [path.stem] * len(frames), kind))
+        still = still_frame(frames) if still_share > 0 else None
+        copies = int(round(still_share * len(frames)))
+        if still is not None and copies:
+            parts.append(_frame_set([still] * copies, [_teacher_boxes(yolox.detect(still))] * copies,
+                                    [mobilenet.embed(still)] * copies, [path.stem] * copies, "still"))
     return FrameSet.concat(parts), backgrounds
 
 
@@ -616,9 +647,11 @@ def _resolve_folds(sources: list[str], folds) -> list[tuple[str, ...]]:
 
 def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *, seed: int = 0,
                        max_frames: int = 500, n_composites: int = 1200, n_sim: int = 2000, threads: int = 2,
-                       progress: bool = True, extra_videos: list[Path] = ()) -> tuple[FrameSet, dict]:
+                       progress: bool = True, extra_videos: list[Path] = (), still_share: float = 0.0
+                       ) -> tuple[FrameSet, dict]:
     """Every source labelled by the teachers (or by construction), and facts about it; the
-    ``extra_videos`` (a corpus's, :func:`corpus_videos`) join as training-only frames and backgrounds."""
+    ``extra_videos`` (a corpus's, :func:`corpus_videos`) join as training-only frames and backgrounds,
+    with ``still_share`` copies per frame of a still camera's empty scene (:func:`still_frame`)."""
     real_dir = Path(real_dir)
     videos = video_files(real_dir)
     if not videos:
@@ -630,7 +663,7 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
     parts = [real]
     if extra_videos:
         corpus, corpus_backgrounds = label_videos(list(extra_videos), yolox, mobilenet, max_frames=max_frames,
-                                                  progress=progress, kind="corpus")
+                                                  progress=progress, kind="corpus", still_share=still_share)
         parts.append(corpus)
         backgrounds.update(corpus_backgrounds)
     stamps = load_stamps(real_dir / "corpus" / "images" / "tuxpaint_stamps")
@@ -645,7 +678,7 @@ def build_training_set(real_dir: Path, yolox_path: Path, mobilenet_path: Path, *
 def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path, out_dir: Path, *, seed: int = 0,
                          epochs: int = 20, progress: bool = True, folds=None, max_frames: int = 500,
                          n_composites: int = 1200, n_sim: int = 2000, evaluate: bool = True,
-                         soft_targets: bool = False, corpora=()) -> dict:
+                         soft_targets: bool = False, corpora=(), still_share: float = 0.0) -> dict:
     """Label, evaluate by held-out recording, train the shipped student on everything.
 
     Writes ``out_dir/camera_student.pt`` (encoder, its config, classifier, grid and projection
@@ -659,13 +692,15 @@ def train_camera_student(real_dir: Path, yolox_path: Path, mobilenet_path: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = corpus_videos(corpora)
     tag = f"-v{hashlib.sha256('/'.join(p.name for p in extra).encode()).hexdigest()[:8]}" if extra else ""
+    tag += f"-still{still_share:g}" if extra and still_share else ""
     cache = out_dir / f"camera_labels-s{seed}-f{max_frames}-c{n_composites}-m{n_sim}{tag}.npz"
     facts_path = cache.with_suffix(".json")
     if cache.is_file() and facts_path.is_file():
         data, facts = FrameSet.load(cache), json.loads(facts_path.read_text())
     else:
         data, facts = build_training_set(real_dir, yolox_path, mobilenet_path, seed=seed, max_frames=max_frames,
-                                         n_composites=n_composites, n_sim=n_sim, progress=progress, extra_videos=extra)
+                                         n_composites=n_composites, n_sim=n_sim, progress=progress, extra_videos=extra,
+                                         still_share=still_share)
         data.save(cache)
         facts_path.write_text(json.dumps(facts))
     t_label = time.monotonic() - t0

@@ -44,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 2,
                       camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
                       camera_composites=args.camera_composites, camera_renders=args.camera_renders,
-                      camera_folds=not args.no_camera_folds,
+                      camera_folds=not args.no_camera_folds, camera_still=args.camera_still,
                       radar_samples=args.radar_samples, radar_clutter=args.radar_clutter,
                       radar_epochs=args.radar_epochs,
                       radar_camera_where=not args.frozen_camera, cache_dir=str(args.cache_dir))
@@ -169,6 +169,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--camera-composites", type=int, default=1200,
                    help="cut-outs pasted on real empty frames (default 1200)")
     t.add_argument("--camera-renders", type=int, default=2000, help="simulator renders (default 2000)")
+    t.add_argument("--camera-still", type=float, default=0.25,
+                   help="for a --corpus video from a still camera, its scene without what moves through it (the "
+                        "median of its frames) also trains the camera, as this many copies per frame of the video "
+                        "(default 0.25; 0: none)")
     t.add_argument("--no-camera-folds", action="store_true",
                    help="skip the held-out-video folds (no camera figures; thresholds default to 0.5)")
     t.add_argument("--radar-samples", type=int, default=16000,

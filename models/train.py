@@ -69,6 +69,7 @@ class TrainConfig:
     camera_composites: int = 1200
     camera_renders: int = 2000
     camera_folds: bool = True  # held-out-video folds before the shipped student (the figures and thresholds)
+    camera_still: float = 0.25  # per frame of a still corpus video, copies of its empty scene (camera_distill.still_frame)
     radar_samples: int = 16000
     radar_clutter: float = 0.15  # share of the radar's windows drawn with heavy clutter (20-35 false points)
     radar_epochs: int = 60
@@ -145,7 +146,7 @@ def _camera_stage(cfg: TrainConfig, out: Path, log) -> dict:
     metrics = camera_distill.train_camera_student(
         Path(cfg.real_clips), yolox, mobilenet, out, seed=cfg.seed, epochs=cfg.camera_epochs,
         max_frames=cfg.camera_frames, n_composites=cfg.camera_composites, n_sim=cfg.camera_renders,
-        evaluate=cfg.camera_folds, corpora=[Path(c) for c in cfg.corpora])
+        evaluate=cfg.camera_folds, corpora=[Path(c) for c in cfg.corpora], still_share=cfg.camera_still)
     log(f"camera: thresholds {metrics.get('thresholds')}, pooled held-out {json.dumps(metrics.get('pooled_at_thresholds'))}")
     return torch.load(out / STAGE_FILES["camera"], weights_only=False)
 
@@ -244,6 +245,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Wind
                           "or 2 or more")
     if not 0.0 <= cfg.radar_clutter <= 1.0:
         raise ConfigError(f"fusion train: --radar-clutter {cfg.radar_clutter}: give a share between 0 and 1")
+    if not 0.0 <= cfg.camera_still <= 10.0:  # NaN fails too
+        raise ConfigError(f"fusion train: --camera-still {cfg.camera_still:g}: give copies per frame between 0 and 10")
     for corpus in cfg.corpora:  # before any stage runs, not when the audio stage reaches it
         check_corpus(corpus)
     torch.manual_seed(cfg.seed)

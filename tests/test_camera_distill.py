@@ -205,3 +205,34 @@ def test_corpus_videos_join_as_training_only_frames_with_their_empty_backgrounds
     present = data.presence()[:, VISUAL_CLASSES.index("person")]
     assert present[0] < EMPTY_SCORE and present[2] >= PRESENT_SCORE
     assert len(backgrounds["site"]) >= 1  # empty frames become backgrounds for composites
+
+
+def test_a_still_camera_gives_its_scene_without_the_people_and_a_moving_one_none(tmp_path):
+    from models.camera_distill import label_videos, still_frame
+    from models.teacher_vision import MobileNetTeacher
+
+    source = shared_file("video/one-by-one-person-detection.mp4")
+    empty = [_frame(source, i) for i in range(0, 40, 5)]
+    people = [_frame(source, i) for i in (300, 330, 360, 400)]  # someone walking through the room
+    frames = empty[:4] + people + empty[4:]
+    still = still_frame(frames)
+    assert still is not None and still.shape == empty[0].shape
+    assert np.abs(still.astype(int) - empty[0]).mean() < 4  # the room, not the people
+    # A camera that pans: every frame is another picture, so no scene is left once the movers go.
+    panned = [np.roll(f, 64 * k, axis=1) for k, f in enumerate(frames)]
+    assert still_frame(panned) is None
+    assert still_frame(frames[:5]) is None  # too few frames to tell
+
+    clip = tmp_path / "room.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (768, 432))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    yolox, mobilenet = YoloxTeacher(_teacher("yolox_nano.onnx")), MobileNetTeacher(_teacher("mobilenet_v2_imagenet.onnx"))
+    data, _ = label_videos([clip], yolox, mobilenet, progress=False, kind="corpus", still_share=0.5)
+    assert list(data.kind) == ["corpus"] * 12 + ["still"] * 6 and set(data.source) == {"room"}
+    person = data.presence()[:, VISUAL_CLASSES.index("person")]
+    assert (person[4:8] >= PRESENT_SCORE).all()  # the detector sees the people walking through
+    assert (person[12:] < EMPTY_SCORE).all()  # and no one in the still scene: a negative of the same room
+    plain, _ = label_videos([clip], yolox, mobilenet, progress=False)
+    assert list(plain.kind) == ["real"] * 12

@@ -127,7 +127,8 @@ def test_train_without_a_teacher_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0 and "--audio-teacher" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("option", [("--radar-clutter", "1.5"), ("--audio-folds", "1")])
+@pytest.mark.parametrize("option", [("--radar-clutter", "1.5"), ("--audio-folds", "1"), ("--camera-still", "-1"),
+                                    ("--camera-still", "nan")])
 def test_a_share_or_fold_count_out_of_range_is_a_one_line_error(tmp_path, option):
     proc = subprocess.run([sys.executable, "-m", "fusion_node", "train", "--out", str(tmp_path), "--real-clips",
                            str(tmp_path), *option], cwd=ROOT, capture_output=True, text=True, timeout=120)
