@@ -89,7 +89,9 @@ def test_broker_down_events_wait_in_a_bounded_queue_and_nothing_else_is_lost(mos
 
     mosquitto.start()
     assert sink.wait_connected(True, 30)
-    assert rec.wait_for(lambda m: len(m) >= 15, timeout=30)
+    # On a failure, say where the events stopped: the sink's counters and the broker's own log.
+    assert rec.wait_for(lambda m: len(m) >= 15, timeout=30), (len(rec.messages), sink.counters(),
+                                                              "".join(mosquitto.log[-40:]))
     got = sorted({json.loads(p)["after"]["seq"] for _, p, _ in rec.messages})
     assert got == list(range(1, 11)) + list(range(18, 23))  # the 7 oldest of the outage were dropped, counted
     assert sink.wait_idle(15), sink.counters()
