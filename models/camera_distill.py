@@ -163,11 +163,14 @@ def _teacher_boxes(det) -> list[tuple[int, float, float, float]]:
 # -- sources -------------------------------------------------------------------------------------
 
 
+def _videos_in(folders) -> list[Path]:
+    return sorted(p for d in map(Path, folders) if d.is_dir() for p in d.iterdir()
+                  if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
 def video_files(real_dir: Path) -> list[Path]:
     """Every video of the real-clips folder: ``video/*`` and ``registry/video/*``, sorted."""
-    real_dir = Path(real_dir)
-    return sorted(p for d in (real_dir / "video", real_dir / "registry" / "video") if d.is_dir()
-                  for p in d.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    return _videos_in((Path(real_dir) / "video", Path(real_dir) / "registry" / "video"))
 
 
 def corpus_videos(corpora) -> list[Path]:
@@ -175,8 +178,7 @@ def corpus_videos(corpora) -> list[Path]:
 
     They are training sources only: every fold learns from them and no held-out figure is measured
     on them, so the per-video figures stay those of the development recordings."""
-    return sorted(p for c in corpora if (Path(c) / "video").is_dir() for p in (Path(c) / "video").iterdir()
-                  if p.suffix.lower() in VIDEO_SUFFIXES)
+    return _videos_in(Path(c) / "video" for c in corpora)
 
 
 def _read_video(path: Path, max_frames: int) -> list[np.ndarray]:
@@ -186,9 +188,11 @@ def _read_video(path: Path, max_frames: int) -> list[np.ndarray]:
     return _video_frames(path, step=max(1, math.ceil(n / max_frames)))
 
 
-# A still camera: in the median frame at most this share of the pixels differs from it (a moving
-# camera, or traffic that fills the picture, leaves no scene to take the movers out of).
+# A still camera: in the median frame at most this share of the pixels differs from it by more
+# than STILL_CHANGE levels (a moving camera, or traffic that fills the picture, leaves no scene to
+# take the movers out of).
 STILL_MOVING_SHARE = 0.2
+STILL_CHANGE = 30
 STILL_SAMPLE = 48  # frames the median is taken over, evenly strided
 
 
@@ -200,7 +204,7 @@ def still_frame(frames: list[np.ndarray]) -> np.ndarray | None:
     pick = np.linspace(0, len(frames) - 1, min(len(frames), STILL_SAMPLE)).round().astype(int)
     stack = np.stack([frames[i] for i in pick])
     median = np.median(stack, axis=0).astype(np.uint8)
-    moving = (np.abs(stack.astype(np.int16) - median).max(axis=-1) > 30).mean(axis=(1, 2))
+    moving = (np.abs(stack.astype(np.int16) - median).max(axis=-1) > STILL_CHANGE).mean(axis=(1, 2))
     return median if float(np.median(moving)) <= STILL_MOVING_SHARE else None
 
 
@@ -231,9 +235,9 @@ def label_videos(paths: list[Path], yolox: YoloxTeacher, mobilenet: MobileNetTea
             if empty else []
         backgrounds[path.stem] = [_background_copy(frames[empty[i]]) for i in pick]
         parts.append(_frame_set(frames, labels, emb, [path.stem] * len(frames), kind))
-        still = still_frame(frames) if still_share > 0 else None
         copies = int(round(still_share * len(frames)))
-        if still is not None and copies:
+        still = still_frame(frames) if copies else None
+        if still is not None:
             parts.append(_frame_set([still] * copies, [_teacher_boxes(yolox.detect(still))] * copies,
                                     [mobilenet.embed(still)] * copies, [path.stem] * copies, "still"))
     return FrameSet.concat(parts), backgrounds
