@@ -152,6 +152,7 @@ class Mosquitto:
     """A real mosquitto broker on a free loopback port, with persistence so it can be restarted."""
 
     def __init__(self, workdir: Path):
+        import getpass
         import shutil
         import socket
 
@@ -164,8 +165,11 @@ class Mosquitto:
             self.port = s.getsockname()[1]
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
+        # Started as root, mosquitto drops to the user "mosquitto", which cannot write the test's
+        # folder: its sessions would not survive a restart. It stays the user running the tests.
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {workdir}/\nlog_dest stderr\nlog_type all\n")
+                             f"persistence_location {workdir}/\nuser {getpass.getuser()}\n"
+                             "log_dest stderr\nlog_type all\n")
         self.proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
@@ -227,8 +231,16 @@ class MqttRecorder:
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topics, qos=1)
         self.client.on_message = self._on_message
+        # A message published before the broker acknowledges the subscription is not for this
+        # client: the tests publish only once it has.
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda c, u, mid, reason_codes, p: self.subscribed.set()
         self.client.connect(("127.0.0.1"), port)
         self.client.loop_start()
+        if not self.subscribed.wait(15):
+            self.close()
+            raise RuntimeError(f"MQTT recorder {client_id!r}: the broker on port {port} did not acknowledge "
+                               f"the subscription to {topics!r} within 15 s")
 
     def _on_message(self, client, userdata, msg):
         with self.cond:
