@@ -234,13 +234,17 @@ class MqttRecorder:
         # A message published before the broker acknowledges the subscription is not for this
         # client: the tests publish only once it has.
         self.subscribed = threading.Event()
-        self.client.on_subscribe = lambda c, u, mid, reason_codes, p: self.subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(("127.0.0.1"), port)
         self.client.loop_start()
         if not self.subscribed.wait(15):
             self.close()
             raise RuntimeError(f"MQTT recorder {client_id!r}: the broker on port {port} did not acknowledge "
                                f"the subscription to {topics!r} within 15 s")
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        if not any(rc.is_failure for rc in reason_codes):  # a refused subscription is not one
+            self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
         with self.cond:

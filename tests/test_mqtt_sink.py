@@ -89,15 +89,15 @@ def test_broker_down_events_wait_in_a_bounded_queue_and_nothing_else_is_lost(mos
 
     mosquitto.start()
     assert sink.wait_connected(True, 30)
-    # On a failure, say where the events stopped: the sink's counters and the broker's own log.
     # QoS 1 is at least once: the recorder's restored session may bring events it had already had.
-    def seqs(messages):
-        return {json.loads(p)["after"]["seq"] for _, p, _ in messages}
+    def seqs(payloads):
+        return {json.loads(p)["after"]["seq"] for p in payloads}
 
-    assert rec.wait_for(lambda m: seqs(m) >= set(range(18, 23)), timeout=30), (
-        sorted(seqs(rec.messages)), sink.counters(), "".join(mosquitto.log[-40:]))
+    # On a failure, say where the events stopped: the sink's counters and the broker's own log.
+    assert rec.wait_for(lambda m: seqs(p for _, p, _ in m) >= set(range(18, 23)), timeout=30), (
+        sorted(seqs(rec.on("fusion/events"))), sink.counters(), "".join(mosquitto.log[-40:]))
     # The 7 oldest of the outage were dropped, and counted; nothing else is missing.
-    assert sorted(seqs(rec.messages)) == list(range(1, 11)) + list(range(18, 23))
+    assert sorted(seqs(rec.on("fusion/events"))) == list(range(1, 11)) + list(range(18, 23))
     assert sink.wait_idle(15), sink.counters()
     assert sink.counters()["dropped"] == 7 and sink.counters()["queue_depth"] == 0
     sink.close()
