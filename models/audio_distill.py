@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.signal import fftconvolve, resample_poly
+from scipy.stats import binomtest
 
 from fusion_node.preprocess import AudioPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
@@ -34,7 +35,7 @@ from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
 __all__ = ["AudioDistillConfig", "WindowPool", "build_pool", "eval_windows", "threshold_windows", "split_clips",
-           "source_folds", "choose_thresholds", "clip_metrics", "ERROR_KINDS", "clip_errors"]
+           "source_folds", "choose_thresholds", "clip_metrics", "proportion_interval", "ERROR_KINDS", "clip_errors"]
 
 RATE = WIRE_AUDIO_RATE_HZ
 WIN = RATE  # one-second windows, the node's audio window
@@ -249,6 +250,11 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
     A clip is labelled ``c`` when any of its windows reaches ``c``'s threshold (how a clip-level
     tagger scores: the maximum over its windows). Background windows count one by one: the share
     of them carrying any label is the rate at which a quiet scene raises a false event.
+
+    Each class also carries the 95 % intervals of its precision and recall
+    (:func:`proportion_interval`, clips as the trials) and how many sources its clips come from:
+    a recall of 0.25 on four clips says little. Clips of one source resemble each
+    other, so what a new place sees can stray further than the interval.
     """
     used = _present_clips(pool)
     clip_labelled, window_labelled = _verdicts(probs, pool, thresholds)
@@ -264,13 +270,24 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
         r = tp / (tp + fn) if tp + fn else 1.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         per_class[c] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
-                        "clips": int(truth[:, k].sum()), "tp": tp, "fp": fp, "fn": fn}
+                        "clips": int(truth[:, k].sum()), "tp": tp, "fp": fp, "fn": fn,
+                        "precision_ci": proportion_interval(tp, tp + fp), "recall_ci": proportion_interval(tp, tp + fn),
+                        "sources": len({pool.clips[i].source for i, t in zip(used, truth[:, k]) if t})}
         if truth[:, k].any():
             f1s.append(f1)
     bg = np.array([pool.clips[i].label == BACKGROUND for i in pool.clip])
     false_rate = float(window_labelled[bg].mean()) if bg.any() else 0.0
     return {"macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4), "false_label_rate": round(false_rate, 4),
-            "per_class": per_class, "clips": int(len(used)), "background_windows": int(bg.sum())}
+            "per_class": per_class, "clips": int(len(used)), "background_windows": int(bg.sum()),
+            "background_sources": len({pool.clips[i].source for i in used if pool.clips[i].label == BACKGROUND})}
+
+
+def proportion_interval(hits: int, trials: int) -> list[float] | None:
+    """The 95 % Wilson score interval ``[low, high]`` of ``hits`` in ``trials``; None without a trial."""
+    if trials <= 0:
+        return None
+    ci = binomtest(hits, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return [round(float(ci.low), 4), round(float(ci.high), 4)]
 
 
 # The ways a clip can be wrong, in the order :func:`clip_errors` lists them.

@@ -128,6 +128,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"{'' if teacher_f1 is None else f' (teacher {teacher_f1:.3f})'}, false labels on background "
               f"{real['false_label_rate']:.3f}")
         print("  " + ", ".join(f"{c} P {v['precision']:.2f} R {v['recall']:.2f}" for c, v in real["per_class"].items()))
+        print("  recall's 95 % interval, clips as trials: " + ", ".join(
+            f"{c} [{v['recall_ci'][0]:.2f}, {v['recall_ci'][1]:.2f}] of {v['clips']}"
+            for c, v in real["per_class"].items() if v.get("recall_ci")))
         kinds = [e["kind"] for e in real["errors"]]
         print(f"  clips wrong: {len(kinds)} (" + ", ".join(f"{kinds.count(k)} {k}" for k in ERROR_KINDS) + ")"
               + ("; each one is in the report" if args.report else ""))

@@ -12,7 +12,8 @@ windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
 ``tamper.*`` (per window, and ``tamper.episodes.*``: the node's drift monitor on simulated scenes
 followed through time, the radar swapped for another scene's after the baseline is learnt), and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
 ``real.macro_f1``, ``real.false_label_rate``, ``real.teacher_macro_f1`` (with ``--audio-teacher``),
-``real.per_class.<class>.{precision,recall,f1,clips}``, and ``real.errors`` (the clips the student gets
+``real.per_class.<class>.{precision,recall,f1,clips,sources,precision_ci,recall_ci}`` (the last two:
+95 % intervals ``[low, high]``, clips as the trials), ``real.background_sources``, and ``real.errors`` (the clips the student gets
 wrong, with the teacher's labels beside). The report is an HTML page of tables, a
 confusion matrix and retrieval curves as inline SVG.
 """
@@ -312,14 +313,25 @@ def _real_section(real: dict) -> str:
     rows = []
     for c in CLASSES:
         s, t = real["per_class"][c], (teacher.get("per_class") or {}).get(c, {})
-        rows.append([c, s["clips"], s["precision"], s["recall"], s["f1"], t.get("precision"), t.get("recall"), t.get("f1")])
+        rows.append([c, s["clips"], s.get("sources"), _with_interval(s["precision"], s.get("precision_ci")),
+                     _with_interval(s["recall"], s.get("recall_ci")), s["f1"],
+                     t.get("precision"), t.get("recall"), t.get("f1")])
     summary = _table(["", "student (shipped)", "teacher"],
                      [["macro-F1", real["macro_f1"], real.get("teacher_macro_f1")],
                       ["false labels on background windows", real["false_label_rate"], teacher.get("false_label_rate")]])
+    bg_sources = real.get("background_sources")
     return (f"<p>Held-out sources: {html.escape(', '.join(real['sources']))} ({real['clips']} clips, "
-            f"{real['background_windows']} background windows).</p>{summary}"
-            + _table(["class", "clips", "precision", "recall", "F1", "teacher precision", "teacher recall",
-                      "teacher F1"], rows) + _errors_section(real["errors"]))
+            f"{real['background_windows']} background windows"
+            + (f" from {bg_sources} sources" if bg_sources is not None else "") + f").</p>{summary}"
+            + "<p>In brackets, the 95 % interval of the student's precision and recall with its clips as the "
+              "trials; clips of one source resemble each other, so a new place can stray further.</p>"
+            + _table(["class", "clips", "sources", "precision", "recall", "F1", "teacher precision",
+                      "teacher recall", "teacher F1"], rows) + _errors_section(real["errors"]))
+
+
+def _with_interval(value: float, interval: list[float] | None) -> str:
+    """``0.250 [0.05, 0.70]``: a figure with its 95 % interval (the figure alone when it has none)."""
+    return f"{value:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
 def _label_list(labels: list[str] | None) -> str | None:

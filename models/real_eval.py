@@ -47,7 +47,7 @@ def evaluate_real_audio(rt: ModelRuntime, real_dir: Path, audio_teacher: Path | 
     student = clip_metrics(probs, test, thresholds)
     result = {"macro_f1": student["macro_f1"], "false_label_rate": student["false_label_rate"],
               "per_class": student["per_class"], "clips": student["clips"],
-              "background_windows": student["background_windows"],
+              "background_windows": student["background_windows"], "background_sources": student["background_sources"],
               "sources": sorted({c.source for c in splits["test"]}),
               "teacher_macro_f1": None, "teacher": None}
     teacher_thresholds = None

@@ -104,10 +104,20 @@ def test_clip_metrics_count_precision_recall_and_false_labels():
     barky = [0, 0, 0.71, 0, 0, 0]  # background that looks like a dog
     probs, pool = _pool([("dog", dog), ("dog", quiet), (BACKGROUND, quiet), (BACKGROUND, barky)])
     m = audio_distill.clip_metrics(probs, pool, {c: 0.5 for c in CLASSES})
-    assert m["per_class"]["dog"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "clips": 2, "tp": 1, "fp": 1, "fn": 1}
-    assert m["false_label_rate"] == 0.5 and m["macro_f1"] == 0.5
+    assert m["per_class"]["dog"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "clips": 2, "tp": 1, "fp": 1, "fn": 1,
+                                     "precision_ci": [0.0945, 0.9055], "recall_ci": [0.0945, 0.9055], "sources": 2}
+    assert m["per_class"]["speech"]["recall_ci"] is None and m["per_class"]["speech"]["sources"] == 0  # no clip
+    assert m["false_label_rate"] == 0.5 and m["macro_f1"] == 0.5 and m["background_sources"] == 2
     th = audio_distill.choose_thresholds(probs, pool, target_precision=0.9)
     assert th["dog"] == 0.725  # the lowest above the barking background, below the real bark
+
+
+def test_proportion_intervals_are_wilson_95_and_narrow_with_more_trials():
+    assert audio_distill.proportion_interval(1, 4) == [0.0456, 0.6994]  # alarm: 1 of 4 held-out clips found
+    assert audio_distill.proportion_interval(4, 4) == [0.5101, 1.0]
+    assert audio_distill.proportion_interval(0, 0) is None  # no trial, no interval
+    few, many = audio_distill.proportion_interval(3, 4), audio_distill.proportion_interval(75, 100)
+    assert few[0] < 0.75 < few[1] and many[0] < 0.75 < many[1] and many[1] - many[0] < (few[1] - few[0]) / 2
 
 
 def test_clip_errors_list_misses_extra_labels_and_labelled_background_with_the_teachers_verdict():

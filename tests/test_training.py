@@ -23,7 +23,7 @@ REQUIRED = ("retrieval_r1.camera_radar", "retrieval_r1.camera_audio", "f1.fused"
             "real.folder")
 REAL_REQUIRED = ("real.macro_f1", "real.false_label_rate", "real.teacher_macro_f1",
                  *(f"real.per_class.{c}.{k}" for c in ("person", "vehicle", "dog", "glass_break", "speech", "alarm")
-                   for k in ("precision", "recall")))
+                   for k in ("precision", "recall", "sources")), "real.background_sources")
 
 
 def _fusion(*args, timeout=900):
@@ -148,6 +148,9 @@ def test_eval_writes_every_required_key_and_a_report_of_tables(tiny_run, tmp_pat
     for key in REQUIRED + REAL_REQUIRED:
         assert isinstance(_get(metrics, key), (int, float, str)), key
     assert 0.0 <= metrics["real"]["macro_f1"] <= 1.0 and 0.0 <= metrics["real"]["false_label_rate"] <= 1.0
+    for c, v in metrics["real"]["per_class"].items():  # each figure inside its own 95 % interval
+        assert v["recall_ci"][0] <= v["recall"] <= v["recall_ci"][1], c
+        assert v["precision_ci"] is None or v["precision_ci"][0] <= v["precision"] <= v["precision_ci"][1], c
     episodes = metrics["tamper"]["episodes"]
     assert episodes["scenes"] == 6 and episodes["seconds_after"] == 10.0
     assert all(0.0 <= episodes[k] <= 1.0 for k in ("detection_rate", "false_alarm_rate", "never_aligned"))
@@ -155,6 +158,7 @@ def test_eval_writes_every_required_key_and_a_report_of_tables(tiny_run, tmp_pat
     assert "<svg" in page and "teacher recall" in page and "drift alert within 10 s, 6 scenes" in page
     assert '{"' not in page  # tables a person reads, not JSON
     assert "real audio, held-out sources" in proc.stdout and "clips wrong:" in proc.stdout
+    assert "recall's 95 % interval" in proc.stdout and "95 % interval of the student's precision" in page
     errors = metrics["real"]["errors"]
     assert "Clips the student gets wrong" in page
     assert all(e["clip"] in page and isinstance(e["teacher_labelled"], list) for e in errors)
