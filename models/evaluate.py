@@ -12,10 +12,10 @@ windows), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
 ``tamper.*`` (per window, and ``tamper.episodes.*``: the node's drift monitor on simulated scenes
 followed through time, the radar swapped for another scene's after the baseline is learnt), and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
 ``real.macro_f1``, ``real.false_label_rate``, ``real.teacher_macro_f1`` (with ``--audio-teacher``),
-``real.per_class.<class>.{precision,recall,f1,clips,sources,precision_ci,recall_ci}`` (the last two:
-95 % intervals ``[low, high]``, clips as the trials), ``real.background_sources``, and ``real.errors`` (the clips the student gets
-wrong, with the teacher's labels beside). The report is an HTML page of tables, a
-confusion matrix and retrieval curves as inline SVG.
+``real.per_class.<class>.{precision,recall,f1,clips,sources,precision_ci,recall_ci}`` (the last
+two: 95 % intervals ``[low, high]``, clips as the trials), ``real.background_sources``, and
+``real.errors`` (the clips the student gets wrong, with the teacher's labels beside). The report
+is an HTML page of tables, a confusion matrix and retrieval curves as inline SVG.
 """
 
 from __future__ import annotations
