@@ -258,7 +258,9 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
     """
     used = _present_clips(pool)
     clip_labelled, window_labelled = _verdicts(probs, pool, thresholds)
-    truth = np.array([[pool.clips[i].label == c for c in CLASSES] for i in used])
+    labels = np.array([pool.clips[i].label for i in used], dtype=object)
+    sources = np.array([pool.clips[i].source for i in used], dtype=object)
+    truth = labels[:, None] == np.array(CLASSES, dtype=object)[None, :]
     pred = clip_labelled[used]
     per_class = {}
     f1s = []
@@ -272,14 +274,14 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
         per_class[c] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
                         "clips": int(truth[:, k].sum()), "tp": tp, "fp": fp, "fn": fn,
                         "precision_ci": proportion_interval(tp, tp + fp), "recall_ci": proportion_interval(tp, tp + fn),
-                        "sources": len({pool.clips[i].source for i, t in zip(used, truth[:, k]) if t})}
+                        "sources": len(set(sources[truth[:, k]]))}
         if truth[:, k].any():
             f1s.append(f1)
     bg = np.array([pool.clips[i].label == BACKGROUND for i in pool.clip])
     false_rate = float(window_labelled[bg].mean()) if bg.any() else 0.0
     return {"macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4), "false_label_rate": round(false_rate, 4),
             "per_class": per_class, "clips": int(len(used)), "background_windows": int(bg.sum()),
-            "background_sources": len({pool.clips[i].source for i in used if pool.clips[i].label == BACKGROUND})}
+            "background_sources": len(set(sources[labels == BACKGROUND]))}
 
 
 def proportion_interval(hits: int, trials: int) -> list[float] | None:

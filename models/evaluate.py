@@ -313,16 +313,15 @@ def _real_section(real: dict) -> str:
     rows = []
     for c in CLASSES:
         s, t = real["per_class"][c], (teacher.get("per_class") or {}).get(c, {})
-        rows.append([c, s["clips"], s.get("sources"), _with_interval(s["precision"], s.get("precision_ci")),
-                     _with_interval(s["recall"], s.get("recall_ci")), s["f1"],
+        rows.append([c, s["clips"], s["sources"], _with_interval(s["precision"], s["precision_ci"]),
+                     _with_interval(s["recall"], s["recall_ci"]), s["f1"],
                      t.get("precision"), t.get("recall"), t.get("f1")])
     summary = _table(["", "student (shipped)", "teacher"],
                      [["macro-F1", real["macro_f1"], real.get("teacher_macro_f1")],
                       ["false labels on background windows", real["false_label_rate"], teacher.get("false_label_rate")]])
-    bg_sources = real.get("background_sources")
     return (f"<p>Held-out sources: {html.escape(', '.join(real['sources']))} ({real['clips']} clips, "
-            f"{real['background_windows']} background windows"
-            + (f" from {bg_sources} sources" if bg_sources is not None else "") + f").</p>{summary}"
+            f"{real['background_windows']} background windows from {real['background_sources']} sources).</p>"
+            f"{summary}"
             + "<p>In brackets, the 95 % interval of the student's precision and recall with its clips as the "
               "trials; clips of one source resemble each other, so a new place can stray further.</p>"
             + _table(["class", "clips", "sources", "precision", "recall", "F1", "teacher precision",
