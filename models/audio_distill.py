@@ -277,7 +277,7 @@ def clip_metrics(probs: np.ndarray, pool: WindowPool, thresholds: dict[str, floa
                         "sources": len(set(sources[truth[:, k]]))}
         if truth[:, k].any():
             f1s.append(f1)
-    bg = np.array([pool.clips[i].label == BACKGROUND for i in pool.clip])
+    bg = np.isin(pool.clip, used[labels == BACKGROUND])  # the windows of the background clips
     false_rate = float(window_labelled[bg].mean()) if bg.any() else 0.0
     return {"macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4), "false_label_rate": round(false_rate, 4),
             "per_class": per_class, "clips": int(len(used)), "background_windows": int(bg.sum()),
