@@ -31,6 +31,7 @@ from scipy.stats import binomtest
 from fusion_node.preprocess import AudioPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
 from models.audio_corpus import BACKGROUND, SPLITS, Clip, load_clips
+from models.audio_synth import vetted_clips
 from models.teacher_audio import YamnetTeacher
 from sensors.audio import load_audio_file
 
@@ -62,6 +63,10 @@ class AudioDistillConfig:
     # source) together with the val sources: the val sources alone hold one or two clips of some
     # classes. 0: the val sources alone.
     threshold_folds: int = 4
+    # Made horns and sirens the teacher vouches for (:mod:`models.audio_synth`): this many sounds
+    # per class, and this many training windows of them per class on top of the real ones. 0: none.
+    synthetic_clips: int = 40
+    synthetic_windows: int = 1000
     extra: dict = field(default_factory=dict)
 
 
@@ -184,8 +189,32 @@ def _finish(rows: list[tuple[np.ndarray, np.ndarray, int]], clips: list[Clip], t
     return WindowPool(np.stack(logmel), np.stack(scores), np.stack(embs), np.stack(hard), np.array(clip_idx), clips)
 
 
+def _sound_scores(teacher: YamnetTeacher, x: np.ndarray) -> np.ndarray:
+    """The teacher's product-class scores for a whole sound: the maximum over its windows as
+    :func:`eval_windows` cuts them."""
+    starts = range(0, len(x) - WIN + 1, WIN // 2) if len(x) >= WIN else [-((WIN - len(x)) // 2)]
+    return teacher.windows(np.stack([_place(x, s) * np.float32(0.3) for s in starts])).scores.max(axis=0)
+
+
+def _windows_of(label: str, idx: list[int], n: int, clips: list[Clip], cache: dict, rng: np.random.Generator,
+                backgrounds: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    rows = []
+    for _ in range(n):
+        ci = idx[int(rng.integers(len(idx)))]
+        x = _load(clips[ci], cache)
+        w, event_db = _augmented_window(x, rng, backgrounds if label != BACKGROUND else [])
+        rows.append((w, _label_row(label, event_db >= _peak_second_db(x) - EVENT_DB), ci))
+    return rows
+
+
 def build_pool(clips: list[Clip], teacher: YamnetTeacher, cfg: AudioDistillConfig, progress: str = "") -> WindowPool:
-    """Augmented training windows, class-balanced, teacher-labelled after augmentation."""
+    """Augmented training windows, class-balanced, teacher-labelled after augmentation.
+
+    With ``cfg.synthetic_windows``, made horns and sirens that the teacher vouches for
+    (:func:`models.audio_synth.vetted_clips`) add that many windows each to ``vehicle`` and
+    ``alarm``, mixed onto the same backgrounds; their clips join the pool's clip list, of source
+    :data:`models.audio_synth.SYNTH_SOURCE`. The real windows are the same with or without them.
+    """
     rng = np.random.default_rng(cfg.seed)
     cache: dict = {}
     backgrounds = [_load(c, cache) for c in clips if c.label == BACKGROUND]
@@ -195,11 +224,17 @@ def build_pool(clips: list[Clip], teacher: YamnetTeacher, cfg: AudioDistillConfi
     rows = []
     for label, idx in sorted(by_class.items()):
         n = cfg.background_windows if label == BACKGROUND else cfg.windows_per_class
-        for _ in range(n):
-            ci = idx[int(rng.integers(len(idx)))]
-            x = _load(clips[ci], cache)
-            w, event_db = _augmented_window(x, rng, backgrounds if label != BACKGROUND else [])
-            rows.append((w, _label_row(label, event_db >= _peak_second_db(x) - EVENT_DB), ci))
+        rows += _windows_of(label, idx, n, clips, cache, rng, backgrounds)
+    if cfg.synthetic_windows and cfg.synthetic_clips:
+        made_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: the real windows stay as they were
+        made = vetted_clips(lambda x: _sound_scores(teacher, x), cfg.synthetic_clips, made_rng)
+        clips = list(clips)
+        for clip, x in made:
+            cache[clip.path] = x
+            clips.append(clip)
+        for label in sorted({clip.label for clip, _ in made}):
+            idx = [i for i in range(len(clips) - len(made), len(clips)) if clips[i].label == label]
+            rows += _windows_of(label, idx, cfg.synthetic_windows, clips, cache, made_rng, backgrounds)
     return _finish(rows, clips, teacher, AudioPreprocess(window_s=1.0), progress)
 
 

@@ -30,6 +30,15 @@ def _clip_counts(clips, out_of_fold: bool = False) -> str:
     return f"{clips.get('test')} held-out (thresholds chosen on {clips.get('val')} others{trained})"
 
 
+def _synthetic_line(made: Mapping[str, int]) -> str:
+    """The made sounds the audio student also trained on, in words ("" when none)."""
+    if not any(made.values()):
+        return ""
+    return (f" Besides the recordings, it trained on {made.get('vehicle', 0)} made car horns and "
+            f"{made.get('alarm', 0)} made sirens and alarms, each kept only because the teacher heard it as a "
+            "vehicle or an alarm; no figure here reads one.")
+
+
 def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping,
                      witnesses: Mapping[str, tuple[str, ...]] = WITNESSES) -> Path:
     """Write ``MODEL_CARD.md`` in ``out_dir`` from the training stages' thresholds and metrics."""
@@ -51,7 +60,8 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
         lines += ["", "## Audio: held-out sources (never trained on, never used to choose a threshold)", "",
                   f"Clips: {_clip_counts(audio.get('clips'), bool(audio.get('threshold_folds')))}. "
                   "Clip-level: a clip carries a class when any of its one-second "
-                  "windows does. False labels: share of background windows carrying any label.", "",
+                  "windows does. False labels: share of background windows carrying any label."
+                  + _synthetic_line(audio.get("synthetic") or {}), "",
                   _row(["", "macro-F1", "false labels", *[f"{c} P / R" for c in CLASSES]]),
                   _row(["---"] * (len(CLASSES) + 3))]
         for who in ("student", "teacher"):

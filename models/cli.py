@@ -37,10 +37,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, train  # torch
 
     real = _real_clips(args.real_clips)
+    if args.audio_synthetic < 0:
+        raise ConfigError(f"--audio-synthetic {args.audio_synthetic}: must be 0 or more (0: real recordings only)")
     cfg = TrainConfig(seed=args.seed, real_clips=None if real is None else str(real), corpora=tuple(args.corpus),
                       audio_teacher=args.audio_teacher, camera_teacher=args.camera_teacher,
                       image_teacher=args.image_teacher, audio_epochs=args.audio_epochs,
-                      audio_threshold_folds=args.audio_folds,
+                      audio_threshold_folds=args.audio_folds, audio_synthetic=args.audio_synthetic,
                       audio_windows_per_class=args.audio_windows, audio_background_windows=args.audio_windows * 2,
                       camera_epochs=args.camera_epochs, camera_frames=args.camera_frames,
                       camera_composites=args.camera_composites, camera_renders=args.camera_renders,
@@ -167,6 +169,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--audio-folds", type=int, default=4,
                    help="folds by source that score the training recordings for the audio thresholds, with the "
                         "val sources (default 4; 0: the val sources alone)")
+    t.add_argument("--audio-synthetic", type=int, default=40, metavar="N",
+                   help="made car horns and sirens per class, each kept only if the audio teacher hears it as a "
+                        "vehicle or an alarm, added to the training windows (half as many windows as --audio-windows; "
+                        "default 40; 0: real recordings only)")
     t.add_argument("--camera-epochs", type=int, default=20, help="camera distillation epochs (default 20)")
     t.add_argument("--camera-frames", type=int, default=500, help="frames read per real video (default 500)")
     t.add_argument("--camera-composites", type=int, default=1200,

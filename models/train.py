@@ -37,6 +37,7 @@ from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_corpus import check_corpus
 from models.audio_distill import AudioDistillConfig
+from models.audio_synth import SYNTH_SOURCE
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
 from models.radar_bind import (RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar,
@@ -64,6 +65,7 @@ class TrainConfig:
     audio_background_windows: int = 4000
     audio_epochs: int = 12
     audio_threshold_folds: int = 4  # folds by source that score the training sources for the thresholds
+    audio_synthetic: int = 40  # made horns and sirens per class that the teacher vouches for (models.audio_synth)
     camera_epochs: int = 20
     camera_frames: int = 500  # frames read per real video (the teacher labels each)
     camera_composites: int = 1200
@@ -104,7 +106,9 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
     teacher = YamnetTeacher(_require(cfg.audio_teacher, "--audio-teacher", "YAMNet ONNX, the audio teacher"))
     acfg = AudioDistillConfig(seed=cfg.seed, windows_per_class=cfg.audio_windows_per_class,
                               background_windows=cfg.audio_background_windows, epochs=cfg.audio_epochs,
-                              embed_dim=cfg.embed_dim, threshold_folds=cfg.audio_threshold_folds)
+                              embed_dim=cfg.embed_dim, threshold_folds=cfg.audio_threshold_folds,
+                              synthetic_clips=cfg.audio_synthetic,
+                              synthetic_windows=cfg.audio_windows_per_class // 2 if cfg.audio_synthetic else 0)
     splits = audio_distill.split_clips(Path(cfg.real_clips), [Path(c) for c in cfg.corpora])
     log("audio: " + ", ".join(f"{k} {len(v)} clips" for k, v in splits.items()))
     pool = audio_distill.build_pool(splits["train"], teacher, acfg, progress="audio windows")
@@ -131,6 +135,8 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
                "thresholds": thresholds, "teacher_thresholds": teacher_thresholds,
                "clips": {k: len(v) for k, v in splits.items()},
                "threshold_folds": acfg.threshold_folds,
+               "synthetic": {c: sum(1 for clip in pool.clips if clip.source == SYNTH_SOURCE and clip.label == c)
+                             for c in ("vehicle", "alarm")} if acfg.synthetic_windows else {},
                "trained_on": sorted({(c.source, c.licence, c.credit) for c in splits["train"]})}
     log(f"audio: held-out macro-F1 {metrics['student']['macro_f1']:.3f} (teacher {metrics['teacher']['macro_f1']:.3f}), "
         f"false labels on background {metrics['student']['false_label_rate']:.3f}")

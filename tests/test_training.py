@@ -55,7 +55,8 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     args = ("train", "--out", str(out), "--real-clips", str(SHARED_DATA), "--audio-teacher", str(teachers["audio"]),
             "--camera-teacher", str(teachers["camera"]), "--image-teacher", str(teachers["image"]),
-            "--audio-windows", "12", "--audio-epochs", "1", "--camera-epochs", "1", "--camera-frames", "6",
+            "--audio-windows", "12", "--audio-epochs", "1", "--audio-synthetic", "3",
+            "--camera-epochs", "1", "--camera-frames", "6",
             "--camera-composites", "16", "--camera-renders", "16", "--no-camera-folds",
             "--radar-samples", "256", "--radar-epochs", "1", "--cache-dir", str(out / "cache"),
             "--corpus", str(ROOT / "models" / "corpus"))
@@ -76,6 +77,10 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     assert "| radar |" in card and "Wildfire Games" in card  # thresholds table and the CC-BY-SA credits
     assert "DanSoft" in card  # --corpus: the project's own Debian sounds trained too, and are credited
     assert "audio: held-out macro-F1" in proc.stdout
+    # Made horns and sirens that the teacher vouched for trained too, and the card says how many.
+    made = torch.load(out / "audio_student.pt", weights_only=False)["metrics"]["synthetic"]
+    assert made == {"vehicle": 3, "alarm": 3}
+    assert "3 made car horns and 3 made sirens and alarms" in card
     # The audio thresholds also read the training recordings, each scored by a student that never heard its source.
     assert "audio: fold 4/4 holds out" in proc.stdout
     # Those scores are kept, so that another threshold rule can be tried without training the folds again.
@@ -127,8 +132,8 @@ def test_train_without_a_teacher_is_a_one_line_error(tmp_path):
     assert proc.returncode != 0 and "--audio-teacher" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("option", [("--radar-clutter", "1.5"), ("--audio-folds", "1"), ("--camera-still", "-1"),
-                                    ("--camera-still", "nan")])
+@pytest.mark.parametrize("option", [("--radar-clutter", "1.5"), ("--audio-folds", "1"), ("--audio-synthetic", "-1"),
+                                    ("--camera-still", "-1"), ("--camera-still", "nan")])
 def test_a_share_or_fold_count_out_of_range_is_a_one_line_error(tmp_path, option):
     proc = subprocess.run([sys.executable, "-m", "fusion_node", "train", "--out", str(tmp_path), "--real-clips",
                            str(tmp_path), *option], cwd=ROOT, capture_output=True, text=True, timeout=120)
