@@ -169,10 +169,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--audio-folds", type=int, default=4,
                    help="folds by source that score the training recordings for the audio thresholds, with the "
                         "val sources (default 4; 0: the val sources alone)")
-    t.add_argument("--audio-synthetic", type=int, default=40, metavar="N",
-                   help="made car horns and sirens per class, each kept only if the audio teacher hears it as a "
-                        "vehicle or an alarm, added to the training windows (half as many windows as --audio-windows; "
-                        "default 40; 0: real recordings only)")
+    t.add_argument("--audio-synthetic", type=int, default=0, metavar="N",
+                   help="also train on N made car horns and N made sirens, each kept only if the audio teacher hears "
+                        "it as a vehicle or an alarm (half as many windows as --audio-windows; try 40; default 0: "
+                        "real recordings only, as the shipped bundle)")
     t.add_argument("--camera-epochs", type=int, default=20, help="camera distillation epochs (default 20)")
     t.add_argument("--camera-frames", type=int, default=500, help="frames read per real video (default 500)")
     t.add_argument("--camera-composites", type=int, default=1200,

@@ -65,7 +65,7 @@ class TrainConfig:
     audio_background_windows: int = 4000
     audio_epochs: int = 12
     audio_threshold_folds: int = 4  # folds by source that score the training sources for the thresholds
-    audio_synthetic: int = 40  # made horns and sirens per class that the teacher vouches for (models.audio_synth)
+    audio_synthetic: int = 0  # made horns and sirens per class that the teacher vouches for (models.audio_synth)
     camera_epochs: int = 20
     camera_frames: int = 500  # frames read per real video (the teacher labels each)
     camera_composites: int = 1200
