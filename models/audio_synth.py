@@ -5,8 +5,8 @@ a handful of them does not recognise another maker's (it hears the engine, not t
 sounds are simple physics, so more of them can be made:
 
 * a horn is one or two electromagnetic tones (150-800 Hz, a third or so apart), a harmonic
-  series shaped by the horn's resonance at 1.3-3.2 kHz, sometimes driven into clipping, honked
-  short, long, twice or three times;
+  series shaped by the horn's resonance (at 1.3-3.2 kHz, or at the fundamental for a horn that
+  is nearly a pure tone), sometimes driven into clipping, honked short, long, twice or three times;
 * a siren or alarm is a wail, yelp, hi-lo, phaser, smoke-alarm beeps, a car alarm's warble or an
   electric bell.
 
@@ -69,7 +69,10 @@ def horn(rng: np.random.Generator) -> np.ndarray:
     gap = rng.uniform(0.08, 0.25)
     out = np.zeros(int((sum(honks) + gap * len(honks) + 0.6) * RATE))
     at = int(rng.uniform(0.05, 0.3) * RATE)
-    formant, width, floor = rng.uniform(1300, 3200), rng.uniform(0.6, 1.6), rng.uniform(-22, -10)
+    # Most horns ring loudest in a resonance at 1.3-3.2 kHz, narrow or broad; some are nearly pure
+    # tones, loudest at the fundamental.
+    formant = f0 * rng.uniform(1.0, 2.0) if rng.random() < 0.25 else rng.uniform(1300, 3200)
+    width, floor = rng.uniform(0.2, 1.6), rng.uniform(-40, -10)
     for seconds in honks:
         n = min(int(seconds * RATE), len(out) - at)
         honk = sum(_horn_tone(f, n, rng, formant, width, floor) for f in tones)
