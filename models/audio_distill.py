@@ -212,9 +212,9 @@ def _windows_of(label: str, idx: list[int], n: int, clips: list[Clip], cache: di
 def build_pool(clips: list[Clip], teacher: YamnetTeacher, cfg: AudioDistillConfig, progress: str = "") -> WindowPool:
     """Augmented training windows, class-balanced, teacher-labelled after augmentation.
 
-    With ``cfg.synthetic_windows``, made horns and sirens that the teacher vouches for
-    (:func:`models.audio_synth.vetted_clips`) add that many windows each to ``vehicle`` and
-    ``alarm``, mixed onto the same backgrounds; their clips join the pool's clip list, of source
+    With ``cfg.synthetic_clips`` and ``cfg.synthetic_windows``, that many made horns and sirens
+    that the teacher vouches for (:func:`models.audio_synth.vetted_clips`) add that many windows
+    each to ``vehicle`` and ``alarm``, mixed onto the same backgrounds; their clips join the pool's clip list, of source
     :data:`models.audio_synth.SYNTH_SOURCE`. The real windows are the same with or without them.
     """
     rng = np.random.default_rng(cfg.seed)

@@ -27,7 +27,7 @@ from scipy.signal import lfilter
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
 from models.audio_corpus import Clip
 
-__all__ = ["SYNTH_SOURCE", "horn", "siren", "vetted_clips"]
+__all__ = ["MADE_CLASSES", "SYNTH_SOURCE", "horn", "siren", "vetted_clips"]
 
 RATE = WIRE_AUDIO_RATE_HZ
 SYNTH_SOURCE = "synthesised"
@@ -149,6 +149,7 @@ def siren(rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
 
 
 _MAKERS: dict[str, Callable[[np.random.Generator], np.ndarray]] = {"vehicle": horn, "alarm": siren}
+MADE_CLASSES = tuple(_MAKERS)  # the product classes made sounds are made for
 # The teacher hears about half of what is made as its class; give up well after that.
 _MAX_TRIES_PER_CLIP = 20
 

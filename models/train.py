@@ -37,7 +37,7 @@ from models import audio_distill, audio_student, camera_distill
 from models.architectures import AudioEncoder, CameraEncoder, FusionHead
 from models.audio_corpus import check_corpus
 from models.audio_distill import AudioDistillConfig
-from models.audio_synth import SYNTH_SOURCE
+from models.audio_synth import MADE_CLASSES, SYNTH_SOURCE
 from models.dataset import DATA_VERSION, PREPROCESS, Windows, load_or_generate
 from models.evaluate import recall_at_k, retrieval_groups
 from models.radar_bind import (RadarBindConfig, RadarStudent, embed_images, f1_threshold, radar_probs, train_radar,
@@ -136,7 +136,7 @@ def _audio_stage(cfg: TrainConfig, out: Path, log) -> dict:
                "clips": {k: len(v) for k, v in splits.items()},
                "threshold_folds": acfg.threshold_folds,
                "synthetic": {c: sum(1 for clip in pool.clips if clip.source == SYNTH_SOURCE and clip.label == c)
-                             for c in ("vehicle", "alarm")} if acfg.synthetic_windows else {},
+                             for c in MADE_CLASSES} if acfg.synthetic_windows else {},
                "trained_on": sorted({(c.source, c.licence, c.credit) for c in splits["train"]})}
     log(f"audio: held-out macro-F1 {metrics['student']['macro_f1']:.3f} (teacher {metrics['teacher']['macro_f1']:.3f}), "
         f"false labels on background {metrics['student']['false_label_rate']:.3f}")
