@@ -42,6 +42,8 @@ RATE = WIRE_AUDIO_RATE_HZ
 WIN = RATE  # one-second windows, the node's audio window
 # A window holds a clip's event when its loudness is within this many dB of the clip's loudest second.
 EVENT_DB = 20.0
+# Recordings are scored as they are, at this gain (peak-normalised clips played well below full scale).
+EVAL_GAIN = np.float32(0.3)
 
 
 @dataclass
@@ -191,11 +193,16 @@ def _finish(rows: list[tuple[np.ndarray, np.ndarray, int]], clips: list[Clip], t
     return WindowPool(np.stack(logmel), np.stack(scores), np.stack(embs), np.stack(hard), np.array(clip_idx), clips)
 
 
+def _window_starts(n: int) -> list[int] | range:
+    """Where the one-second windows of an ``n``-sample sound start when it is scored as it is: every
+    half second; a sound shorter than a window is one window with the sound in its middle."""
+    return range(0, n - WIN + 1, WIN // 2) if n >= WIN else [-((WIN - n) // 2)]
+
+
 def _sound_scores(teacher: YamnetTeacher, x: np.ndarray) -> np.ndarray:
     """The teacher's product-class scores for a whole sound: the maximum over its windows as
     :func:`eval_windows` cuts them."""
-    starts = range(0, len(x) - WIN + 1, WIN // 2) if len(x) >= WIN else [-((WIN - len(x)) // 2)]
-    return teacher.windows(np.stack([_place(x, s) * np.float32(0.3) for s in starts])).scores.max(axis=0)
+    return teacher.windows(np.stack([_place(x, s) * EVAL_GAIN for s in _window_starts(len(x))])).scores.max(axis=0)
 
 
 def _windows_of(label: str, idx: list[int], n: int, clips: list[Clip], cache: dict, rng: np.random.Generator,
@@ -247,11 +254,9 @@ def eval_windows(clips: list[Clip], teacher: YamnetTeacher | None, progress: str
     for ci, c in enumerate(clips):
         x = _load(c, cache)
         peak = _peak_second_db(x)
-        # A clip shorter than a window is one window with the clip in its middle.
-        starts = range(0, len(x) - WIN + 1, WIN // 2) if len(x) >= WIN else [-((WIN - len(x)) // 2)]
-        for s in starts:
+        for s in _window_starts(len(x)):
             w = _place(x, s)
-            rows.append((w * np.float32(0.3), _label_row(c.label, _loudness_db(w) >= peak - EVENT_DB), ci))
+            rows.append((w * EVAL_GAIN, _label_row(c.label, _loudness_db(w) >= peak - EVENT_DB), ci))
     return _finish(rows, clips, teacher, AudioPreprocess(window_s=1.0), progress)
 
 

@@ -85,13 +85,12 @@ def horn(rng: np.random.Generator) -> np.ndarray:
 
 def _oscillator(freq: np.ndarray, rng: np.random.Generator, wave: str) -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(freq) / RATE
+    top = max(1, int(7000 / max(float(freq.mean()), 1.0)))  # the highest harmonic kept under 7 kHz
     if wave == "square":
         return np.tanh(rng.uniform(3, 12) * np.sin(phase))
     if wave == "saw":
-        top = max(1, int(7000 / max(float(freq.mean()), 1.0)))
         return sum(np.sin(k * phase) / k for k in range(1, top + 1))
     if wave == "buzz":
-        top = max(1, int(7000 / max(float(freq.mean()), 1.0)))
         slope = rng.uniform(0.6, 1.2)
         return sum(k ** -slope * np.sin(k * phase + rng.uniform(0, 2 * np.pi)) for k in range(1, top + 1))
     return np.sin(phase)
