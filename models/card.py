@@ -83,6 +83,11 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
                   + (f"{radar['clutter_windows']} of its {radar['windows']} windows are heavily cluttered rooms "
                      "(20 to 35 false points a frame), so that clutter is not read as people or cars. "
                      if radar.get("clutter_windows") else "")
+                  + ("A simulated scene's static radar returns are drawn apart from its picture, so the binding "
+                     "learns the targets, not which backdrop goes with which returns. " if radar.get("static_apart") else "")
+                  + ("Windows with nothing in view are not one another's negatives: an empty camera frame is "
+                     "pulled toward an empty radar frame, so the similarity does not fall when people leave. "
+                     if radar.get("empty_alike") else "")
                   + f"Camera-to-radar recall@1 among 100 held-out windows: {radar['retrieval_r1_camera_radar']} "
                   f"({radar.get('held_out_windows')} windows)."]
     camera = metrics.get("camera", {})

@@ -32,6 +32,7 @@ __all__ = ["RadarStudent", "RadarBindConfig", "camera_tensor", "embed_images", "
            "radar_probs"]
 
 _OBSERVED = torch.tensor([c in OBSERVES["radar"] for c in CLASSES])
+_IN_VIEW = torch.tensor([c in OBSERVES["camera"] for c in CLASSES])  # what a camera frame can hold
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RadarBindConfig:
     temperature: float = 0.07
     label_weight: float = 1.0
     camera_where: bool = True  # train the camera's spatial part with the radar (its backbone and *what* stay frozen)
+    empty_alike: bool = True  # windows with nothing in view are not one another's InfoNCE negatives
 
 
 class RadarStudent(nn.Module):
@@ -87,8 +89,15 @@ def trained_where(camera: nn.Module, cfg: RadarBindConfig) -> tuple[str, ...]:
     return camera.where_modules if cfg.camera_where else ()
 
 
-def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float,
+              alike: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE of row-matched embeddings. ``alike`` (N,) marks windows that neither sensor
+    can tell apart (nothing in view): they are not each other's negatives, so an empty camera frame
+    is pulled toward an empty radar frame instead of being pushed from every other empty one."""
     logits = a @ b.t() / temperature
+    if alike is not None and int(alike.sum()) > 1:
+        clash = alike[:, None] & alike[None, :] & ~torch.eye(len(a), dtype=torch.bool)
+        logits = logits.masked_fill(clash, float("-inf"))
     target = torch.arange(len(a))
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
@@ -136,7 +145,10 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
             pair = pairable[b]
             if pair.sum() >= 4:
                 target = camera.embed_feature_map(maps[b[pair]]) if where_params else cam[b[pair]]
-                loss = _info_nce(emb[pair], target, cfg.temperature)
+                rows = b[pair]
+                # Nothing in view: no person, vehicle or dog (a user's unlabelled windows never count).
+                alike = (labels[rows] == 0)[:, _IN_VIEW].all(1) if cfg.empty_alike else None
+                loss = _info_nce(emb[pair], target, cfg.temperature, alike)
             else:
                 loss = emb.sum() * 0.0
             known = (labels[b] >= 0).all(1)  # a user's own recordings carry no labels

@@ -180,6 +180,8 @@ def _radar_stage(cfg: TrainConfig, camera: CameraEncoder, out: Path, recordings:
     metrics = {"image_features": bool(PREPROCESS["radar"].image_features),
                "retrieval_r1_camera_radar": _retrieval_r1(embed_images(camera, val.image).numpy(), emb, val.pairable),
                "held_out_windows": len(val), "windows": len(data), "clutter_windows": n_clutter,
+               "static_apart": True,  # the simulator draws static returns per scene (Scene.static_layout)
+               "empty_alike": rcfg.empty_alike,
                "camera_where_trained": bool(where)}
     state = {"encoder": student.encoder.state_dict(), "classifier": student.classifier.state_dict(),
              "camera_where": _where_state(camera, where),

@@ -78,3 +78,21 @@ def test_a_radar_threshold_is_the_best_f1_among_the_precise_ones_not_the_lowest_
     hopeless = np.r_[probs, np.full(50, 0.99)]
     hopeless_truth = np.r_[truth, np.zeros(50, bool)]
     assert f1_threshold(hopeless, hopeless_truth, target_precision=0.9) == 0.225
+
+
+def test_windows_with_nothing_in_view_are_not_one_anothers_negatives():
+    """Two empty scenes look the same to both sensors; pushing them apart would only teach the
+    binding that an empty camera frame and an empty radar frame disagree."""
+    from models.radar_bind import _info_nce
+
+    eye = torch.eye(6)
+    cam = eye.clone()
+    cam[1] = cam[0]  # windows 0 and 1: nothing in view, the same to the camera ...
+    rad = cam.clone()  # ... and to the radar; every other window is its own
+    alike = torch.tensor([True, True, False, False, False, False])
+    masked = _info_nce(cam, rad, 0.05, alike)
+    unmasked = _info_nce(cam, rad, 0.05)
+    assert masked < 1e-3  # each window finds its own and nothing else competes
+    assert unmasked > 0.2  # the twin competes with the right answer: about ln 2 for each of the two
+    assert torch.isfinite(_info_nce(cam, rad, 0.05, torch.zeros(6, dtype=torch.bool)))
+    assert torch.isclose(_info_nce(cam, rad, 0.05, torch.zeros(6, dtype=torch.bool)), unmasked)

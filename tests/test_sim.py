@@ -214,3 +214,45 @@ def test_scene_sequences_follow_each_scene_through_time_deterministically():
     # One scene moves on from step to step; the next scene is another place.
     assert not np.array_equal(a[0][3], a[1][3]) or not np.array_equal(a[0][2], a[1][2])
     assert not np.array_equal(a[0][2], a[5][2])
+
+
+def _shared_share(a: np.ndarray, b: np.ndarray, tol_m: float = 0.5) -> float:
+    """Share of the points of ``a`` with a point of ``b`` within ``tol_m`` metres."""
+    if not len(a) or not len(b):
+        return 0.0
+    d = np.linalg.norm(a[:, None, :2] - b[None, :, :2], axis=2)
+    return float((d.min(axis=1) < tol_m).mean())
+
+
+def test_static_radar_returns_belong_to_the_scene_not_to_its_backdrop(assets):
+    """The picture says nothing of the radar's static returns: a radar bound to the camera must
+    learn the targets, not recognise the backdrop. One place keeps its returns through time."""
+    same_place, same_backdrop = [], []
+    for k in range(20):
+        a = sample_scene(np.random.default_rng(100 + k), 10.0, classes=set(), assets=assets)
+        b = sample_scene(np.random.default_rng(200 + k), 10.0, classes=set(), assets=assets)
+        b.background = a.background
+        a.clutter_rate = b.clutter_rate = 0.0
+        # Over a second, every static return of a place shows (each frame misses some).
+        seen_a = np.concatenate([render_radar(a, t, assets) for t in np.arange(10.0, 11.0, 0.1)])
+        seen_b = np.concatenate([render_radar(b, t, assets) for t in np.arange(10.0, 11.0, 0.1)])
+        later = render_radar(a, 20.0, assets)
+        if len(later):
+            same_place.append(_shared_share(later, seen_a))
+            same_backdrop.append(_shared_share(later, seen_b))
+    assert np.mean(same_place) > 0.9, same_place
+    assert np.mean(same_backdrop) < 0.3, same_backdrop
+
+
+def test_a_live_world_keeps_its_place_when_the_cast_changes():
+    from sensors.sim.world import LiveWorld
+
+    world = LiveWorld(3, GEOMETRY)
+    first = (world.scene.background, world.scene.static_layout)
+    world.update(0.0)
+    seeds = {world.scene.seed}
+    for t in np.arange(0.5, 30.0, 0.5):
+        world.update(float(t))
+        seeds.add(world.scene.seed)
+        assert (world.scene.background, world.scene.static_layout) == first
+    assert len(seeds) > 2  # the cast did change

@@ -16,7 +16,8 @@ from .conftest import ROOT, SAMPLES, SHARED_DATA
 
 DEFAULT = ROOT / "models" / "default" / "manifest.json"
 TEACHERS = SHARED_DATA.parent / "models" / "teachers"
-REQUIRED = ("retrieval_r1.camera_radar", "retrieval_r1.camera_audio", "f1.fused", "f1.camera_only",
+REQUIRED = ("retrieval_r1.camera_radar", "retrieval_r1.camera_audio", "retrieval_targets.camera_radar",
+            "retrieval_targets.share", "f1.fused", "f1.camera_only",
             "f1.radar_only", "f1.audio_only", "f1.adverse.fused", "f1.adverse.best_single",
             "f1.missing.camera", "f1.missing.radar", "f1.missing.audio", "tamper.similarity.detection_rate",
             "tamper.episodes.detection_rate", "tamper.episodes.false_alarm_rate",
@@ -252,3 +253,27 @@ def test_own_recordings_become_unlabelled_alignment_windows(tmp_path):
     (tmp_path / "run1.flac").unlink()
     with pytest.raises(ConfigError, match="run1.mp4"):
         windows_from_recordings(tmp_path)
+
+
+def test_retrieval_over_windows_with_targets_counts_only_those_queries():
+    """Windows that hold nobody are told apart by neither sensor; the split figure leaves them out
+    of the recall but reports their share, so neither number hides the other."""
+    from fusion_node.vocabulary import CLASSES
+    from models.dataset import Windows
+    from models.evaluate import _retrieval_with_targets
+
+    n, d = 200, 16
+    rng = np.random.default_rng(0)
+    labels = np.zeros((n, len(CLASSES)), np.float32)
+    labels[::2, CLASSES.index("person")] = 1  # half the windows hold a person
+    labels[1::4, CLASSES.index("alarm")] = 1  # an alarm is heard, not placed
+    camera, radar = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in rng.normal(size=(2, n, d)))
+    radar[::2] = camera[::2]  # the radar finds every window with a person and no other
+    data = Windows(np.zeros((n, 1, 1, 3), np.uint8), np.zeros((n, 1, 8), np.float32), np.zeros((n, 1), np.float32),
+                   np.zeros((n, 1, 1, 1), np.float16), labels, np.ones(n, bool))
+    out = _retrieval_with_targets(data, camera, radar)
+    assert out == {"camera_radar": 1.0, "share": 0.5}
+    radar[::4] = -camera[::4]  # now half of them are lost
+    assert _retrieval_with_targets(data, camera, radar)["camera_radar"] == 0.5
+    data.pairable[:] = False  # no group of 100 paired windows: nothing to say
+    assert _retrieval_with_targets(data, camera, radar) == {"camera_radar": None, "share": None}

@@ -61,9 +61,9 @@ def _background(assets: Assets, bg_id: int, geometry: RigGeometry) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _static_clutter(assets: Assets, bg_id: int) -> np.ndarray:
-    """Static radar returns of background ``bg_id``: points of the assets' static pool, fixed per id."""
-    rng = np.random.default_rng(20_000 + bg_id)
+def _static_clutter(assets: Assets, layout: int) -> np.ndarray:
+    """Static radar returns of layout ``layout``: points of the assets' static pool, fixed per id."""
+    rng = np.random.default_rng(20_000 + layout)
     n = int(rng.integers(3, 10))
     idx = rng.choice(len(assets.radar_static), size=n, replace=len(assets.radar_static) < n)
     pts = assets.radar_static[idx].copy()
@@ -191,7 +191,7 @@ def render_radar(scene: Scene, t: float, assets: Assets, geometry: RigGeometry =
                 pz = ev.z - radar_z - rng.uniform(0, fall / 2 + 0.1, n)
                 dop = -rng.uniform(0.5, 2.5, n) * np.sign(rng.normal(size=n))
                 rows.append(np.stack([px, py, pz, dop, rng.uniform(14, 20, n), rng.uniform(55, 80, n)], axis=1))
-    static = _static_clutter(assets, scene.background)
+    static = _static_clutter(assets, scene.background if scene.static_layout is None else scene.static_layout)
     keep = rng.random(len(static)) > 0.25  # missed detections
     rows.append(static[keep])
     n_clutter = rng.poisson(scene.clutter_rate)

@@ -131,6 +131,10 @@ class Scene:
     real_camera: np.ndarray | None = None  # a real frame used instead of the rendering
     real_radar: np.ndarray | None = None  # real points used instead of the rendering
     two_d_radar: bool = False  # the radar reports z = 0 (2-D configuration, like the real capture)
+    # Which static radar returns the place has (None: the background's own). The simulator's
+    # pictures are not geometry, so nothing ties a backdrop to its radar returns; a radar bound to
+    # the camera on scenes where they were tied learnt to recognise the backdrop, not the targets.
+    static_layout: int | None = None
 
 
 def _new_target(kind: str, rng: np.random.Generator, geometry: RigGeometry, t_ref: float) -> Target:
@@ -165,6 +169,7 @@ def sample_scene(rng: np.random.Generator, t_ref: float, geometry: RigGeometry =
         classes.add("person")  # someone is talking
     bg = int(rng.integers(0, n_backgrounds))
     scene = Scene(seed=int(rng.integers(0, 2**31)), background=bg)
+    scene.static_layout = scene.seed  # drawn apart from the backdrop (see Scene.static_layout)
     w, h = geometry.width_px, geometry.height_px
     if rng.random() < 0.5 or "glass_break" in classes:
         scene.window_decor = (int(rng.integers(10, w - 70)), int(rng.integers(10, h // 2 - 30)),
@@ -254,6 +259,7 @@ class LiveWorld:
             return
         fresh = sample_scene(self.rng, t + 2.0, self.geometry)
         fresh.background = self.scene.background
+        fresh.static_layout = self.scene.static_layout  # the same place keeps its static returns
         fresh.night, fresh.occlusion = False, None
         self.scene = fresh
         self.next_change = t + float(self.rng.uniform(4.0, 7.0))
