@@ -60,12 +60,15 @@ def retrieval_groups(pairable: np.ndarray, size: int = 100) -> list[np.ndarray]:
     return [ok[g * size:(g + 1) * size] for g in range(len(ok) // size)]
 
 
+def _own_rank(query: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Per query, how many keys are more similar to it than its own (same row)."""
+    sim = query @ keys.T
+    return (sim > np.diag(sim)[:, None]).sum(1)
+
+
 def recall_at_k(query: np.ndarray, keys: np.ndarray, k: int) -> float:
     """Fraction of queries whose own key (same row) is among the k most similar keys."""
-    sim = query @ keys.T
-    own = np.diag(sim)
-    rank = (sim > own[:, None]).sum(1)
-    return float((rank < k).mean())
+    return float((_own_rank(query, keys) < k).mean())
 
 
 def _retrieval_with_targets(data: Windows, camera: np.ndarray, radar: np.ndarray) -> dict:
@@ -75,8 +78,7 @@ def _retrieval_with_targets(data: Windows, camera: np.ndarray, radar: np.ndarray
     held = data.labels[:, [CLASSES.index(c) for c in in_view]].max(axis=1) > 0
     hits, has = [], []
     for idx in retrieval_groups(data.pairable):
-        sim = camera[idx] @ radar[idx].T
-        hits.append((sim > np.diag(sim)[:, None]).sum(1) == 0)
+        hits.append(_own_rank(camera[idx], radar[idx]) == 0)
         has.append(held[idx])
     if not hits:
         return {"camera_radar": None, "share": None}
