@@ -95,7 +95,7 @@ def _info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float,
     can tell apart (nothing in view): they are not each other's negatives, so an empty camera frame
     is pulled toward an empty radar frame instead of being pushed from every other empty one."""
     logits = a @ b.t() / temperature
-    if alike is not None and int(alike.sum()) > 1:
+    if alike is not None:
         clash = alike[:, None] & alike[None, :] & ~torch.eye(len(a), dtype=torch.bool)
         logits = logits.masked_fill(clash, float("-inf"))
     target = torch.arange(len(a))
@@ -144,8 +144,8 @@ def train_radar(data: Windows, camera: nn.Module, cfg: RadarBindConfig, progress
             emb, logits = model(points[b], mask[b])
             pair = pairable[b]
             if pair.sum() >= 4:
-                target = camera.embed_feature_map(maps[b[pair]]) if where_params else cam[b[pair]]
                 rows = b[pair]
+                target = camera.embed_feature_map(maps[rows]) if where_params else cam[rows]
                 # Nothing in view: no person, vehicle or dog (a user's unlabelled windows never count).
                 alike = (labels[rows] == 0)[:, _IN_VIEW].all(1) if cfg.empty_alike else None
                 loss = _info_nce(emb[pair], target, cfg.temperature, alike)

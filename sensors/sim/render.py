@@ -191,7 +191,7 @@ def render_radar(scene: Scene, t: float, assets: Assets, geometry: RigGeometry =
                 pz = ev.z - radar_z - rng.uniform(0, fall / 2 + 0.1, n)
                 dop = -rng.uniform(0.5, 2.5, n) * np.sign(rng.normal(size=n))
                 rows.append(np.stack([px, py, pz, dop, rng.uniform(14, 20, n), rng.uniform(55, 80, n)], axis=1))
-    static = _static_clutter(assets, scene.background if scene.static_layout is None else scene.static_layout)
+    static = _static_clutter(assets, scene.static_layout)
     keep = rng.random(len(static)) > 0.25  # missed detections
     rows.append(static[keep])
     n_clutter = rng.poisson(scene.clutter_rate)

@@ -136,6 +136,10 @@ class Scene:
     # the camera on scenes where they were tied learnt to recognise the backdrop, not the targets.
     static_layout: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.static_layout is None:
+            self.static_layout = self.background
+
 
 def _new_target(kind: str, rng: np.random.Generator, geometry: RigGeometry, t_ref: float) -> Target:
     lo, hi = RANGE_M[kind]
@@ -168,8 +172,8 @@ def sample_scene(rng: np.random.Generator, t_ref: float, geometry: RigGeometry =
     if "speech" in classes:
         classes.add("person")  # someone is talking
     bg = int(rng.integers(0, n_backgrounds))
-    scene = Scene(seed=int(rng.integers(0, 2**31)), background=bg)
-    scene.static_layout = scene.seed  # drawn apart from the backdrop (see Scene.static_layout)
+    seed = int(rng.integers(0, 2**31))
+    scene = Scene(seed=seed, background=bg, static_layout=seed)  # returns apart from the backdrop
     w, h = geometry.width_px, geometry.height_px
     if rng.random() < 0.5 or "glass_break" in classes:
         scene.window_decor = (int(rng.integers(10, w - 70)), int(rng.integers(10, h // 2 - 30)),
