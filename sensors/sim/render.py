@@ -280,9 +280,8 @@ def render_audio(scene: Scene, t_end: float, duration_s: float, assets: Assets) 
             signal[active] += gain * SOUND_LEVEL["alarm"] / dist * np.interp(k[active] % len(clip),
                                                                             np.arange(len(clip)), clip)
     rng = np.random.default_rng([scene.seed, int(round(t_end * 1000)) & 0x7FFFFFFF, 11])
-    if duration_s >= 0.5 and rng.random() < 0.15:  # an unlabelled distractor: a door, or an aircraft far away
-        kind = "door" if rng.random() < 0.6 else "aircraft"
-        clip = assets.clips[kind][0]
+    if duration_s >= 0.5 and rng.random() < 0.15:  # an unlabelled distractor: a door
+        clip = assets.clips["door"][0]
         start = int(rng.integers(0, n))
         m = min(n - start, len(clip))
         signal[start:start + m] += float(rng.uniform(0.05, 0.3)) * clip[:m]
