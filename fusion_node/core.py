@@ -34,6 +34,7 @@ from .clock import ClockTracker
 from .config import RigConfig
 from .drift import DriftMonitor
 from .labels import LabelSmoother
+from .preprocess import pool_radar_frames
 from .faults import FaultMonitor
 from .radar_projection import RadarProjection
 from .rig import Rig
@@ -61,6 +62,11 @@ STEP_CONFIRM = 3
 # Sets further apart than this (or going back in time) restart the label smoothing: the rig's
 # sensors restarted or stalled, and what was seen before says nothing of the scene now.
 LABEL_RESET_GAP_NS = 2_000_000_000
+# A radar frame further back than this from a set's own frame is not pooled with it (for a model
+# that reads several frames): the radar paused, and what it saw then is not where things are now.
+RADAR_POOL_SPAN_NS = 1_000_000_000
+# Frames of a radar kept beyond those pooled: a set may be fused after later frames have arrived.
+RADAR_HISTORY_SLACK = 16
 
 
 @dataclass
@@ -123,6 +129,10 @@ class FusionCore:
         ring_s = max(4.0, 2 * self.audio_window_s + cfg.sync.deadline_ms / 1e3)
         self.rings = {s.id: AudioRing(self.audio_rate_hz, ring_s) for s in cfg.sensors if s.kind == "audio"}
         self.assembler = SetAssembler(cfg, self.audio_window_s)
+        # The radar encoder's window is the model's too: its set's frame and the frames before it.
+        self.radar_frames = 1 if runtime is None else runtime.radar_frames
+        self._radar_history = {s.id: deque(maxlen=self.radar_frames + RADAR_HISTORY_SLACK)
+                               for s in cfg.sensors if s.kind == "radar" and self.radar_frames > 1}
         self.faults = FaultMonitor(cfg.faults, {s.id: s.kind for s in cfg.sensors}, self.audio_rate_hz) \
             if cfg.faults.enabled else None
         self.unattributed: Counter = Counter()
@@ -327,6 +337,8 @@ class FusionCore:
                         self.assembler.rebase(st.sensor_id)
                     self.assembler.audio_progress(st.sensor_id, ring.end_ns)
                 else:
+                    if st.sensor_id in self._radar_history:
+                        self._radar_history[st.sensor_id].append(member)
                     self.assembler.add(member)
         self._update_liveness(now_ns)
         return self.assembler.poll(now_ns)
@@ -403,7 +415,7 @@ class FusionCore:
                 if isinstance(m.msg, CameraFrame):
                     inputs["camera"] = (m.msg.image,)
                 elif isinstance(m.msg, RadarPoints):
-                    inputs["radar"] = (m.msg.points,)
+                    inputs["radar"] = (self._radar_window(m),)
                     options["radar"] = {"projection": self.radar_projections.get(sid)}
             tensors = {}
             for modality, args in inputs.items():
@@ -423,6 +435,17 @@ class FusionCore:
         else:
             head = None
         return self._event(sset, members, sorted(missing), audio_cov, head, stage_ms, embeddings, faults)
+
+    def _radar_window(self, member: Member) -> np.ndarray:
+        """A set's radar detections: its frame's, pooled with the frames of the same run before it
+        (the model's ``radar_frames`` in all at most, none older than :data:`RADAR_POOL_SPAN_NS`)."""
+        history = self._radar_history.get(member.sensor_id)
+        if history is None:
+            return member.msg.points
+        earlier = sorted((m for m in history if m.msg.run_id == member.msg.run_id
+                          and member.t_rig_ns - RADAR_POOL_SPAN_NS <= m.t_rig_ns < member.t_rig_ns),
+                         key=lambda m: m.t_rig_ns)
+        return pool_radar_frames([m.msg.points for m in earlier] + [member.msg.points], self.radar_frames)
 
     def _event(self, sset: SyncSet, members: dict[str, Member], missing: list[str], audio_cov: dict,
                head: HeadOutput | None, stage_ms: dict, embeddings: dict, faults: dict[str, list[str]]) -> dict:

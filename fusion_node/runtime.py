@@ -99,6 +99,10 @@ class Runtime(Protocol):
     def audio_sample_rate_hz(self) -> int:
         """Sample rate the audio preprocessing expects; the core admits audio at this rate only."""
 
+    @property
+    def radar_frames(self) -> int:
+        """Radar frames the radar encoder looks at (the set's and those before it); the core pools this many."""
+
     def preprocess(self, modality: str, *raw: np.ndarray,
                    projection: RadarProjection | None = None) -> tuple[np.ndarray, ...]:
         """One modality's raw data -> the arrays :meth:`encode` takes (``projection``: radar only,
@@ -192,6 +196,11 @@ class BundleRuntime:
     def audio_sample_rate_hz(self) -> int:
         """Sample rate the audio preprocessing expects (the manifest's ``audio.preprocess``)."""
         return self.preprocessors["audio"].sample_rate_hz
+
+    @property
+    def radar_frames(self) -> int:
+        """Radar frames pooled into one window (the manifest's ``radar.preprocess.stack_frames``, default 1)."""
+        return self.preprocessors["radar"].stack_frames
 
     # ------------------------------------------------------------------ the calls
 

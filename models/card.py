@@ -78,6 +78,9 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
                   + (", and the spatial part of the camera's embedding (where things are; no classifier reads it) "
                      "learns with it; the camera's backbone and its *what* stay as distilled, so its labels do not "
                      "change. " if joint else ". ")
+                  + (f"A window's points are those of the radar's last {radar['stack_frames']} frames, pooled "
+                     "(one frame holds a handful of points per person, and some go missing). "
+                     if radar.get("stack_frames", 1) > 1 else "")
                   + ("Each point also carries where it lands in the picture, through the rig calibration "
                      "(or the nominal geometry in the manifest when the rig has none). " if radar.get("image_features") else "")
                   + (f"{radar['clutter_windows']} of its {radar['windows']} windows are heavily cluttered rooms "

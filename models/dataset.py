@@ -27,20 +27,23 @@ from fusion_node.rig import load_rig
 from fusion_node.preprocess import AudioPreprocess, CameraPreprocess, RadarPreprocess
 from fusion_node.vocabulary import CLASSES, WIRE_AUDIO_RATE_HZ
 from sensors.audio import load_audio_file
-from sensors.sim.assets import load_assets, real_tag
+from sensors.sim.assets import Assets, load_assets, real_tag
 from sensors.sim.render import render_audio, render_camera, render_radar
-from sensors.sim.world import RigGeometry, sample_scene, scene_labels
+from sensors.sim.world import RigGeometry, Scene, sample_scene, scene_labels
 from sensors.ti_mmwave import read_capture
 
-__all__ = ["DATA_VERSION", "Windows", "PREPROCESS", "generate", "load_or_generate", "scene_sequences",
-           "windows_from_recordings"]
+__all__ = ["DATA_VERSION", "RADAR_FRAME_INTERVAL_S", "Windows", "PREPROCESS", "generate", "load_or_generate",
+           "radar_window", "scene_sequences", "windows_from_recordings"]
 
-DATA_VERSION = "sim-v6"
+DATA_VERSION = "sim-v7"
+# The simulated radar's frame interval (10 Hz, as the live simulator and the demo capture run it).
+RADAR_FRAME_INTERVAL_S = 0.1
 
 PREPROCESS = {
     "camera": CameraPreprocess(size_hw=(96, 96)),
     # The sim's own geometry (RigGeometry's defaults) is the nominal one the bundle records.
-    "radar": RadarPreprocess(max_points=64, image_features=True),
+    # A window's radar points are those of the radar's last three frames (0.3 s at 10 Hz).
+    "radar": RadarPreprocess(max_points=64, image_features=True, stack_frames=3),
     "audio": AudioPreprocess(window_s=1.0),
 }
 
@@ -116,12 +119,21 @@ def _chunk(args: tuple) -> Windows:
         t_ref = float(rng.uniform(2.0, 60.0))
         scene = sample_scene(rng, t_ref, geometry, adverse=adverse, assets=assets, real_prob=real_prob)
         out.image[i] = camera_uint8(render_camera(scene, t_ref, assets, geometry))
-        pts, mask = PREPROCESS["radar"](render_radar(scene, t_ref, assets, geometry))
+        pts, mask = PREPROCESS["radar"](radar_window(scene, t_ref, assets, geometry))
         out.points[i], out.mask[i] = pts[0], mask[0]
         out.logmel[i] = PREPROCESS["audio"](render_audio(scene, t_ref, 1.0, assets))[0]
         out.labels[i] = scene_labels(scene, t_ref, geometry)
         out.pairable[i] = scene.real_camera is None and scene.real_radar is None
     return out
+
+
+def radar_window(scene: Scene, t_ref: float, assets: Assets, geometry: RigGeometry) -> np.ndarray:
+    """The radar detections of the window ending at ``t_ref``: the frames the radar preprocessing
+    pools, rendered :data:`RADAR_FRAME_INTERVAL_S` apart (a real radar capture is one frame)."""
+    pp = PREPROCESS["radar"]
+    k = 1 if scene.real_radar is not None else pp.stack_frames
+    return pp.pool([render_radar(scene, t_ref - j * RADAR_FRAME_INTERVAL_S, assets, geometry)
+                    for j in reversed(range(k))])
 
 
 def generate(n: int, seed: int, split: str = "train", adverse: str | None = None, real_prob: float = 0.0,
@@ -230,7 +242,9 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
             end = int(t * WIRE_AUDIO_RATE_HZ)
             if k >= len(frames) or end > len(samples):
                 break
-            pts, mask = PREPROCESS["radar"](frames[k].points, projection)
+            radar_pp = PREPROCESS["radar"]
+            pts, mask = radar_pp(radar_pp.pool([f.points for f in frames[max(0, k + 1 - radar_pp.stack_frames):k + 1]]),
+                                 projection)
             rows.append((camera_uint8(img), pts[0], mask[0],
                          PREPROCESS["audio"](samples[end - WIRE_AUDIO_RATE_HZ:end])[0]))
         cap.release()

@@ -30,9 +30,11 @@ import numpy as np
 from fusion_node.config import AlertsConfig
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.drift import MIN_BASELINE, DriftMonitor
+from fusion_node.errors import ConfigError
 from fusion_node.manifest import load_manifest
+from fusion_node.preprocess import pool_radar_frames
 from fusion_node.vocabulary import BOUND_PAIRS, CLASSES, MODALITIES, OBSERVES
-from models.dataset import Windows, load_or_generate, scene_sequences
+from models.dataset import PREPROCESS, Windows, load_or_generate, scene_sequences
 from models.real_eval import evaluate_real_audio
 
 __all__ = ["macro_f1", "recall_at_k", "retrieval_groups", "evaluate", "write_report"]
@@ -92,6 +94,10 @@ class _OnnxEvaluator:
 
     def __init__(self, manifest: Path, provider: str = "cpu"):
         self.rt = ModelRuntime(load_manifest(manifest), provider=provider)
+        pooled = PREPROCESS["radar"].stack_frames
+        if self.rt.trained and self.rt.radar_frames != pooled:
+            raise ConfigError(f"{manifest}: its radar encoder reads {self.rt.radar_frames} frame(s) per window, the "
+                              f"simulated windows pool {pooled}; evaluate it with the version that trained it")
         self.thresholds = np.array([self.rt.thresholds.get(c, 0.5) for c in CLASSES])
 
     def embed(self, data: Windows, progress: str = "") -> dict[str, np.ndarray]:
@@ -144,9 +150,11 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
     cam = np.zeros((n_scenes, steps, rt.embedding_dim), np.float32)
     rad = np.zeros_like(cam)
     frames = scene_sequences(n_scenes, steps, seed, split, real_clips, period)
+    recent: list[np.ndarray] = []  # the scene's radar frames so far, pooled as the node pools them
     for i, k, image, points in tqdm(frames, total=n_scenes * steps, desc="tamper episodes", unit="set", leave=False):
+        recent = [points] if k == 0 else (recent + [points])[-rt.radar_frames:]
         cam[i, k] = rt.encode("camera", *rt.preprocess("camera", image))[0]
-        rad[i, k] = rt.encode("radar", *rt.preprocess("radar", points))[0]
+        rad[i, k] = rt.encode("radar", *rt.preprocess("radar", pool_radar_frames(recent, rt.radar_frames)))[0]
 
     def first_alert(i: int, j: int) -> float | None:
         mon = DriftMonitor(BOUND_PAIRS, cfg)

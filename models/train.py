@@ -178,6 +178,7 @@ def _radar_stage(cfg: TrainConfig, camera: CameraEncoder, out: Path, recordings:
     thresholds = {c: f1_threshold(probs[:, k], val.labels[:, k] > 0) for k, c in enumerate(CLASSES)
                   if c in OBSERVES["radar"]}
     metrics = {"image_features": bool(PREPROCESS["radar"].image_features),
+               "stack_frames": PREPROCESS["radar"].stack_frames,
                "retrieval_r1_camera_radar": _retrieval_r1(embed_images(camera, val.image).numpy(), emb, val.pairable),
                "held_out_windows": len(val), "windows": len(data), "clutter_windows": n_clutter,
                "static_apart": True,  # the simulator draws static returns per scene (Scene.static_layout)

@@ -43,13 +43,16 @@ class FakeRuntime:
 
     def __init__(self, *, embedding_dim: int = 8, classes: Sequence[str] = CLASSES,
                  thresholds: Mapping[str, float] | None = None, consistency_threshold: float | None = 0.5,
-                 audio_window_s: float = 0.2, audio_sample_rate_hz: int = WIRE_AUDIO_RATE_HZ, trained: bool = True):
+                 audio_window_s: float = 0.2, audio_sample_rate_hz: int = WIRE_AUDIO_RATE_HZ, trained: bool = True,
+                 radar_frames: int = 1):
         self._dim = embedding_dim
         self._classes = tuple(classes)
         self._thresholds = dict(thresholds) if thresholds is not None else {c: 0.5 for c in self._classes}
         self._consistency_threshold = consistency_threshold
         self._audio_window_s = audio_window_s
         self._audio_rate = audio_sample_rate_hz
+        self._radar_frames = radar_frames
+        self.last_raw: dict[str, np.ndarray] = {}  # the raw array each modality's preprocess last took
         self._trained = trained
         # Every modality points the same way until a test says otherwise: they agree.
         first = np.zeros(embedding_dim, np.float32)
@@ -110,11 +113,16 @@ class FakeRuntime:
     def audio_sample_rate_hz(self) -> int:
         return self._audio_rate
 
+    @property
+    def radar_frames(self) -> int:
+        return self._radar_frames
+
     def preprocess(self, modality: str, *raw: np.ndarray,
                    projection: RadarProjection | None = None) -> tuple[np.ndarray, ...]:
         _check_modality(modality)
         if len(raw) != 1 or not isinstance(raw[0], np.ndarray):
             raise ValueError(f"{modality}: preprocess takes one raw array, got {len(raw)}")
+        self.last_raw[modality] = raw[0]
         flat = raw[0].astype(np.float64).ravel()
         stats = np.array([[flat.mean(), flat.std(), flat.min(), flat.max()]] if flat.size else [[0.0] * 4],
                          np.float32)

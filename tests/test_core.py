@@ -234,3 +234,42 @@ def test_calibration_file_clock_offsets_put_sensors_on_the_rig_clock(tmp_path):
         t = T0 + i * 100 * MS
         events += _feed(core, clock, [_audio(i, t), _cam(i, t), _radar(i, t + 250 * MS)], now=t + MS)
     assert events and all(m["age_ms"] == 0 for e in events for m in e["members"])
+
+
+def _radar_marked(seq, t, run=1):
+    """A radar frame of ``seq + 1`` points whose x is the frame's seq, so a pooled window names its frames."""
+    pts = np.zeros((seq % 5 + 1, 6), np.float32)
+    pts[:, 0], pts[:, 4] = seq, 20.0
+    return RadarPoints("radar0", seq, t, t, pts, run_id=run)
+
+
+def _pooled_frames(core, clock, seqs, t0, run=1):
+    """Feed camera + marked radar frames ``seqs`` 100 ms apart from ``t0`` (audio throughout): for each
+    event, the radar frame it was built on and the frames its radar window pooled."""
+    out = []
+    for i, seq in enumerate(seqs):
+        t = t0 + i * 100 * MS
+        msgs = [_audio(run * 1000 + seq * 5 + j, t - 80 * MS + j * 20 * MS, run) for j in range(5)]
+        msgs += [_cam(seq, t, run), _radar_marked(seq, t + 5 * MS, run)]
+        for ev in _feed(core, clock, msgs, now=t + 21 * MS):
+            own = next(m["seq"] for m in ev["members"] if m["sensor_id"] == "radar0")
+            out.append((own, sorted({int(x) for x in core.runtime.last_raw["radar"][:, 0]})))
+    return out
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_radar_window_pools_the_frames_the_model_reads(frames):
+    from .fake_runtime import FakeRuntime
+
+    clock = Clock()
+    core = FusionCore(_cfg(), FakeRuntime(radar_frames=frames), timer=clock)
+    pooled = _pooled_frames(core, clock, range(8), T0)
+    assert len(pooled) >= 6
+    for own, seqs in pooled:
+        assert seqs == list(range(max(0, own - frames + 1), own + 1))  # its own frame and those just before
+    # A restarted radar (new run) starts its window afresh; so does one that paused past the pooling span.
+    after_restart = _pooled_frames(core, clock, range(100, 104), T0 + 800 * MS, run=2)
+    assert after_restart and all(seqs == list(range(max(100, own - frames + 1), own + 1))
+                                 for own, seqs in after_restart)
+    after_pause = _pooled_frames(core, clock, range(104, 108), T0 + 5000 * MS, run=2)
+    assert after_pause and all(seqs == list(range(max(104, own - frames + 1), own + 1)) for own, seqs in after_pause)

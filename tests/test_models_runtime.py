@@ -420,6 +420,23 @@ def test_radar_keeps_highest_snr_points():
         np.testing.assert_array_equal(a, b)
 
 
+def test_radar_pools_its_newest_frames_and_records_how_many():
+    pp = RadarPreprocess(max_points=8, stack_frames=3)
+    frames = [np.full((k + 1, 6), k, np.float32) for k in range(5)]  # frame k: k + 1 points of value k
+    pooled = pp.pool(frames)
+    assert sorted(set(pooled[:, 0].tolist())) == [2.0, 3.0, 4.0] and len(pooled) == 3 + 4 + 5
+    assert pp.pool(frames[:1]) is frames[0]  # a radar's first frame is a window of its own
+    out, mask = pp(pooled)
+    assert mask.sum() == 8  # the pool goes through the same top-SNR cut as one frame
+    assert RadarPreprocess.from_dict(pp.to_dict()).stack_frames == 3
+    assert "stack_frames" not in RadarPreprocess().to_dict()  # bundles that read one frame keep their manifest
+    assert RadarPreprocess.from_dict({"max_points": 8}).stack_frames == 1
+    with pytest.raises(ValueError, match="no frame"):
+        pp.pool([])
+    with pytest.raises(ValueError, match="stack_frames"):
+        RadarPreprocess(stack_frames=0)
+
+
 def test_radar_pads_and_handles_empty_frames():
     pp = RadarPreprocess(max_points=8)
     pts = np.ones((3, 6), np.float32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.architectures import CameraEncoder
-from models.dataset import generate
+from models.dataset import PREPROCESS, RADAR_FRAME_INTERVAL_S, generate, radar_window
 from models.radar_bind import RadarBindConfig, camera_tensor, f1_threshold, train_radar
 
 WHERE = ("squeeze.", "spatial_proj.")
@@ -96,3 +96,16 @@ def test_windows_with_nothing_in_view_are_not_one_anothers_negatives():
     assert unmasked > 0.2  # the twin competes with the right answer: about ln 2 for each of the two
     assert torch.isfinite(_info_nce(cam, rad, 0.05, torch.zeros(6, dtype=torch.bool)))
     assert torch.isclose(_info_nce(cam, rad, 0.05, torch.zeros(6, dtype=torch.bool)), unmasked)
+
+
+def test_a_simulated_window_pools_the_radar_frames_the_node_pools():
+    from sensors.sim.assets import load_assets
+    from sensors.sim.render import render_radar
+    from sensors.sim.world import RigGeometry, sample_scene
+
+    geometry, assets = RigGeometry(), load_assets("train")
+    scene = sample_scene(np.random.default_rng(4), 20.0, geometry, classes={"person"}, assets=assets)
+    k = PREPROCESS["radar"].stack_frames
+    assert k > 1  # the shipped radar reads several frames, and the windows it trains on must hold them
+    frames = [render_radar(scene, 20.0 - j * RADAR_FRAME_INTERVAL_S, assets, geometry) for j in reversed(range(k))]
+    np.testing.assert_array_equal(radar_window(scene, 20.0, assets, geometry), np.concatenate(frames))

@@ -34,7 +34,7 @@ GPU = gpu_problem()
 GPU_BATCH = 3
 
 FAKE_SETTINGS = {"embedding_dim": 8, "thresholds": None, "consistency_threshold": 0.25, "audio_window_s": 0.2,
-                 "audio_sample_rate_hz": 8000}
+                 "audio_sample_rate_hz": 8000, "radar_frames": 3}
 
 
 def _protocol_members() -> dict[str, object]:
@@ -106,7 +106,8 @@ def _expected(rt: Runtime) -> dict:
     audio = raw["encoders"]["audio"]["preprocess"]
     return {"trained": raw["trained"], "classes": tuple(raw["classes"]), "thresholds": raw["thresholds"],
             "consistency_threshold": raw["consistency_threshold"], "embedding_dim": raw["embedding_dim"],
-            "audio_window_s": audio["window_s"], "audio_sample_rate_hz": audio["sample_rate_hz"]}
+            "audio_window_s": audio["window_s"], "audio_sample_rate_hz": audio["sample_rate_hz"],
+            "radar_frames": raw["encoders"]["radar"]["preprocess"].get("stack_frames", 1)}
 
 
 def _raw(rt: Runtime, seed: int) -> dict[str, np.ndarray]:
@@ -172,6 +173,7 @@ def test_classes_thresholds_and_consistency_threshold(runtime):
     assert runtime.embedding_dim == want["embedding_dim"]
     assert runtime.audio_window_s == want["audio_window_s"]
     assert runtime.audio_sample_rate_hz == want["audio_sample_rate_hz"]
+    assert runtime.radar_frames == want["radar_frames"]
 
 
 def test_preprocess_encode_fuse_round_trip(runtime):

@@ -101,6 +101,9 @@ def test_train_runs_every_stage_and_exports_a_trained_bundle_with_a_model_card(t
     assert radar["metrics"]["camera_where_trained"] is True
     assert radar["camera_where"] and all(k.startswith(("squeeze.", "spatial_proj.")) for k in radar["camera_where"])
     assert "the spatial part of the camera's embedding" in card
+    # The radar read pooled frames in training, and its manifest tells the node to pool as many.
+    assert radar["metrics"]["stack_frames"] == manifest["encoders"]["radar"]["preprocess"]["stack_frames"] == 3
+    assert "radar's last 3 frames" in card
 
 
 def test_the_exported_camera_is_the_camera_stages_with_the_spatial_part_the_radar_stage_trained(tiny_run, tmp_path):
