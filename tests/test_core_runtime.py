@@ -19,6 +19,7 @@ import pytest
 from fusion_node.config import config_from_dict
 from fusion_node.core import FusionCore
 from fusion_node.cpu_runtime import ModelRuntime
+from fusion_node.preprocess import pool_radar_frames
 from fusion_node.runtime import HeadOutput, Runtime
 from fusion_node.vocabulary import CLASSES, MODALITIES, WIRE_AUDIO_RATE_HZ
 from fusion_node.wire import AudioChunk, CameraFrame, RadarPoints
@@ -192,8 +193,11 @@ def test_the_core_hands_the_model_what_arrived(shipped, recordings):
     t_ref = ev["t_ref_ns"]
     window = int(shipped.audio_window_s * recordings.rate)
     end = (t_ref - T0) * recordings.rate // 1_000_000_000
+    # The radar window is the set's frame and the frames just before it, as many as the model reads.
+    radar = [recordings.radar[k % len(recordings.radar)]
+             for k in range(max(0, n["radar0"] + 1 - shipped.radar_frames), n["radar0"] + 1)]
     raw = {"camera": recordings.images[n["cam0"] % len(recordings.images)],
-           "radar": recordings.radar[n["radar0"] % len(recordings.radar)],
+           "radar": pool_radar_frames(radar, shipped.radar_frames),
            "audio": recordings.audio[end - window:end]}
     direct = shipped.fuse({m: shipped.encode(m, *shipped.preprocess(m, raw[m])) for m in MODALITIES})
     np.testing.assert_allclose(head.logits, direct.logits, atol=1e-4)
