@@ -1,7 +1,8 @@
 """Training and evaluation data: simulated tri-modal windows, already preprocessed like the node does.
 
 Each sample is one synchronised set: the camera frame at the reference time, the radar frame
-at the same time and the audio window ending at it, passed through the very preprocessing the
+at the same time pooled with the frames just before it (:func:`radar_window`) and the audio
+window ending at it, passed through the very preprocessing the
 node runs (:mod:`fusion_node.preprocess`), so the models see exactly what they will see live.
 Camera images are stored as the resized uint8 picture (the normalisation is a fixed affine map
 applied per batch), audio as float16 log-mel; a dataset of 20 000 windows takes under 1 GB.
@@ -206,8 +207,8 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
 
     ``folder`` holds sets of files sharing a stem: a video (.mp4/.avi/.mkv/.mov), a TI radar
     capture (.dat) and an audio file (.wav/.ogg/.flac), all started at the same instant. Every
-    ``step_s`` of video gives one window: that frame, the radar frame nearest in time and the
-    second of audio ending at it. Labels are unknown (-1): these windows only train alignment.
+    ``step_s`` of video gives one window: that frame, the radar frame nearest in time (pooled with
+    the frames before it, as the node pools them) and the second of audio ending at it. Labels are unknown (-1): these windows only train alignment.
     The radar points are projected into the picture through ``calibration`` (by default the
     folder's ``rig_calibration.yaml`` when it has one; otherwise the nominal geometry).
     """
@@ -215,6 +216,7 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
     if calibration is None and (folder / "rig_calibration.yaml").is_file():
         calibration = folder / "rig_calibration.yaml"
     projection = recording_projection(Path(calibration)) if calibration is not None else None
+    radar_pp = PREPROCESS["radar"]
     videos = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".mov")]
     parts = []
     for video in videos:
@@ -242,7 +244,6 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
             end = int(t * WIRE_AUDIO_RATE_HZ)
             if k >= len(frames) or end > len(samples):
                 break
-            radar_pp = PREPROCESS["radar"]
             pts, mask = radar_pp(radar_pp.pool([f.points for f in frames[max(0, k + 1 - radar_pp.stack_frames):k + 1]]),
                                  projection)
             rows.append((camera_uint8(img), pts[0], mask[0],
