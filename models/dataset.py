@@ -208,7 +208,8 @@ def windows_from_recordings(folder: Path, radar_period_s: float = 0.1, step_s: f
     ``folder`` holds sets of files sharing a stem: a video (.mp4/.avi/.mkv/.mov), a TI radar
     capture (.dat) and an audio file (.wav/.ogg/.flac), all started at the same instant. Every
     ``step_s`` of video gives one window: that frame, the radar frame nearest in time (pooled with
-    the frames before it, as the node pools them) and the second of audio ending at it. Labels are unknown (-1): these windows only train alignment.
+    the frames before it, as the node pools them) and the second of audio ending at it. Labels
+    are unknown (-1): these windows only train alignment.
     The radar points are projected into the picture through ``calibration`` (by default the
     folder's ``rig_calibration.yaml`` when it has one; otherwise the nominal geometry).
     """
