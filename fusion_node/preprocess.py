@@ -176,7 +176,7 @@ class RadarPreprocess:
     ``stack_frames``: a window's detections are those of the radar's last ``stack_frames`` frames
     (the set's frame and the ones before it), pooled by :meth:`pool` before the call. One frame
     holds a handful of points per person, and a fifth of them go missing; a few frames together
-    say where people are far better, while they move only a few centimetres in between.
+    say where people are far better, while a walker moves about ten centimetres from one frame to the next.
     """
 
     KEYS = ("max_points", "scale", "image_features", "nominal_hfov_deg", "nominal_aspect", "nominal_below_m",

@@ -8,7 +8,8 @@ the held-out parts of those recordings, read from that folder.
 
 The JSON holds ``retrieval_r1.{camera_radar,camera_audio}`` (recall@1 among 100 candidate
 windows), ``retrieval_targets.{camera_radar,share}`` (the same camera-radar recall@1 over the
-windows that hold a person, vehicle or dog, and their share), ``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
+windows that hold a person, vehicle or dog, and their share),
+``f1.{fused,camera_only,radar_only,audio_only}`` (event macro-F1),
 ``f1.adverse.{fused,best_single}`` and per condition, ``f1.missing.{camera,radar,audio}``,
 ``tamper.*`` (per window, and ``tamper.episodes.*``: the node's drift monitor on simulated scenes
 followed through time, the radar swapped for another scene's after the baseline is learnt), and with ``--real-clips`` the held-out real recordings (:mod:`models.real_eval`):
@@ -22,6 +23,7 @@ is an HTML page of tables, a confusion matrix and retrieval curves as inline SVG
 from __future__ import annotations
 
 import html
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,9 +152,11 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
     cam = np.zeros((n_scenes, steps, rt.embedding_dim), np.float32)
     rad = np.zeros_like(cam)
     frames = scene_sequences(n_scenes, steps, seed, split, real_clips, period)
-    recent: list[np.ndarray] = []  # the scene's radar frames so far, pooled as the node pools them
+    recent: deque[np.ndarray] = deque(maxlen=rt.radar_frames)  # the scene's last frames, pooled as the node pools them
     for i, k, image, points in tqdm(frames, total=n_scenes * steps, desc="tamper episodes", unit="set", leave=False):
-        recent = [points] if k == 0 else (recent + [points])[-rt.radar_frames:]
+        if k == 0:
+            recent.clear()
+        recent.append(points)
         cam[i, k] = rt.encode("camera", *rt.preprocess("camera", image))[0]
         rad[i, k] = rt.encode("radar", *rt.preprocess("radar", pool_radar_frames(recent, rt.radar_frames)))[0]
 
@@ -197,9 +201,9 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
     r1 = {"camera_radar": [], "camera_audio": []}
     for idx in retrieval_groups(normal.pairable):
         for name, other in (("camera_radar", "radar"), ("camera_audio", "audio")):
-            q, k = emb["camera"][idx], emb[other][idx]
-            r1[name].append(recall_at_k(q, k, 1))
-            curves[name].append([recall_at_k(q, k, kk) for kk in range(1, 11)])
+            rank = _own_rank(emb["camera"][idx], emb[other][idx])  # ranked once for R@1 to R@10
+            curves[name].append([float((rank < kk).mean()) for kk in range(1, 11)])
+            r1[name].append(curves[name][-1][0])
     metrics["retrieval_r1"] = {k: round(float(np.mean(v)), 4) for k, v in r1.items()}
     metrics["retrieval_groups"] = len(r1["camera_radar"])
     # A window with nobody and nothing in view looks like every other empty one to both sensors, so
