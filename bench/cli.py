@@ -1,6 +1,7 @@
 """``fusion bench``: the latency benchmark, its baselines, and the JSON + HTML report.
 
-``add_parser(sub)`` registers the subcommand on the ``fusion`` command's subparsers.
+``add_parser(sub)`` registers the subcommand on the ``fusion`` command's subparsers. With
+``--compare OLD`` it times the ``--models`` bundle against another instead (:mod:`bench.compare`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fusion_node.errors import FusionError
 from fusion_node.paths import SHIPPED_MODELS
 from sensors.camera import parse_size
 
-from . import machine, report, transport
+from . import compare, machine, report, transport
 from .models import fused_step_baseline, gpu_step_baseline, prepare
 from .run import find_max_rigs, run_pipeline
 
@@ -71,6 +72,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--iobinding", action="store_true",
                    help="GPU providers: run the node on the IO-binding runtime (device buffers, CUDA graphs; "
                         "fusion_node.gpu_runtime) and time it in the fused-step baseline too")
+    b.add_argument("--compare", default=None, metavar="MANIFEST",
+                   help="time the --models bundle against this one instead: pipeline runs in pairs, the order "
+                        "alternating, each figure judged as the ratio within its pair (no baselines, transports "
+                        "or rig search)")
+    b.add_argument("--pairs", type=int, default=5, metavar="N", help="with --compare: pairs of runs (default 5)")
+    b.add_argument("--tolerance", type=float, default=0.05, metavar="F",
+                   help="with --compare: a median ratio up to 1 + F counts as no worse (default 0.05)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=run)
     return b
@@ -122,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     command = "fusion bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 \
         and sys.argv[1] == "bench" else "fusion bench"
+
+    if args.compare is not None:
+        return _run_compare(args, say, command, started)
 
     torch_models = None
     manifest = Path(args.models).resolve() if args.models else None
@@ -212,6 +223,67 @@ def run(args: argparse.Namespace) -> int:
         print(text)
     else:
         _print_summary(out)
+    return 0
+
+
+def _bundle(path: str) -> Path:
+    """The manifest a flag names, resolved and validated (ModelError, naming the file, when it is not a bundle)."""
+    from fusion_node.manifest import load_manifest
+
+    manifest = Path(path).resolve()
+    load_manifest(manifest)
+    return manifest
+
+
+def _run_compare(args: argparse.Namespace, say, command: str, started: float) -> int:
+    if args.models is None:
+        raise FusionError("fusion bench: --compare needs --models MANIFEST, the bundle to time against it")
+    if args.pairs < 1 or args.tolerance < 0:
+        raise FusionError("fusion bench: --pairs must be at least 1 and --tolerance at least 0")
+    candidate, baseline = _bundle(args.models), _bundle(args.compare)
+    say(f"bench: {args.pairs} pair(s) of runs, {args.warmup:g} s warm-up + {args.duration:g} s measured each, "
+        f"provider {args.provider}")
+    common = dict(rigs=args.rigs, duration_s=args.duration, warmup_s=args.warmup, provider=args.provider,
+                  deadline_ms=args.deadline_ms, wait_for_audio=not args.no_audio_wait, frame_size=args.size,
+                  radar_points=args.radar_points, shm=not args.no_shm, progress=not args.quiet,
+                  io_binding=args.iobinding)
+    providers = set()
+
+    def one(manifest: Path, label: str) -> dict:
+        res = run_pipeline(manifest=manifest, label=label, **common)
+        providers.add(res.get("provider"))
+        return res
+
+    rows = compare.run_pairs(one, baseline, candidate, args.pairs, log=say)
+    out = {
+        "schema": 1,
+        "command": command,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.machine_info(", ".join(sorted(p for p in providers if p)) or None, None),
+        "config": {"rigs": args.rigs, "duration_s": args.duration, "warmup_s": args.warmup,
+                   "provider": args.provider, "deadline_ms": args.deadline_ms if args.deadline_ms else 200.0,
+                   "frame_size": f"{args.size[0]}x{args.size[1]}", "radar_points": args.radar_points,
+                   "shm": not args.no_shm, "models": args.models},
+        # The bundles as the command named them: a result file says what was run, not where.
+        "compare": {"baseline": args.compare, "candidate": args.models, "pairs": args.pairs,
+                    "tolerance": args.tolerance, "significance": compare.SIGNIFICANCE, "runs": rows,
+                    "figures": compare.summarise(rows, args.tolerance),
+                    "stage_p50_ratios": compare.stage_ratios(rows)},
+    }
+    out["machine"]["load_average_end"] = machine.load_average()
+    out["wall_s"] = round(time.time() - started, 1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        say(f"bench: results written to {args.json}")
+    if args.report:
+        say(f"bench: report written to {report.write_report(out, Path(args.report))}")
+    for name, f in out["compare"]["figures"].items():
+        print(f"{name}: candidate / baseline median {f['median_ratio']} (range {f['min_ratio']} to "
+              f"{f['max_ratio']}; {f['pairs_slower']} of {len(f['ratios'])} pairs slower by more than "
+              f"{args.tolerance:g}, sign test p {f['sign_test_p']}) -> {f['verdict']}")
+    print("stage p50, median ratio candidate / baseline: " + ", ".join(
+        f"{k} {v}" for k, v in out["compare"]["stage_p50_ratios"].items()))
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .run import FRAME_PERIOD_MS
 
-__all__ = ["write_report"]
+__all__ = ["render", "render_compare", "write_report"]
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 CSS = """
@@ -263,10 +263,56 @@ def render(res: dict) -> str:
     return "\n".join(out)
 
 
+def _header(res: dict, title: str) -> list[str]:
+    m = res.get("machine", {})
+    cfg = res.get("config", {})
+    return [f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} {_e(res.get('date', ''))}</title>"
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>{_e(title)}</h1>",
+            f"<p><code>{_e(res.get('command', ''))}</code><br>{_e(res.get('date', ''))} &middot; "
+            f"{_e(m.get('cpu'))}, {_e(m.get('cores'))} cores, {_e(m.get('memory_gib'))} GiB &middot; provider "
+            f"{_e(m.get('provider') or cfg.get('provider'))} &middot; load average at start "
+            f"{_e(m.get('load_average_start'))}, end {_e(m.get('load_average_end'))}</p>"]
+
+
+def render_compare(res: dict) -> str:
+    """The page of a ``fusion bench --compare`` result: the verdict per figure, then every run."""
+    c = res["compare"]
+    cfg = res.get("config", {})
+    out = _header(res, "fusion bench: two bundles compared")
+    out.append(f"<p>baseline <code>{_e(c['baseline'])}</code><br>candidate <code>{_e(c['candidate'])}</code></p>")
+    out.append(f"<p class=note>{_e(c['pairs'])} pairs of pipeline runs ({_e(cfg.get('rigs'))} rig(s), "
+               f"{_e(cfg.get('warmup_s'))} s warm-up excluded, {_e(cfg.get('duration_s'))} s measured each), the "
+               "order alternating from pair to pair. Each figure is judged as the ratio candidate / baseline "
+               "within its pair, where the load both runs met cancels. <em>no worse</em>: median ratio at most "
+               f"1 + {_e(c['tolerance'])}; <em>worse</em>: a one-sided sign test over the pairs below "
+               f"{_e(c['significance'])}; otherwise <em>not settled</em>.</p>")
+    rows = []
+    for name, f in c["figures"].items():
+        cls = {"no worse": "met", "worse": "missed"}.get(f["verdict"], "note")
+        rows.append([_e(name), _fmt(f["median_ratio"]), _fmt(f["min_ratio"]), _fmt(f["max_ratio"]),
+                     f"{_fmt(f['pairs_slower'])} of {len(f['ratios'])}", _fmt(f["sign_test_p"]),
+                     f"<span class={cls}>{_e(f['verdict'])}</span>"])
+    out += ["<h2>Verdict</h2>", _table(["figure", "median ratio", "lowest", "highest", "pairs slower",
+                                        "sign test p", "verdict"], rows)]
+    stages = c.get("stage_p50_ratios") or {}
+    if stages:
+        out += ["<h2>Stages</h2>", "<p class=note>Each stage's p50, median over the pairs of candidate / baseline: "
+                "where a difference comes from (not judged).</p>",
+                _table(["stage", "median ratio"], [[_e(k), _fmt(v)] for k, v in stages.items()])]
+    names = list(c["figures"])
+    out += ["<h2>Runs</h2>", _table(["pair", "order", "bundle", *names, "missed frames"],
+                                    [[_e(r["pair"] + 1), _e(r["position"] + 1), _e(r["bundle"]),
+                                      *(_fmt(r.get(n)) for n in names), _fmt(r.get("drops"))] for r in c["runs"]])]
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
 def write_report(res: dict, directory: Path) -> Path:
+    """Write ``index.html`` for a bench result (a ``--compare`` result gets its own page)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "index.html"
-    path.write_text(render(res))
+    path.write_text(render_compare(res) if "compare" in res else render(res))
     return path
 
 

@@ -1,16 +1,20 @@
-"""The benchmark: a short real `fusion bench` run, its JSON keys and report; the search and histogram logic."""
+"""The benchmark: a short real `fusion bench` run, its JSON keys and report; the search, histogram and
+bundle-comparison logic."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from bench.compare import run_pairs, summarise
 from bench.hist import LatencyHistogram
 from bench.report import render
 from bench.run import FRAME_PERIOD_MS, _expected_frames, find_max_rigs
+from fusion_node.paths import SHIPPED_MODELS
 
 from .conftest import ROOT
 
@@ -132,3 +136,82 @@ def test_expected_frames_follow_each_rigs_schedule():
 def test_report_renders_without_measurements():
     page = render({"config": {}, "machine": {}, "e2e_ms": {}, "stages_ms": {}, "targets": {}})
     assert page.startswith("<!doctype html>") and "not measured" in page
+
+
+def _pairs(candidate_over_baseline: list[float], baseline_ms: float = 5.0) -> list[dict]:
+    rows = []
+    for k, ratio in enumerate(candidate_over_baseline):
+        for bundle, ms in (("baseline", baseline_ms), ("candidate", baseline_ms * ratio)):
+            rows.append({"pair": k, "bundle": bundle, "e2e_p50_ms": ms, "e2e_p99_ms": ms * 3,
+                         "e2e_excl_sync_wait_p50_ms": None})
+    return rows
+
+
+def test_compare_judges_each_figure_by_the_ratios_within_its_pairs():
+    slower = summarise(_pairs([1.10, 1.12, 1.08, 1.20, 1.09, 1.11]), tolerance=0.05)["e2e_p50_ms"]
+    assert slower["ratios"] == [1.1, 1.12, 1.08, 1.2, 1.09, 1.11]
+    assert slower["median_ratio"] == pytest.approx(1.105) and slower["min_ratio"] == 1.08
+    assert slower["pairs_slower"] == 6 and slower["sign_test_p"] == pytest.approx(1 / 64, abs=1e-4)
+    assert slower["verdict"] == "worse"
+    # The same slowdown in only three of six pairs: the load, not the bundle, may have done it.
+    mixed = summarise(_pairs([1.10, 0.95, 1.12, 1.00, 1.09, 1.06]), tolerance=0.05)["e2e_p50_ms"]
+    assert mixed["median_ratio"] == pytest.approx(1.075) and mixed["pairs_slower"] == 4
+    assert mixed["sign_test_p"] == pytest.approx(22 / 64, abs=1e-4) and mixed["verdict"] == "not settled"
+    same = summarise(_pairs([1.03, 0.97, 1.08, 0.99, 1.01]), tolerance=0.05)["e2e_p99_ms"]
+    assert same["median_ratio"] == pytest.approx(1.01) and same["verdict"] == "no worse"
+    # A figure no run measured is said to be so, not judged.
+    assert summarise(_pairs([1.0]), tolerance=0.05)["e2e_excl_sync_wait_p50_ms"]["verdict"] == "not measured"
+
+
+def test_compare_alternates_which_bundle_runs_first():
+    calls = []
+
+    def run(manifest, label):
+        calls.append(manifest.name)
+        return {"e2e_ms": {"p50": 4.0 if manifest.name == "old" else 5.0}, "drops": 0}
+
+    rows = run_pairs(run, Path("old"), Path("new"), pairs=3)
+    assert calls == ["old", "new", "new", "old", "old", "new"]
+    assert [(r["pair"], r["position"], r["bundle"]) for r in rows][:4] == [
+        (0, 0, "baseline"), (0, 1, "candidate"), (1, 0, "candidate"), (1, 1, "baseline")]
+    assert summarise(rows, 0.05)["e2e_p50_ms"]["ratios"] == [1.25, 1.25, 1.25]
+
+
+def test_fusion_bench_compare_times_two_real_bundles(tmp_path, untrained_models):
+    out, report = tmp_path / "cmp.json", tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "fusion_node", "bench", "--models", str(SHIPPED_MODELS),
+                           "--compare", str(untrained_models), "--pairs", "2", "--duration", "1", "--warmup", "0.5",
+                           "--json", str(out), "--report", str(report), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = json.loads(out.read_text())["compare"]
+    assert c["baseline"] == str(untrained_models) and c["candidate"] == str(SHIPPED_MODELS)
+    assert [(r["pair"], r["bundle"]) for r in c["runs"]] == [(0, "baseline"), (0, "candidate"), (1, "candidate"),
+                                                             (1, "baseline")]
+    for name in ("e2e_p50_ms", "e2e_p99_ms", "e2e_excl_sync_wait_p50_ms"):
+        runs = {(r["pair"], r["bundle"]): r[name] for r in c["runs"]}
+        assert all(v > 0 for v in runs.values()), (name, runs)
+        want = [round(runs[(k, "candidate")] / runs[(k, "baseline")], 4) for k in (0, 1)]
+        assert c["figures"][name]["ratios"] == want
+        assert c["figures"][name]["verdict"] in ("no worse", "worse", "not settled")
+        assert f"{name}: candidate / baseline median" in proc.stdout
+    stages = c["stage_p50_ratios"]
+    assert set(stages) >= {"preprocess", "encode_camera", "encode_radar", "encode_audio", "head"}
+    for stage in ("encode_camera", "head"):
+        runs = {(r["pair"], r["bundle"]): r["stages_p50_ms"][stage] for r in c["runs"]}
+        ratios = sorted(runs[(k, "candidate")] / runs[(k, "baseline")] for k in (0, 1))
+        assert stages[stage] == pytest.approx(sum(ratios) / 2, abs=1e-4)  # the median of two
+    page = (report / "index.html").read_text()
+    assert "two bundles compared" in page and page.count("<tr>") == 1 + 3 + 1 + len(stages) + 1 + 4
+    assert "{" not in page.split("</style>")[1]  # tables, not raw JSON
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--compare", "models/default/manifest.json"], "--compare needs --models"),
+    (["--models", "models/default/manifest.json", "--compare", "no/such/manifest.json"], "no/such/manifest.json"),
+])
+def test_fusion_bench_compare_refuses_in_one_line(argv, says):
+    proc = subprocess.run([sys.executable, "-m", "fusion_node", "bench", *argv, "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
