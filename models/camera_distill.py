@@ -50,7 +50,8 @@ from fusion_node.vocabulary import CLASSES
 from models.architectures import CameraEncoder
 from models.dataset import PREPROCESS, camera_uint8
 from models.export import ENCODER_INPUT_NAMES, ENCODER_OUTPUT_NAME, _export_one
-from models.teacher_vision import VISUAL_CLASSES, MobileNetTeacher, YoloxTeacher, session
+from models.teacher_vision import (EMPTY_SCORE, PRESENT_SCORE, VISUAL_CLASSES, MobileNetTeacher, YoloxTeacher,
+                                   session)
 from models.radar_bind import camera_tensor
 from sensors.samples import DEFAULT_CAMERA
 from sensors.sim.assets import _video_frames, load_assets
@@ -69,10 +70,6 @@ MAX_BOXES = 3  # box centres kept per class and frame (the best-scoring ones)
 STUDENT_CONFIG = {"embed_dim": 128, "stem_channels": 16,
                   "blocks": ((32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (192, 1)),
                   "spatial_dim": 48, "spatial_channels": 8, "spatial_grid": 6}
-# The teacher "says present" at 0.5, the score at which its published person counts are made;
-# it "says empty" below 0.25. Frames between the two are ambiguous and left out of the rates.
-PRESENT_SCORE = 0.5
-EMPTY_SCORE = 0.25
 # Folds by source recording. g1 and g2 were filmed in the same school yard: one fold. Each fold
 # leaves people on video in the training set of the others.
 DEFAULT_FOLDS = (("one-by-one-person-detection",),

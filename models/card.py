@@ -40,8 +40,11 @@ def _synthetic_line(made: Mapping[str, int]) -> str:
 
 
 def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]], metrics: Mapping,
-                     witnesses: Mapping[str, tuple[str, ...]] = WITNESSES) -> Path:
+                     witnesses: Mapping[str, tuple[str, ...]] = WITNESSES,
+                     observes: Mapping[str, tuple[str, ...]] = OBSERVES) -> Path:
     """Write ``MODEL_CARD.md`` in ``out_dir`` from the training stages' thresholds and metrics."""
+    from models.camera_distill import MIN_F05  # the training stack: only an export writes a card
+
     lines = ["# Model card: the shipped encoders and fusion head", "",
              "Written by `fusion train --export` / `fusion export`. The node reads only `manifest.json`.", "",
              "## What each modality votes on, and its thresholds", "",
@@ -49,11 +52,12 @@ def write_model_card(out_dir: Path, thresholds: Mapping[str, Mapping[str, float]
              "into the head, so the fused probability is compared with 0.5. A witness vouches for a class's absence: "
              "two witnesses that contradict each other lower the semantic consistency "
              f"(alert threshold {CONSISTENCY_THRESHOLD}). The camera is a witness only for classes whose held-out "
-             "recall reaches 0.9 (it must rarely miss what is there).", "",
+             "recall reaches 0.9 (it must rarely miss what is there), and votes only for classes whose best held-out "
+             f"F0.5 reaches {MIN_F05} (\"-\": no vote).", "",
              _row(["modality", *CLASSES]), _row(["---"] * (len(CLASSES) + 1))]
     for m in MODALITIES:
         cells = [f"{thresholds.get(m, {}).get(c, 0.5):.3f}" + (" (witness)" if c in witnesses.get(m, ()) else "")
-                 if c in OBSERVES[m] else "-" for c in CLASSES]
+                 if c in observes.get(m, ()) else "-" for c in CLASSES]
         lines.append(_row([m, *cells]))
     audio = metrics.get("audio", {})
     if audio.get("student"):

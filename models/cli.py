@@ -72,7 +72,7 @@ def _export(models, seed: int, out: Path) -> Path:
                              trained=True, seed=seed, data_version=f"{DATA_VERSION}+corpus-v2",
                              name=f"fusion-distilled-s{seed}", thresholds={c: 0.5 for c in CLASSES},
                              consistency_threshold=CONSISTENCY_THRESHOLD)
-    card = write_model_card(out, models.thresholds, models.metrics, models.witnesses)
+    card = write_model_card(out, models.thresholds, models.metrics, models.witnesses, models.observes)
     print(f"fusion export: wrote {manifest} and {card}")
     return manifest
 
@@ -95,10 +95,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--corpus calibrates the teacher beside the held-out real clips: give --real-clips DIR too")
     for corpus in args.corpus:
         check_corpus(corpus)
+    videos = Path(args.videos) if args.videos else None
+    camera_teacher = Path(args.camera_teacher) if args.camera_teacher else None
+    if videos is not None and camera_teacher is None:
+        raise ConfigError("--videos needs --camera-teacher PATH (the YOLOX-nano ONNX file the verdicts are judged by)")
+    if camera_teacher is not None and not camera_teacher.is_file():
+        raise ConfigError(f"--camera-teacher {args.camera_teacher}: no such file")
+    if videos is not None and not videos.is_dir():
+        raise ConfigError(f"--videos {args.videos}: no such folder")
     metrics, extra = evaluate(Path(args.models), n_eval=args.windows, n_adverse=args.adverse_windows,
                               cache_dir=Path(args.cache_dir), provider=args.provider, real_clips=real,
                               audio_teacher=teacher, tamper_scenes=args.tamper_scenes,
-                              corpora=[Path(c) for c in args.corpus])
+                              corpora=[Path(c) for c in args.corpus], videos=videos, camera_teacher=camera_teacher)
     text = json.dumps(metrics, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -133,6 +141,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print("  recall's 95 % interval, clips as trials: " + ", ".join(
             f"{c} [{v['recall_ci'][0]:.2f}, {v['recall_ci'][1]:.2f}] of {v['clips']}"
             for c, v in real["per_class"].items() if v.get("recall_ci")))
+    cam = metrics["real_camera"]
+    if cam["folder"] is not None:
+        print(f"real videos ({cam['videos']} videos, {cam['frames']} frames), camera against the detector: "
+              + ", ".join(f"{c} recall {cam['pooled'][c]['recall']} false {cam['pooled'][c]['false_rate']}"
+                          for c in cam["pooled"]))
         kinds = [e["kind"] for e in real["errors"]]
         print(f"  clips wrong: {len(kinds)} (" + ", ".join(f"{kinds.count(k)} {k}" for k in ERROR_KINDS) + ")"
               + ("; each one is in the report" if args.report else ""))
@@ -229,6 +242,11 @@ def add_parsers(sub) -> None:
     v.add_argument("--corpus", action="append", default=[], metavar="DIR",
                    help="a further audio corpus the bundle was trained with (as fusion train --corpus; "
                         "repeatable): the teacher's thresholds are chosen on it too, as the student's were")
+    v.add_argument("--videos", default=None, metavar="DIR",
+                   help="also score the camera on these videos (ones it never trained on) against the detector "
+                        "teacher: per video and pooled recall and false rate, as a camera-only rig labels them")
+    v.add_argument("--camera-teacher", default=None, metavar="PATH",
+                   help="YOLOX-nano ONNX file that judges the frames of --videos")
     v.add_argument("--cache-dir", default=".cache/datasets", help="where generated datasets are kept")
     v.set_defaults(func=_cmd_eval)
 

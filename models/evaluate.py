@@ -16,7 +16,10 @@ followed through time, the radar swapped for another scene's after the baseline 
 ``real.macro_f1``, ``real.false_label_rate``, ``real.teacher_macro_f1`` (with ``--audio-teacher``),
 ``real.per_class.<class>.{precision,recall,f1,clips,sources,precision_ci,recall_ci}`` (the last
 two: 95 % intervals ``[low, high]``, clips as the trials), ``real.background_sources``, and
-``real.errors`` (the clips the student gets wrong, with the teacher's labels beside). The report
+``real.errors`` (the clips the student gets wrong, with the teacher's labels beside); with
+``--videos DIR --camera-teacher PATH``, ``real_camera.{per_video,pooled,mean_recall,mean_false_rate}``:
+the camera on videos it never trained on against the detector teacher (:mod:`models.real_camera`;
+``real_camera.folder`` is null when not measured). The report
 is an HTML page of tables, a confusion matrix and retrieval curves as inline SVG.
 """
 
@@ -37,6 +40,7 @@ from fusion_node.manifest import load_manifest
 from fusion_node.preprocess import pool_radar_frames
 from fusion_node.vocabulary import BOUND_PAIRS, CLASSES, MODALITIES, OBSERVES
 from models.dataset import PREPROCESS, Windows, load_or_generate, scene_sequences
+from models.real_camera import evaluate_videos
 from models.real_eval import evaluate_real_audio
 
 __all__ = ["macro_f1", "recall_at_k", "retrieval_groups", "evaluate", "write_report"]
@@ -181,13 +185,16 @@ def tamper_episodes(rt: ModelRuntime, n_scenes: int, *, seed: int = EVAL_SEED, r
 
 def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_dir: Path = Path(".cache/datasets"),
              provider: str = "cpu", real_clips: Path | None = None, corpora: Sequence[Path] = (),
-             audio_teacher: Path | None = None, tamper_scenes: int = 100) -> tuple[dict, dict]:
+             audio_teacher: Path | None = None, tamper_scenes: int = 100, videos: Path | None = None,
+             camera_teacher: Path | None = None) -> tuple[dict, dict]:
     """Compute every metric; returns (metrics JSON, extra arrays for the report).
 
     ``real_clips``: a folder of third-party recordings (laid out as the development data), mixed
     into the simulated scenes' assets and evaluated clip by clip; None evaluates on what ships.
     ``corpora``: further audio corpus folders the bundle trained with; the teacher's thresholds are
     chosen on them too, as the student's were (they hold no held-out source).
+    ``videos``: a folder of videos the bundle never trained on, scored against ``camera_teacher``
+    (:mod:`models.real_camera`); None leaves ``real_camera`` unmeasured.
     """
     ev = _OnnxEvaluator(manifest, provider)
     normal = load_or_generate(cache_dir, n_eval, EVAL_SEED, "eval", real_dir=real_clips)
@@ -244,6 +251,10 @@ def evaluate(manifest: Path, *, n_eval: int = 1000, n_adverse: int = 250, cache_
     metrics["real"] = {"folder": None if real_clips is None else str(real_clips)}
     if real_clips is not None:
         metrics["real"].update(evaluate_real_audio(ev.rt, real_clips, audio_teacher, corpora))
+
+    metrics["real_camera"] = {"folder": None}
+    if videos is not None:
+        metrics["real_camera"] = evaluate_videos(ev.rt, videos, camera_teacher)
 
     # Tampering: the camera of one window with the radar and audio of another (a swapped or
     # replayed feed). Two signals: the semantic consistency (a witness contradicting another) and
@@ -383,6 +394,24 @@ def _errors_section(errors: list[dict]) -> str:
                       "background windows labelled", "teacher labels"], rows))
 
 
+def _real_camera_section(cam: dict) -> str:
+    if cam.get("folder") is None:
+        return "<p>Not evaluated: give <code>--videos DIR --camera-teacher PATH</code>.</p>"
+    rows = []
+    for name, v in [*cam["per_video"].items(), ("all frames", {"frames": cam["frames"], **cam["pooled"]})]:
+        for c, r in v.items():
+            if c != "frames" and (r["teacher_present"] or c == "person"):
+                rows.append([name, c, r["teacher_present"], r["teacher_empty"], r["recall"], r["false_rate"],
+                             r["precision"]])
+    means = _table(["class", "recall, mean over videos", "false rate, mean over videos"],
+                   [[c, cam["mean_recall"][c], cam["mean_false_rate"][c]] for c in cam["mean_recall"]])
+    return (f"<p>{cam['videos']} videos, {cam['frames']} frames. A frame counts as holding a class when the "
+            "detector teacher scores it at 0.5 or more, as empty when every box scores under 0.25; the bundle "
+            "runs as a camera-only rig with its own thresholds.</p>" + means
+            + _table(["video", "class", "teacher: present", "teacher: empty", "recall", "false rate", "precision"],
+                     rows))
+
+
 def write_report(metrics: dict, extra: dict, out_dir: Path) -> Path:
     """An HTML page of tables (sim, adverse, missing, tampering, real recordings), the confusion matrix and curves."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -415,6 +444,7 @@ def write_report(metrics: dict, extra: dict, out_dir: Path) -> Path:
 <p>Exported ONNX models run by the node's runtime ({html.escape(metrics['provider'])}) on held-out simulated
 windows and on real recordings of sources that training never saw.</p>
 <h2>Real recordings: audio, held-out sources</h2>{_real_section(metrics['real'])}
+<h2>Real videos: the camera against the detector teacher</h2>{_real_camera_section(metrics.get('real_camera', {}))}
 <h2>Simulator</h2>{overview}
 <h2>Adverse conditions (macro-F1)</h2>{adverse}
 <h2>Tampering (another window's radar and audio)</h2>{_table(["signal", "detected", "false alarms"], tamper_rows)}

@@ -32,8 +32,8 @@ import numpy as np
 
 from fusion_node.vocabulary import CLASSES
 
-__all__ = ["VISUAL_CLASSES", "COCO_TO_VISUAL", "YOLOX_SIZE", "Detections", "YoloxTeacher", "MobileNetTeacher",
-           "letterbox", "decode_yolox", "nms", "session"]
+__all__ = ["VISUAL_CLASSES", "COCO_TO_VISUAL", "PRESENT_SCORE", "EMPTY_SCORE", "YOLOX_SIZE", "Detections",
+           "YoloxTeacher", "MobileNetTeacher", "letterbox", "decode_yolox", "nms", "session"]
 
 # The product classes a camera can see, in CLASSES order.
 VISUAL_CLASSES: tuple[str, ...] = tuple(c for c in CLASSES if c in ("person", "vehicle", "dog"))
@@ -45,6 +45,10 @@ COCO_TO_VISUAL: dict[int, str] = {0: "person", 2: "vehicle", 3: "vehicle", 5: "v
 _COCO_NAMES = {0: "person", 2: "car", 3: "motorcycle", 5: "bus", 7: "truck", 16: "dog"}
 
 YOLOX_SIZE = 416
+# The detector "says present" at 0.5, the score at which its published person counts are made;
+# it "says empty" below 0.25. Frames between the two are ambiguous and left out of the rates.
+PRESENT_SCORE = 0.5
+EMPTY_SCORE = 0.25
 _STRIDES = (8, 16, 32)
 _PAD_VALUE = 114
 

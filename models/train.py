@@ -91,6 +91,7 @@ class Models:
     thresholds: dict[str, dict[str, float]]
     metrics: dict
     witnesses: dict[str, tuple[str, ...]]
+    observes: dict[str, tuple[str, ...]]
 
 
 def _require(path: str | None, option: str, what: str) -> Path:
@@ -232,7 +233,17 @@ def load_students(out: Path, embed_dim: int = 128) -> Models:
     if pooled is not None:
         witnesses["camera"] = tuple(c for c in WITNESSES["camera"]
                                     if pooled.get(c, {}).get("recall", 0.0) >= WITNESS_RECALL)
-    head = FusionHead(embed_dim, len(CLASSES), witnesses=witnesses)
+    # Nor does it vote for a class it was not shown to see on recordings it never saw: a camera
+    # class whose best held-out F0.5 stays under camera_distill.MIN_F05 (the stage's "reliable"
+    # list) is masked out of its vote, as a class it cannot observe is. Such a vote is mostly
+    # wrong at a new place (a plaza's walkers taken for dogs), and the radar and microphone,
+    # which do observe those classes, still vote.
+    observes = dict(OBSERVES)
+    reliable = states["camera"].get("reliable")
+    if reliable is not None:
+        observes["camera"] = tuple(c for c in OBSERVES["camera"] if c in reliable)
+        witnesses["camera"] = tuple(c for c in witnesses["camera"] if c in observes["camera"])
+    head = FusionHead(embed_dim, len(CLASSES), observes=observes, witnesses=witnesses)
     thresholds = {}
     for k, m in enumerate(("camera", "radar", "audio")):
         head.classifiers[k].load_state_dict(states[m]["classifier"])
@@ -241,7 +252,7 @@ def load_students(out: Path, embed_dim: int = 128) -> Models:
     for module in (camera, audio, radar, head):
         module.eval()
     metrics = {m: states[m].get("metrics", {}) for m in STAGE_FILES}
-    return Models(camera, radar.encoder, audio, head, thresholds, metrics, witnesses)
+    return Models(camera, radar.encoder, audio, head, thresholds, metrics, witnesses, observes)
 
 
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, recordings: Windows | None = None,

@@ -145,15 +145,61 @@ def test_a_share_or_fold_count_out_of_range_is_a_one_line_error(tmp_path, option
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_the_camera_votes_only_for_the_classes_held_out_videos_show_it_sees(tiny_run, tmp_path):
+    from fusion_node.vocabulary import CLASSES, OBSERVES
+    from models.card import write_model_card
+    from models.train import STAGE_FILES, load_students
+
+    out, _, _ = tiny_run
+    for f in STAGE_FILES.values():
+        shutil.copy(out / f, tmp_path / f)
+    stage = torch.load(tmp_path / "camera_student.pt", weights_only=False)
+    assert stage["reliable"] is None  # --no-camera-folds: no held-out evidence, so no mask beyond OBSERVES
+    assert load_students(tmp_path).observes["camera"] == OBSERVES["camera"]
+    stage["reliable"] = ["person"]  # as the folds of the shipped camera found
+    torch.save(stage, tmp_path / "camera_student.pt")
+    models = load_students(tmp_path)
+    assert models.observes["camera"] == ("person",) and models.observes["radar"] == OBSERVES["radar"]
+    assert set(models.witnesses["camera"]) <= {"person"}
+    emb = torch.nn.functional.normalize(torch.randn(32, models.head.classifiers[0].in_features), dim=1)
+    none = torch.zeros_like(emb)
+    with torch.no_grad():
+        own = models.head.modality_logits(emb, emb, emb)
+        camera_only = models.head(emb, none, none, torch.tensor([[1.0, 0.0, 0.0]]).repeat(len(emb), 1))[0]
+        radar_only = models.head(none, emb, none, torch.tensor([[0.0, 1.0, 0.0]]).repeat(len(emb), 1))[0]
+    person, vehicle, dog = (CLASSES.index(c) for c in ("person", "vehicle", "dog"))
+    # Whatever the camera's classifier says of vehicles and dogs, a camera-only rig labels neither...
+    assert (camera_only[:, [vehicle, dog]] == models.head.ABSENT_LOGIT).all()
+    assert torch.equal(camera_only[:, person], own[:, 0, person])
+    # ... and the radar still votes for the vehicles it observes.
+    assert torch.equal(radar_only[:, vehicle], own[:, 1, vehicle])
+    card = write_model_card(tmp_path, models.thresholds, models.metrics, models.witnesses, models.observes).read_text()
+    camera_row = next(line for line in card.splitlines() if line.startswith("| camera |"))
+    assert camera_row.split("|")[3:5] == [" - ", " - "]  # vehicle, dog: no vote
+
+
 def test_eval_writes_every_required_key_and_a_report_of_tables(tiny_run, tmp_path):
     out, _, _ = tiny_run
     report = tmp_path / "report"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    office = SHARED_DATA / "video" / "one-by-one-person-detection.mp4"
+    shutil.copy(office, videos / office.name)
     proc = _fusion("eval", "--models", str(out / "bundle" / "manifest.json"), "--windows", "200",
                    "--adverse-windows", "20", "--tamper-scenes", "6", "--cache-dir", str(out / "cache"),
                    "--json", str(tmp_path / "m.json"),
                    "--report", str(report), "--real-clips", str(SHARED_DATA),
-                   "--audio-teacher", str(TEACHERS / "yamnet.onnx"), "--corpus", str(ROOT / "models" / "corpus"))
+                   "--audio-teacher", str(TEACHERS / "yamnet.onnx"), "--corpus", str(ROOT / "models" / "corpus"),
+                   "--videos", str(videos), "--camera-teacher", str(TEACHERS / "yolox_nano.onnx"))
     metrics = json.loads((tmp_path / "m.json").read_text())
+    cam = metrics["real_camera"]
+    # 1394 frames read at a stride of 5, the smallest that keeps them to at most 300.
+    assert cam["folder"] == str(videos) and cam["videos"] == 1 and cam["frames"] == len(range(0, 1394, 5))
+    person = cam["per_video"][office.name]["person"]
+    assert person["teacher_present"] > 100 and person["teacher_empty"] > 10  # the room empty, then people
+    assert 0.0 <= person["recall"] <= 1.0 and 0.0 <= person["false_rate"] <= 1.0
+    assert "the camera against the detector teacher" in (report / "report.html").read_text()
+    assert f"real videos (1 videos, {cam['frames']} frames), camera against the detector: person recall" in proc.stdout
     for key in REQUIRED + REAL_REQUIRED:
         assert isinstance(_get(metrics, key), (int, float, str)), key
     assert 0.0 <= metrics["real"]["macro_f1"] <= 1.0 and 0.0 <= metrics["real"]["false_label_rate"] <= 1.0
@@ -185,7 +231,7 @@ def test_eval_without_real_clips_says_so(tmp_path):
     proc = _fusion("eval", "--models", str(DEFAULT), "--windows", "100", "--adverse-windows", "10",
                    "--tamper-scenes", "0", "--cache-dir", str(tmp_path), "--json", str(tmp_path / "m.json"))
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["real"] == {"folder": None}
+    assert metrics["real"] == {"folder": None} and metrics["real_camera"] == {"folder": None}
     assert "real recordings: not evaluated" in proc.stdout
 
 
@@ -199,7 +245,14 @@ def test_shipped_models_are_the_distilled_bundle_with_its_card():
     assert set(manifest.thresholds.values()) == {0.5}  # each modality's own thresholds are in the head
     card = (DEFAULT.parent / "MODEL_CARD.md").read_text()
     assert "held-out sources" in card and "held-out videos" in card and "Wildfire Games" in card
-    ModelRuntime(manifest, provider="cpu")  # loads and warms up on the node's runtime
+    rt = ModelRuntime(manifest, provider="cpu")  # loads and warms up on the node's runtime
+    # Its camera votes for people only: its held-out videos showed it cannot tell vehicles or dogs
+    # (best F0.5 under 0.5), so whatever a frame holds, a camera-only rig labels neither.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        emb = rng.standard_normal(manifest.embedding_dim).astype(np.float32)
+        probs = rt.fuse({"camera": emb / np.linalg.norm(emb)}).probabilities
+        assert max(probs[rt.classes.index("vehicle")], probs[rt.classes.index("dog")]) < 1e-9
 
 
 def test_shipped_audio_holds_its_figures_on_held_out_real_sources(shared_data):
