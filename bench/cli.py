@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from fusion_node.errors import FusionError
+from fusion_node.manifest import load_manifest
 from fusion_node.paths import SHIPPED_MODELS
 from sensors.camera import parse_size
 
@@ -228,8 +229,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _bundle(path: str) -> Path:
     """The manifest a flag names, resolved and validated (ModelError, naming the file, when it is not a bundle)."""
-    from fusion_node.manifest import load_manifest
-
     manifest = Path(path).resolve()
     load_manifest(manifest)
     return manifest
