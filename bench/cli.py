@@ -150,10 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     say(f"bench: {args.rigs} rig(s), {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         f"provider {args.provider}")
-    common = dict(provider=args.provider, manifest=manifest, deadline_ms=args.deadline_ms,
-                  wait_for_audio=not args.no_audio_wait, frame_size=args.size,
-                  radar_points=args.radar_points, shm=not args.no_shm, progress=not args.quiet,
-                  io_binding=args.iobinding)
+    common = dict(manifest=manifest, **_pipeline_options(args))
     res = run_pipeline(rigs=args.rigs, duration_s=args.duration, warmup_s=args.warmup, **common)
     info = machine.machine_info(res.get("provider"), res.get("provider_note"))
     out: dict = {
@@ -161,10 +158,7 @@ def run(args: argparse.Namespace) -> int:
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
-        "config": {"rigs": args.rigs, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "provider": args.provider, "deadline_ms": args.deadline_ms if args.deadline_ms else 200.0,
-                   "frame_size": f"{args.size[0]}x{args.size[1]}", "radar_points": args.radar_points,
-                   "shm": not args.no_shm, "models": str(manifest) if manifest else None},
+        "config": _config(args, str(manifest) if manifest else None),
         **res,
         "max_rigs_realtime": None,
     }
@@ -227,6 +221,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_options(args: argparse.Namespace) -> dict:
+    """The run_pipeline options every run of one command shares (rig count and durations aside)."""
+    return dict(provider=args.provider, deadline_ms=args.deadline_ms, wait_for_audio=not args.no_audio_wait,
+                frame_size=args.size, radar_points=args.radar_points, shm=not args.no_shm,
+                progress=not args.quiet, io_binding=args.iobinding)
+
+
+def _config(args: argparse.Namespace, models: str | None) -> dict:
+    """The result's ``config``: what the runs were asked to do."""
+    return {"rigs": args.rigs, "duration_s": args.duration, "warmup_s": args.warmup,
+            "provider": args.provider, "deadline_ms": args.deadline_ms if args.deadline_ms else 200.0,
+            "frame_size": f"{args.size[0]}x{args.size[1]}", "radar_points": args.radar_points,
+            "shm": not args.no_shm, "models": models}
+
+
 def _bundle(path: str) -> Path:
     """The manifest a flag names, resolved and validated (ModelError, naming the file, when it is not a bundle)."""
     manifest = Path(path).resolve()
@@ -242,14 +251,11 @@ def _run_compare(args: argparse.Namespace, say, command: str, started: float) ->
     candidate, baseline = _bundle(args.models), _bundle(args.compare)
     say(f"bench: {args.pairs} pair(s) of runs, {args.warmup:g} s warm-up + {args.duration:g} s measured each, "
         f"provider {args.provider}")
-    common = dict(rigs=args.rigs, duration_s=args.duration, warmup_s=args.warmup, provider=args.provider,
-                  deadline_ms=args.deadline_ms, wait_for_audio=not args.no_audio_wait, frame_size=args.size,
-                  radar_points=args.radar_points, shm=not args.no_shm, progress=not args.quiet,
-                  io_binding=args.iobinding)
     providers = set()
 
     def one(manifest: Path, label: str) -> dict:
-        res = run_pipeline(manifest=manifest, label=label, **common)
+        res = run_pipeline(rigs=args.rigs, duration_s=args.duration, warmup_s=args.warmup, manifest=manifest,
+                           label=label, **_pipeline_options(args))
         providers.add(res.get("provider"))
         return res
 
@@ -259,10 +265,7 @@ def _run_compare(args: argparse.Namespace, say, command: str, started: float) ->
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.machine_info(", ".join(sorted(p for p in providers if p)) or None, None),
-        "config": {"rigs": args.rigs, "duration_s": args.duration, "warmup_s": args.warmup,
-                   "provider": args.provider, "deadline_ms": args.deadline_ms if args.deadline_ms else 200.0,
-                   "frame_size": f"{args.size[0]}x{args.size[1]}", "radar_points": args.radar_points,
-                   "shm": not args.no_shm, "models": args.models},
+        "config": _config(args, args.models),
         # The bundles as the command named them: a result file says what was run, not where.
         "compare": {"baseline": args.compare, "candidate": args.models, "pairs": args.pairs,
                     "tolerance": args.tolerance, "significance": compare.SIGNIFICANCE, "runs": rows,

@@ -69,15 +69,21 @@ def _sign_test_p(slower: int, n: int) -> float:
     return sum(math.comb(n, k) for k in range(slower, n + 1)) / 2 ** n
 
 
+def _by_pair(rows: list[dict], value) -> dict[int, dict[str, object]]:
+    """``{pair: {bundle: value(row)}}``, pairs in order."""
+    out: dict[int, dict[str, object]] = {}
+    for r in sorted(rows, key=lambda r: r["pair"]):
+        out.setdefault(r["pair"], {})[r["bundle"]] = value(r)
+    return out
+
+
 def summarise(rows: list[dict], tolerance: float) -> dict:
     """Per figure: the pairs' ratios candidate / baseline, their median and range, the sign test
     and the verdict (see the module docstring). Pairs missing either run's figure are left out."""
     out = {}
     for name in FIGURES:
-        by_pair: dict[int, dict[str, float | None]] = {}
-        for r in rows:
-            by_pair.setdefault(r["pair"], {})[r["bundle"]] = r.get(name)
-        ratios = [round(p["candidate"] / p["baseline"], 4) for _, p in sorted(by_pair.items())
+        ratios = [round(p["candidate"] / p["baseline"], 4)
+                  for p in _by_pair(rows, lambda r: r.get(name)).values()
                   if p.get("candidate") is not None and p.get("baseline")]
         if not ratios:
             out[name] = {"ratios": [], "median_ratio": None, "min_ratio": None, "max_ratio": None,
@@ -96,9 +102,7 @@ def summarise(rows: list[dict], tolerance: float) -> dict:
 def stage_ratios(rows: list[dict]) -> dict[str, float | None]:
     """Per stage of the node, the median over pairs of its p50 ratio candidate / baseline: where a
     difference in the judged figures comes from (not judged itself)."""
-    by_pair: dict[int, dict[str, dict]] = {}
-    for r in rows:
-        by_pair.setdefault(r["pair"], {})[r["bundle"]] = r.get("stages_p50_ms") or {}
+    by_pair = _by_pair(rows, lambda r: r.get("stages_p50_ms") or {})
     stages = sorted({s for p in by_pair.values() for b in p.values() for s in b})
     out = {}
     for stage in stages:

@@ -134,22 +134,28 @@ def _pct_row(name: str, s: dict) -> list:
     return [_e(name)] + [_fmt(s.get(k)) for k in ("p50", "p90", "p99", "p999", "max")] + [_fmt(s.get("n"))]
 
 
+def _header(res: dict, title: str) -> list[str]:
+    """The page's head, title and the line that says what ran where: command, date, machine, provider, load."""
+    m = res.get("machine", {})
+    return [f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} {_e(res.get('date', ''))}</title>"
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>{_e(title)}</h1>",
+            f"<p><code>{_e(res.get('command', ''))}</code><br>{_e(res.get('date', ''))} &middot; "
+            f"{_e(m.get('cpu'))}, {_e(m.get('cores'))} cores, {_e(m.get('memory_gib'))} GiB &middot; GPU: "
+            f"{_e(', '.join(g['name'] for g in m.get('gpus', [])) or 'none')} &middot; provider "
+            f"{_e(res.get('provider') or m.get('provider') or res.get('config', {}).get('provider'))} &middot; "
+            f"load average at start {_e(m.get('load_average_start'))}, end {_e(m.get('load_average_end'))}</p>"]
+
+
 def render(res: dict) -> str:
     m = res.get("machine", {})
     cfg = res.get("config", {})
-    out = [f"<!doctype html><html><head><meta charset=utf-8><title>fusion bench {_e(res.get('date', ''))}</title>"
-           f"<style>{CSS}</style></head><body>",
-           "<h1>fusion bench</h1>",
-           f"<p><code>{_e(res.get('command', ''))}</code><br>{_e(res.get('date', ''))} &middot; "
-           f"{_e(m.get('cpu'))}, {_e(m.get('cores'))} cores, {_e(m.get('memory_gib'))} GiB &middot; GPU: "
-           f"{_e(', '.join(g['name'] for g in m.get('gpus', [])) or 'none')} &middot; provider "
-           f"{_e(res.get('provider') or cfg.get('provider'))} &middot; load average at start "
-           f"{_e(m.get('load_average_start'))}, end {_e(m.get('load_average_end'))}</p>",
-           f"<p class=note>{_e(cfg.get('rigs'))} rig(s), {_e(cfg.get('warmup_s'))} s warm-up excluded, "
-           f"{_e(cfg.get('duration_s'))} s measured; camera {_e(cfg.get('frame_size'))} at 30 Hz, radar up to "
-           f"{_e(cfg.get('radar_points'))} points at 20 Hz, audio 16 kHz in 20 ms chunks; publishers open loop, "
-           f"latency from the intended capture time; shared-memory frames: {_e(cfg.get('shm'))}; "
-           f"sync deadline {_e(cfg.get('deadline_ms'))} ms.</p>"]
+    out = _header(res, "fusion bench")
+    out.append(f"<p class=note>{_e(cfg.get('rigs'))} rig(s), {_e(cfg.get('warmup_s'))} s warm-up excluded, "
+               f"{_e(cfg.get('duration_s'))} s measured; camera {_e(cfg.get('frame_size'))} at 30 Hz, radar up to "
+               f"{_e(cfg.get('radar_points'))} points at 20 Hz, audio 16 kHz in 20 ms chunks; publishers open loop, "
+               f"latency from the intended capture time; shared-memory frames: {_e(cfg.get('shm'))}; "
+               f"sync deadline {_e(cfg.get('deadline_ms'))} ms.</p>")
 
     targets = res.get("targets", {})
     if targets:
@@ -261,18 +267,6 @@ def render(res: dict) -> str:
                       [[_e(k), _e(v)] for k, v in m.get("versions", {}).items()]))
     out.append("</body></html>")
     return "\n".join(out)
-
-
-def _header(res: dict, title: str) -> list[str]:
-    m = res.get("machine", {})
-    cfg = res.get("config", {})
-    return [f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)} {_e(res.get('date', ''))}</title>"
-            f"<style>{CSS}</style></head><body>",
-            f"<h1>{_e(title)}</h1>",
-            f"<p><code>{_e(res.get('command', ''))}</code><br>{_e(res.get('date', ''))} &middot; "
-            f"{_e(m.get('cpu'))}, {_e(m.get('cores'))} cores, {_e(m.get('memory_gib'))} GiB &middot; provider "
-            f"{_e(m.get('provider') or cfg.get('provider'))} &middot; load average at start "
-            f"{_e(m.get('load_average_start'))}, end {_e(m.get('load_average_end'))}</p>"]
 
 
 def render_compare(res: dict) -> str:

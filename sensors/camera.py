@@ -8,7 +8,9 @@ is read. Frames go out as raw BGR by default, or JPEG (``--jpeg QUALITY``) for n
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,27 @@ from .publisher import (
 )
 from .samples import DEFAULT_CAMERA
 
-__all__ = ["CameraSource", "parse_size", "add_arguments", "run"]
+__all__ = ["CameraSource", "VIDEO_SUFFIXES", "video_files_in", "frame_stride", "parse_size", "add_arguments", "run"]
+
+# Recorded videos, as the training and evaluation tools find them in a folder.
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+def video_files_in(folders: Iterable[Path | str]) -> list[Path]:
+    """The video files (:data:`VIDEO_SUFFIXES`) directly in each existing folder, sorted."""
+    return sorted(p for d in map(Path, folders) if d.is_dir() for p in d.iterdir()
+                  if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def frame_stride(path: Path | str, max_frames: int) -> int:
+    """The smallest stride that reads at most ``max_frames`` of the video at ``path`` (1 when
+    OpenCV cannot tell its frame count)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or max_frames
+    cap.release()
+    return max(1, math.ceil(n / max_frames))
 
 
 def parse_size(text: str) -> tuple[int, int]:
